@@ -1,0 +1,32 @@
+//! Compiles `proto/` into Rust with tonic-prost-build. protox parses the
+//! protos in pure Rust, so no `protoc` is needed on the machine, and its
+//! descriptor set is written to OUT_DIR so that server reflection can serve
+//! the exact contract the code was built from.
+
+use std::{env, fs, path::PathBuf};
+
+use protox::prost::Message as _;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos: Vec<PathBuf> = fs::read_dir("proto/consent/v1")?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
+        .collect();
+    println!("cargo:rerun-if-changed=proto");
+
+    let descriptors = protox::compile(&protos, ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    // compile_fds does not write the descriptor set itself.
+    fs::write(
+        out_dir.join("consent_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

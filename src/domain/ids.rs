@@ -1,0 +1,198 @@
+//! Identifier and text newtypes. Their fields are private: the only way to
+//! get one is `parse`, which enforces the limits the proto documents.
+
+use std::fmt;
+
+/// Checks that `value` is 1..=`max` characters of printable text with no
+/// surrounding white space. External ids are compared exactly, so a stray
+/// space or a control character would silently name a different subject.
+fn printable(value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let chars = value.chars().count();
+    if chars > max {
+        return Err(format!("must be at most {max} characters (got {chars})"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if value.trim() != value {
+        return Err("must not start or end with white space".into());
+    }
+    Ok(())
+}
+
+/// Checks a policy code: a lower-case ASCII letter, then up to 63 lower-case
+/// letters, digits, `_` or `-`. Codes are written by hand in the policy file
+/// and typed by callers, so they are kept to one unambiguous spelling.
+fn code(value: &str) -> Result<(), String> {
+    let mut chars = value.chars();
+    let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else if value.len() > 64 {
+        Err(format!("must be at most 64 characters (got {})", value.len()))
+    } else if !starts_with_letter || !rest_ok {
+        Err("must start with a lower-case letter and use only a-z, 0-9, '_' and '-'".into())
+    } else {
+        Ok(())
+    }
+}
+
+macro_rules! text_newtype {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(value: impl Into<String>) -> Result<Self, String> {
+                let value = value.into();
+                let check: fn(&str) -> Result<(), String> = $check;
+                check(&value)?;
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+text_newtype!(
+    /// A subject's external id, as the calling system knows it (`C-1042`).
+    SubjectId,
+    |v| printable(v, 128)
+);
+text_newtype!(
+    /// A purpose code declared in the policy (`promotional_mail`).
+    PurposeCode,
+    code
+);
+text_newtype!(
+    /// A field code declared in the policy (`postal_address`).
+    FieldName,
+    code
+);
+text_newtype!(
+    /// An AIP-155 idempotency key chosen by the caller.
+    RequestId,
+    |v| printable(v, 128)
+);
+text_newtype!(
+    /// The privacy notice version a person was shown (`2026-01`).
+    NoticeVersion,
+    |v| printable(v, 64)
+);
+text_newtype!(
+    /// Who made a call. Until authentication exists it is whatever the caller
+    /// puts in `x-actor`, so it is held to the same rules as an external id.
+    Actor,
+    |v| printable(v, 128)
+);
+
+impl Actor {
+    /// The actor of a call that names none.
+    pub fn anonymous() -> Self {
+        Self("anonymous".into())
+    }
+}
+
+/// Free text that points an auditor to the source of a choice. It may be
+/// empty, so it does not share `printable`'s non-empty rule.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Evidence(String);
+
+impl Evidence {
+    pub const MAX_CHARS: usize = 1024;
+
+    pub fn parse(value: impl Into<String>) -> Result<Self, String> {
+        let value = value.into();
+        let chars = value.chars().count();
+        if chars > Self::MAX_CHARS {
+            return Err(format!(
+                "must be at most {} characters (got {chars})",
+                Self::MAX_CHARS
+            ));
+        }
+        if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            return Err("must not contain control characters other than newline and tab".into());
+        }
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn subject_id_accepts_typical_external_ids() {
+        for id in ["C-1042", "org:ACME/42", "顾客-7781", "a"] {
+            assert!(SubjectId::parse(id).is_ok(), "{id}");
+        }
+    }
+
+    #[test]
+    fn subject_id_rejects_empty_long_padded_and_control_input() {
+        assert!(SubjectId::parse("").is_err());
+        assert!(SubjectId::parse("x".repeat(129)).is_err());
+        assert!(SubjectId::parse("x".repeat(128)).is_ok());
+        assert!(SubjectId::parse(" C-1").is_err());
+        assert!(SubjectId::parse("C-1\n").is_err());
+        assert!(SubjectId::parse("C\u{0}1").is_err());
+    }
+
+    #[test]
+    fn purpose_codes_are_lower_case_identifiers() {
+        assert!(PurposeCode::parse("promotional_mail").is_ok());
+        assert!(PurposeCode::parse("express-courier").is_ok());
+        assert!(PurposeCode::parse("Promotional").is_err());
+        assert!(PurposeCode::parse("1st").is_err());
+        assert!(PurposeCode::parse("a b").is_err());
+        assert!(PurposeCode::parse("").is_err());
+        assert!(PurposeCode::parse("a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn evidence_may_be_empty_but_not_huge() {
+        assert!(Evidence::parse("").is_ok());
+        assert!(Evidence::parse("form 12\ncall 9").is_ok());
+        assert!(Evidence::parse("x".repeat(1025)).is_err());
+        assert!(Evidence::parse("bell\u{7}").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn a_parsed_subject_id_round_trips(id in "[A-Za-z0-9:/_-]{1,128}") {
+            let parsed = SubjectId::parse(id.clone()).unwrap();
+            prop_assert_eq!(parsed.as_str(), id.as_str());
+        }
+
+        #[test]
+        fn strings_with_control_characters_never_parse(prefix in "[a-z]{0,5}", c in proptest::char::range('\u{0}', '\u{1f}')) {
+            let id = format!("{prefix}{c}x");
+            prop_assert!(SubjectId::parse(id).is_err());
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Validated domain types. Everything here is plain data with no IO: a value
+//! that exists has passed its `parse`, so the rest of the code never checks a
+//! raw string again.
+
+mod ids;
+mod record;
+
+pub use ids::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, RequestId, SubjectId};
+pub use record::{Channel, Choice, ConsentRecord, NewConsentRecord, Subject, SubjectKind};
+
+/// One problem with one input field, in the shape of a
+/// `google.rpc.BadRequest.FieldViolation` but free of any transport type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Collects every violation of a request, so a caller learns all of its
+/// mistakes from one answer instead of one per retry.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the value when it parsed, or notes the violation under `field`.
+    pub fn check<T>(&mut self, field: impl Into<String>, parsed: Result<T, String>) -> Option<T> {
+        match parsed {
+            Ok(value) => Some(value),
+            Err(description) => {
+                self.0.push(FieldViolation::new(field, description));
+                None
+            }
+        }
+    }
+
+    pub fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<FieldViolation> {
+        self.0
+    }
+}

@@ -1,0 +1,440 @@
+//! Loading and validating the policy file (`deploy/policy.toml`).
+//!
+//! Every problem is reported with the file name and the line it is on, and
+//! all problems are reported at once, so whoever edits the file can fix it in
+//! one pass. A server never starts on a file with a problem.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::domain::{FieldName, PurposeCode};
+
+/// The legal basis of a purpose, which decides how choices are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// Needed to serve the person (delivery, support): no choice is asked.
+    Contract,
+    /// Opt-in: denied until the person grants it.
+    Consent,
+    /// Secondary use: allowed until the person refuses it (R4).
+    OptOut,
+}
+
+/// One kind of personal data the company holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldDef {
+    pub name: FieldName,
+    pub description: String,
+}
+
+/// One reason the company uses personal data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Purpose {
+    pub code: PurposeCode,
+    pub basis: Basis,
+    pub description: String,
+    /// The only fields this purpose may use, in file order.
+    pub fields: Vec<FieldName>,
+    /// How to refuse; required for `opt_out` purposes (R4).
+    pub refusal_instructions: Option<String>,
+}
+
+impl Purpose {
+    pub fn permits(&self, field: &FieldName) -> bool {
+        self.fields.contains(field)
+    }
+}
+
+/// A loaded, validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    version: String,
+    fields: BTreeMap<FieldName, FieldDef>,
+    purposes: BTreeMap<PurposeCode, Purpose>,
+}
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            path: path.to_path_buf(),
+            problems: vec![Problem {
+                line: None,
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates policy text; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, PolicyError> {
+        let lines = LineIndex::new(text);
+        let fail = |problems| PolicyError {
+            path: path.to_path_buf(),
+            problems,
+        };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            fail(vec![Problem {
+                line: e.span().map(|span| lines.line_of(span.start)),
+                message: e.message().to_string(),
+            }])
+        })?;
+        raw.validate(&lines).map_err(fail)
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn purpose(&self, code: &PurposeCode) -> Option<&Purpose> {
+        self.purposes.get(code)
+    }
+
+    pub fn purposes(&self) -> impl Iterator<Item = &Purpose> {
+        self.purposes.values()
+    }
+
+    pub fn declares_field(&self, field: &FieldName) -> bool {
+        self.fields.contains_key(field)
+    }
+
+    pub fn fields(&self) -> impl Iterator<Item = &FieldDef> {
+        self.fields.values()
+    }
+}
+
+/// Why a policy file was refused: every problem found, with its line.
+#[derive(Debug, thiserror::Error)]
+pub struct PolicyError {
+    pub path: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when the problem is tied to one.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "policy file {} has {n} problem{}:",
+            self.path.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            match problem.line {
+                Some(line) => writeln!(f, "  {}:{line}: {}", self.path.display(), problem.message)?,
+                None => writeln!(f, "  {}: {}", self.path.display(), problem.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The file as written, before validation. Ids keep their spans so that
+/// problems can name a line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    version: Spanned<String>,
+    #[serde(default)]
+    fields: Vec<RawField>,
+    #[serde(default)]
+    purposes: Vec<RawPurpose>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    id: Spanned<String>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPurpose {
+    id: Spanned<String>,
+    basis: Basis,
+    #[serde(default)]
+    description: String,
+    fields: Vec<Spanned<String>>,
+    refusal_instructions: Option<Spanned<String>>,
+}
+
+impl RawPolicy {
+    fn validate(self, lines: &LineIndex) -> Result<Policy, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut problem = |span: std::ops::Range<usize>, message: String| {
+            problems.push(Problem {
+                line: Some(lines.line_of(span.start)),
+                message,
+            })
+        };
+
+        if self.version.get_ref().trim().is_empty() {
+            problem(self.version.span(), "`version` must not be empty".into());
+        }
+
+        let mut fields = BTreeMap::new();
+        let mut field_lines = HashMap::new();
+        for raw in self.fields {
+            let line = lines.line_of(raw.id.span().start);
+            match FieldName::parse(raw.id.get_ref().clone()) {
+                Err(why) => problem(raw.id.span(), format!("field id `{}` {why}", raw.id.get_ref())),
+                Ok(name) => {
+                    if let Some(first) = field_lines.insert(name.clone(), line) {
+                        problem(
+                            raw.id.span(),
+                            format!("duplicate field id `{name}` (first declared on line {first})"),
+                        );
+                        continue;
+                    }
+                    fields.insert(
+                        name.clone(),
+                        FieldDef {
+                            name,
+                            description: raw.description,
+                        },
+                    );
+                }
+            }
+        }
+
+        let mut purposes = BTreeMap::new();
+        let mut purpose_lines = HashMap::new();
+        for raw in self.purposes {
+            let id = raw.id.get_ref().clone();
+            let code = match PurposeCode::parse(id.clone()) {
+                Ok(code) => code,
+                Err(why) => {
+                    problem(raw.id.span(), format!("purpose id `{id}` {why}"));
+                    continue;
+                }
+            };
+            let line = lines.line_of(raw.id.span().start);
+            if let Some(first) = purpose_lines.insert(code.clone(), line) {
+                problem(
+                    raw.id.span(),
+                    format!("duplicate purpose id `{code}` (first declared on line {first})"),
+                );
+                continue;
+            }
+            if raw.fields.is_empty() {
+                problem(raw.id.span(), format!("purpose `{code}` lists no fields"));
+            }
+            let mut purpose_fields = Vec::new();
+            for field in &raw.fields {
+                match FieldName::parse(field.get_ref().clone()) {
+                    Ok(name) if fields.contains_key(&name) => {
+                        if purpose_fields.contains(&name) {
+                            problem(
+                                field.span(),
+                                format!("purpose `{code}` lists field `{name}` twice"),
+                            );
+                        } else {
+                            purpose_fields.push(name);
+                        }
+                    }
+                    _ => problem(
+                        field.span(),
+                        format!(
+                            "purpose `{code}` lists field `{}`, which is not declared under [[fields]]",
+                            field.get_ref()
+                        ),
+                    ),
+                }
+            }
+            let instructions = raw
+                .refusal_instructions
+                .as_ref()
+                .map(|s| s.get_ref().trim().to_string())
+                .filter(|s| !s.is_empty());
+            if raw.basis == Basis::OptOut && instructions.is_none() {
+                problem(
+                    raw.id.span(),
+                    format!(
+                        "purpose `{code}` has basis opt_out but no refusal_instructions: \
+                         a secondary use must tell people how to refuse it"
+                    ),
+                );
+            }
+            purposes.insert(
+                code.clone(),
+                Purpose {
+                    code,
+                    basis: raw.basis,
+                    description: raw.description,
+                    fields: purpose_fields,
+                    refusal_instructions: instructions,
+                },
+            );
+        }
+
+        if problems.is_empty() {
+            Ok(Policy {
+                version: self.version.into_inner(),
+                fields,
+                purposes,
+            })
+        } else {
+            problems.sort_by_key(|p| p.line);
+            Err(problems)
+        }
+    }
+}
+
+/// Maps byte offsets to 1-based line numbers.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { starts }
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&start| start <= offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse(Path::new("policy.toml"), text)
+    }
+
+    fn problems(text: &str) -> Vec<(Option<usize>, String)> {
+        parse(text)
+            .expect_err("the policy should be refused")
+            .problems
+            .into_iter()
+            .map(|p| (p.line, p.message))
+            .collect()
+    }
+
+    const GOOD: &str = r#"version = "1"
+
+[[fields]]
+id = "name"
+
+[[fields]]
+id = "email"
+
+[[purposes]]
+id = "promotional_mail"
+basis = "opt_out"
+fields = ["name", "email"]
+refusal_instructions = "Click unsubscribe."
+"#;
+
+    #[test]
+    fn the_shipped_policy_file_is_valid_and_declares_the_statement_purposes() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/policy.toml");
+        let policy = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let basis = |code: &str| policy.purpose(&PurposeCode::parse(code).unwrap()).map(|p| p.basis);
+        assert_eq!(basis("order_delivery"), Some(Basis::Contract));
+        assert_eq!(basis("customer_support"), Some(Basis::Contract));
+        assert_eq!(basis("promotional_mail"), Some(Basis::OptOut));
+        assert_eq!(basis("partner_offers"), Some(Basis::Consent));
+        let fields: Vec<_> = policy.fields().map(|f| f.name.to_string()).collect();
+        assert_eq!(fields, ["email", "name", "phone", "postal_address"]);
+    }
+
+    #[test]
+    fn a_valid_policy_loads() {
+        let policy = parse(GOOD).unwrap();
+        assert_eq!(policy.version(), "1");
+        let purpose = policy
+            .purpose(&PurposeCode::parse("promotional_mail").unwrap())
+            .unwrap();
+        assert_eq!(purpose.refusal_instructions.as_deref(), Some("Click unsubscribe."));
+    }
+
+    #[test]
+    fn an_opt_out_purpose_without_instructions_is_refused_with_its_line() {
+        let text = GOOD.replace("refusal_instructions = \"Click unsubscribe.\"\n", "");
+        assert_eq!(
+            problems(&text),
+            [(
+                Some(10),
+                "purpose `promotional_mail` has basis opt_out but no refusal_instructions: \
+                 a secondary use must tell people how to refuse it"
+                    .to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_purpose_listing_an_undeclared_field_is_refused_with_its_line() {
+        let text = GOOD.replace("[\"name\", \"email\"]", "[\"name\", \"fax\"]");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, Some(12));
+        assert!(found[0].1.contains("`fax`, which is not declared"), "{}", found[0].1);
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused_naming_both_lines() {
+        let text = format!("{GOOD}\n[[fields]]\nid = \"name\"\n");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, Some(16));
+        assert!(found[0].1.contains("duplicate field id `name` (first declared on line 4)"));
+
+        let text = format!("{GOOD}\n[[purposes]]\nid = \"promotional_mail\"\nbasis = \"contract\"\nfields = [\"name\"]\n");
+        let found = problems(&text);
+        assert_eq!(found[0].0, Some(16));
+        assert!(found[0].1.contains("duplicate purpose id `promotional_mail` (first declared on line 10)"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = GOOD
+            .replace("refusal_instructions = \"Click unsubscribe.\"\n", "")
+            .replace("\"email\"]", "\"fax\"]");
+        assert_eq!(problems(&text).len(), 2);
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_keys_name_their_line() {
+        let found = problems("version = \"1\"\n[[purposes]\n");
+        assert_eq!(found[0].0, Some(2));
+        let found = problems(&GOOD.replace("basis = \"opt_out\"", "basis = \"opt_out\"\nbasis_typo = 1"));
+        assert_eq!(found[0].0, Some(12));
+        assert!(found[0].1.contains("basis_typo"), "{}", found[0].1);
+        let found = problems(&GOOD.replace("\"opt_out\"", "\"optout\""));
+        assert_eq!(found[0].0, Some(11));
+    }
+
+    #[test]
+    fn the_error_message_names_file_and_line() {
+        let text = GOOD.replace("[\"name\", \"email\"]", "[\"name\", \"fax\"]");
+        let message = parse(&text).unwrap_err().to_string();
+        assert!(message.contains("policy.toml:12: purpose `promotional_mail` lists field `fax`"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_file_is_a_clear_error() {
+        let message = Policy::load(Path::new("/nonexistent/policy.toml")).unwrap_err().to_string();
+        assert!(message.contains("/nonexistent/policy.toml: cannot read the file"), "{message}");
+    }
+}
