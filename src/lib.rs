@@ -1,5 +1,24 @@
+//! consentd: the service other systems ask before they touch personal data.
+//!
+//! # Layout
+//!
+//! - [`domain`]: validated newtypes and plain records; no IO.
+//! - [`policy`]: the policy file and `decide`, the pure rules.
+//! - [`store`]: PostgreSQL — the pool, migrations, every SQL statement, and
+//!   the private fallback cluster.
+//! - [`service`]: the use cases, joining policy and store.
+//! - [`grpc`]: the tonic adapter; the only place prost types live.
+//! - [`error`]: the one error enum; `grpc` maps it to `Status`.
+//! - [`startup`]: builds and runs the whole server (`Application`).
+//! - [`settings`]: command line and environment.
+//! - [`telemetry`]: logging setup.
+
 pub mod domain;
+pub mod error;
+pub mod grpc;
 pub mod policy;
-pub mod pb {
-    tonic::include_proto!("consent.v1");
-}
+pub mod service;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -29,11 +29,15 @@ fn printable(value: &str, max: usize) -> Result<(), String> {
 fn code(value: &str) -> Result<(), String> {
     let mut chars = value.chars();
     let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if value.is_empty() {
         Err("must not be empty".into())
     } else if value.len() > 64 {
-        Err(format!("must be at most 64 characters (got {})", value.len()))
+        Err(format!(
+            "must be at most 64 characters (got {})",
+            value.len()
+        ))
     } else if !starts_with_letter || !rest_ok {
         Err("must start with a lower-case letter and use only a-z, 0-9, '_' and '-'".into())
     } else {
@@ -130,7 +134,10 @@ impl Evidence {
                 Self::MAX_CHARS
             ));
         }
-        if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        if value
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
             return Err("must not contain control characters other than newline and tab".into());
         }
         Ok(Self(value))

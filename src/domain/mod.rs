@@ -4,9 +4,13 @@
 
 mod ids;
 mod record;
+mod state;
 
 pub use ids::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, RequestId, SubjectId};
-pub use record::{Channel, Choice, ConsentRecord, NewConsentRecord, Subject, SubjectKind};
+pub use record::{
+    Channel, Choice, ConsentRecord, NewConsentRecord, Subject, SubjectKind, SubjectRegistration,
+};
+pub use state::{StoredChoice, SubjectState};
 
 /// One problem with one input field, in the shape of a
 /// `google.rpc.BadRequest.FieldViolation` but free of any transport type.

@@ -58,6 +58,16 @@ pub struct Subject {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A registration as a caller submits it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectRegistration {
+    pub subject_id: SubjectId,
+    pub kind: SubjectKind,
+    pub notice_version: NoticeVersion,
+    pub channel: Channel,
+    pub request_id: Option<RequestId>,
+}
+
 /// A choice as a caller submits it, before the store gives it an id,
 /// a sequence and a time.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use super::{Basis, Policy};
-use crate::domain::{Choice, FieldName, PurposeCode};
+use crate::domain::{Choice, FieldName, PurposeCode, SubjectState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -48,26 +48,6 @@ pub struct Decision {
     pub record_id: Option<Uuid>,
 }
 
-/// The latest choice for one purpose (`field == None`) or one field of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredChoice {
-    pub purpose: PurposeCode,
-    pub field: Option<FieldName>,
-    pub choice: Choice,
-    pub record_id: Uuid,
-    /// Orders choices: the larger sequence was recorded later.
-    pub sequence: i64,
-}
-
-/// What is known about a registered subject when deciding. An unregistered
-/// subject is `None` at the call site, never an empty state, so "unknown"
-/// cannot be mistaken for "has not refused".
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubjectState {
-    /// Current choices; may hold other purposes' choices too.
-    pub choices: Vec<StoredChoice>,
-}
-
 /// The request names something the policy does not declare: a caller bug,
 /// reported as INVALID_ARGUMENT rather than decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,16 +56,6 @@ pub enum Undeclared {
     Purpose,
     #[error("field is not declared in the policy")]
     Field,
-}
-
-impl SubjectState {
-    /// The newer of the purpose-wide choice and the choice for this field.
-    fn latest_covering(&self, purpose: &PurposeCode, field: &FieldName) -> Option<&StoredChoice> {
-        self.choices
-            .iter()
-            .filter(|c| &c.purpose == purpose && c.field.as_ref().is_none_or(|f| f == field))
-            .max_by_key(|c| c.sequence)
-    }
 }
 
 /// Decides one check. `subject` is `None` when no subject is registered
@@ -137,6 +107,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::domain::StoredChoice;
 
     const POLICY: &str = r#"
 version = "test-1"
@@ -181,6 +152,7 @@ refusal_instructions = "Unsubscribe."
             choice,
             record_id: Uuid::from_u128(sequence as u128),
             sequence,
+            recorded_at: chrono::DateTime::UNIX_EPOCH,
         }
     }
 
@@ -188,7 +160,11 @@ refusal_instructions = "Unsubscribe."
         SubjectState { choices }
     }
 
-    fn check(state: Option<&SubjectState>, purpose: &str, field: &str) -> (Outcome, Reason, Option<u128>) {
+    fn check(
+        state: Option<&SubjectState>,
+        purpose: &str,
+        field: &str,
+    ) -> (Outcome, Reason, Option<u128>) {
         let d = decide(&policy(), state, &p(purpose), &f(field)).unwrap();
         (d.outcome, d.reason, d.record_id.map(|id| id.as_u128()))
     }
@@ -199,78 +175,213 @@ refusal_instructions = "Unsubscribe."
     #[test]
     fn undeclared_purpose_or_field_is_a_caller_error_not_a_decision() {
         let known = state(vec![]);
-        assert_eq!(decide(&policy(), Some(&known), &p("nope"), &f("name")), Err(Undeclared::Purpose));
-        assert_eq!(decide(&policy(), Some(&known), &p("promo"), &f("fax")), Err(Undeclared::Field));
+        assert_eq!(
+            decide(&policy(), Some(&known), &p("nope"), &f("name")),
+            Err(Undeclared::Purpose)
+        );
+        assert_eq!(
+            decide(&policy(), Some(&known), &p("promo"), &f("fax")),
+            Err(Undeclared::Field)
+        );
         // Even for an unknown subject: the caller bug is reported first.
-        assert_eq!(decide(&policy(), None, &p("nope"), &f("name")), Err(Undeclared::Purpose));
+        assert_eq!(
+            decide(&policy(), None, &p("nope"), &f("name")),
+            Err(Undeclared::Purpose)
+        );
     }
 
     #[test]
     fn unknown_subject_is_denied_for_every_basis() {
         for purpose in ["delivery", "partners", "promo"] {
-            assert_eq!(check(None, purpose, "name"), (Deny, Reason::SubjectUnknown, None));
+            assert_eq!(
+                check(None, purpose, "name"),
+                (Deny, Reason::SubjectUnknown, None)
+            );
         }
     }
 
     #[test]
     fn a_field_the_purpose_does_not_list_is_denied_whatever_was_granted() {
         let granted = state(vec![choice("partners", "", Grant, 1)]);
-        assert_eq!(check(Some(&granted), "partners", "phone"), (Deny, Reason::FieldNotPermitted, None));
-        assert_eq!(check(Some(&granted), "delivery", "email"), (Deny, Reason::FieldNotPermitted, None));
-        assert_eq!(check(Some(&granted), "promo", "phone"), (Deny, Reason::FieldNotPermitted, None));
+        assert_eq!(
+            check(Some(&granted), "partners", "phone"),
+            (Deny, Reason::FieldNotPermitted, None)
+        );
+        assert_eq!(
+            check(Some(&granted), "delivery", "email"),
+            (Deny, Reason::FieldNotPermitted, None)
+        );
+        assert_eq!(
+            check(Some(&granted), "promo", "phone"),
+            (Deny, Reason::FieldNotPermitted, None)
+        );
     }
 
     #[test]
     fn contract_purposes_are_allowed_even_after_a_refusal() {
         let refused = state(vec![choice("delivery", "", Refuse, 1)]);
-        assert_eq!(check(Some(&refused), "delivery", "name"), (Allow, Reason::Contract, None));
-        assert_eq!(check(Some(&state(vec![])), "delivery", "phone"), (Allow, Reason::Contract, None));
+        assert_eq!(
+            check(Some(&refused), "delivery", "name"),
+            (Allow, Reason::Contract, None)
+        );
+        assert_eq!(
+            check(Some(&state(vec![])), "delivery", "phone"),
+            (Allow, Reason::Contract, None)
+        );
     }
 
     /// Every branch of the consent and opt-out table: no record, a
     /// purpose-wide record, a field record, and both in either order.
     #[test]
     fn opt_in_and_opt_out_follow_the_latest_covering_record() {
-        type Row = (&'static str, Vec<StoredChoice>, Outcome, Reason, Option<u128>);
+        type Row = (
+            &'static str,
+            Vec<StoredChoice>,
+            Outcome,
+            Reason,
+            Option<u128>,
+        );
         let rows: Vec<Row> = vec![
-            ("partners: nothing recorded", vec![], Deny, Reason::NoConsent, None),
-            ("partners: purpose granted", vec![choice("partners", "", Grant, 1)], Allow, Reason::ConsentGranted, Some(1)),
-            ("partners: purpose refused", vec![choice("partners", "", Refuse, 1)], Deny, Reason::ConsentRefused, Some(1)),
-            ("partners: field granted", vec![choice("partners", "email", Grant, 1)], Allow, Reason::ConsentGranted, Some(1)),
-            ("partners: field refused", vec![choice("partners", "email", Refuse, 1)], Deny, Reason::ConsentRefused, Some(1)),
+            (
+                "partners: nothing recorded",
+                vec![],
+                Deny,
+                Reason::NoConsent,
+                None,
+            ),
+            (
+                "partners: purpose granted",
+                vec![choice("partners", "", Grant, 1)],
+                Allow,
+                Reason::ConsentGranted,
+                Some(1),
+            ),
+            (
+                "partners: purpose refused",
+                vec![choice("partners", "", Refuse, 1)],
+                Deny,
+                Reason::ConsentRefused,
+                Some(1),
+            ),
+            (
+                "partners: field granted",
+                vec![choice("partners", "email", Grant, 1)],
+                Allow,
+                Reason::ConsentGranted,
+                Some(1),
+            ),
+            (
+                "partners: field refused",
+                vec![choice("partners", "email", Refuse, 1)],
+                Deny,
+                Reason::ConsentRefused,
+                Some(1),
+            ),
             (
                 "partners: purpose granted, then field refused",
-                vec![choice("partners", "", Grant, 1), choice("partners", "email", Refuse, 2)],
-                Deny, Reason::ConsentRefused, Some(2),
+                vec![
+                    choice("partners", "", Grant, 1),
+                    choice("partners", "email", Refuse, 2),
+                ],
+                Deny,
+                Reason::ConsentRefused,
+                Some(2),
             ),
             (
                 "partners: field refused, then purpose granted",
-                vec![choice("partners", "email", Refuse, 1), choice("partners", "", Grant, 2)],
-                Allow, Reason::ConsentGranted, Some(2),
+                vec![
+                    choice("partners", "email", Refuse, 1),
+                    choice("partners", "", Grant, 2),
+                ],
+                Allow,
+                Reason::ConsentGranted,
+                Some(2),
             ),
-            ("partners: another field granted", vec![choice("partners", "name", Grant, 1)], Deny, Reason::NoConsent, None),
-            ("partners: another purpose granted", vec![choice("promo", "", Grant, 1)], Deny, Reason::NoConsent, None),
-            ("promo: nothing recorded", vec![], Allow, Reason::NotOptedOut, None),
-            ("promo: purpose refused", vec![choice("promo", "", Refuse, 1)], Deny, Reason::OptedOut, Some(1)),
-            ("promo: purpose granted", vec![choice("promo", "", Grant, 1)], Allow, Reason::NotOptedOut, Some(1)),
-            ("promo: field refused", vec![choice("promo", "email", Refuse, 1)], Deny, Reason::OptedOut, Some(1)),
+            (
+                "partners: another field granted",
+                vec![choice("partners", "name", Grant, 1)],
+                Deny,
+                Reason::NoConsent,
+                None,
+            ),
+            (
+                "partners: another purpose granted",
+                vec![choice("promo", "", Grant, 1)],
+                Deny,
+                Reason::NoConsent,
+                None,
+            ),
+            (
+                "promo: nothing recorded",
+                vec![],
+                Allow,
+                Reason::NotOptedOut,
+                None,
+            ),
+            (
+                "promo: purpose refused",
+                vec![choice("promo", "", Refuse, 1)],
+                Deny,
+                Reason::OptedOut,
+                Some(1),
+            ),
+            (
+                "promo: purpose granted",
+                vec![choice("promo", "", Grant, 1)],
+                Allow,
+                Reason::NotOptedOut,
+                Some(1),
+            ),
+            (
+                "promo: field refused",
+                vec![choice("promo", "email", Refuse, 1)],
+                Deny,
+                Reason::OptedOut,
+                Some(1),
+            ),
             (
                 "promo: purpose refused, then field granted",
-                vec![choice("promo", "", Refuse, 1), choice("promo", "email", Grant, 2)],
-                Allow, Reason::NotOptedOut, Some(2),
+                vec![
+                    choice("promo", "", Refuse, 1),
+                    choice("promo", "email", Grant, 2),
+                ],
+                Allow,
+                Reason::NotOptedOut,
+                Some(2),
             ),
             (
                 "promo: field granted, then purpose refused",
-                vec![choice("promo", "email", Grant, 1), choice("promo", "", Refuse, 2)],
-                Deny, Reason::OptedOut, Some(2),
+                vec![
+                    choice("promo", "email", Grant, 1),
+                    choice("promo", "", Refuse, 2),
+                ],
+                Deny,
+                Reason::OptedOut,
+                Some(2),
             ),
-            ("promo: another field refused", vec![choice("promo", "name", Refuse, 1)], Allow, Reason::NotOptedOut, None),
-            ("promo: another purpose refused", vec![choice("partners", "", Refuse, 1)], Allow, Reason::NotOptedOut, None),
+            (
+                "promo: another field refused",
+                vec![choice("promo", "name", Refuse, 1)],
+                Allow,
+                Reason::NotOptedOut,
+                None,
+            ),
+            (
+                "promo: another purpose refused",
+                vec![choice("partners", "", Refuse, 1)],
+                Allow,
+                Reason::NotOptedOut,
+                None,
+            ),
         ];
         for (name, choices, outcome, reason, record) in rows {
             let purpose = name.split(':').next().unwrap();
             let s = state(choices);
-            assert_eq!(check(Some(&s), purpose, "email"), (outcome, reason, record), "{name}");
+            assert_eq!(
+                check(Some(&s), purpose, "email"),
+                (outcome, reason, record),
+                "{name}"
+            );
         }
     }
 

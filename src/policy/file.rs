@@ -193,7 +193,10 @@ impl RawPolicy {
         for raw in self.fields {
             let line = lines.line_of(raw.id.span().start);
             match FieldName::parse(raw.id.get_ref().clone()) {
-                Err(why) => problem(raw.id.span(), format!("field id `{}` {why}", raw.id.get_ref())),
+                Err(why) => problem(
+                    raw.id.span(),
+                    format!("field id `{}` {why}", raw.id.get_ref()),
+                ),
                 Ok(name) => {
                     if let Some(first) = field_lines.insert(name.clone(), line) {
                         problem(
@@ -350,7 +353,11 @@ refusal_instructions = "Click unsubscribe."
     fn the_shipped_policy_file_is_valid_and_declares_the_statement_purposes() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/policy.toml");
         let policy = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let basis = |code: &str| policy.purpose(&PurposeCode::parse(code).unwrap()).map(|p| p.basis);
+        let basis = |code: &str| {
+            policy
+                .purpose(&PurposeCode::parse(code).unwrap())
+                .map(|p| p.basis)
+        };
         assert_eq!(basis("order_delivery"), Some(Basis::Contract));
         assert_eq!(basis("customer_support"), Some(Basis::Contract));
         assert_eq!(basis("promotional_mail"), Some(Basis::OptOut));
@@ -366,7 +373,10 @@ refusal_instructions = "Click unsubscribe."
         let purpose = policy
             .purpose(&PurposeCode::parse("promotional_mail").unwrap())
             .unwrap();
-        assert_eq!(purpose.refusal_instructions.as_deref(), Some("Click unsubscribe."));
+        assert_eq!(
+            purpose.refusal_instructions.as_deref(),
+            Some("Click unsubscribe.")
+        );
     }
 
     #[test]
@@ -389,7 +399,11 @@ refusal_instructions = "Click unsubscribe."
         let found = problems(&text);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, Some(12));
-        assert!(found[0].1.contains("`fax`, which is not declared"), "{}", found[0].1);
+        assert!(
+            found[0].1.contains("`fax`, which is not declared"),
+            "{}",
+            found[0].1
+        );
     }
 
     #[test]
@@ -398,12 +412,22 @@ refusal_instructions = "Click unsubscribe."
         let found = problems(&text);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, Some(16));
-        assert!(found[0].1.contains("duplicate field id `name` (first declared on line 4)"));
+        assert!(
+            found[0]
+                .1
+                .contains("duplicate field id `name` (first declared on line 4)")
+        );
 
-        let text = format!("{GOOD}\n[[purposes]]\nid = \"promotional_mail\"\nbasis = \"contract\"\nfields = [\"name\"]\n");
+        let text = format!(
+            "{GOOD}\n[[purposes]]\nid = \"promotional_mail\"\nbasis = \"contract\"\nfields = [\"name\"]\n"
+        );
         let found = problems(&text);
         assert_eq!(found[0].0, Some(16));
-        assert!(found[0].1.contains("duplicate purpose id `promotional_mail` (first declared on line 10)"));
+        assert!(
+            found[0]
+                .1
+                .contains("duplicate purpose id `promotional_mail` (first declared on line 10)")
+        );
     }
 
     #[test]
@@ -418,7 +442,8 @@ refusal_instructions = "Click unsubscribe."
     fn syntax_errors_and_unknown_keys_name_their_line() {
         let found = problems("version = \"1\"\n[[purposes]\n");
         assert_eq!(found[0].0, Some(2));
-        let found = problems(&GOOD.replace("basis = \"opt_out\"", "basis = \"opt_out\"\nbasis_typo = 1"));
+        let found =
+            problems(&GOOD.replace("basis = \"opt_out\"", "basis = \"opt_out\"\nbasis_typo = 1"));
         assert_eq!(found[0].0, Some(12));
         assert!(found[0].1.contains("basis_typo"), "{}", found[0].1);
         let found = problems(&GOOD.replace("\"opt_out\"", "\"optout\""));
@@ -429,12 +454,20 @@ refusal_instructions = "Click unsubscribe."
     fn the_error_message_names_file_and_line() {
         let text = GOOD.replace("[\"name\", \"email\"]", "[\"name\", \"fax\"]");
         let message = parse(&text).unwrap_err().to_string();
-        assert!(message.contains("policy.toml:12: purpose `promotional_mail` lists field `fax`"), "{message}");
+        assert!(
+            message.contains("policy.toml:12: purpose `promotional_mail` lists field `fax`"),
+            "{message}"
+        );
     }
 
     #[test]
     fn a_missing_file_is_a_clear_error() {
-        let message = Policy::load(Path::new("/nonexistent/policy.toml")).unwrap_err().to_string();
-        assert!(message.contains("/nonexistent/policy.toml: cannot read the file"), "{message}");
+        let message = Policy::load(Path::new("/nonexistent/policy.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("/nonexistent/policy.toml: cannot read the file"),
+            "{message}"
+        );
     }
 }

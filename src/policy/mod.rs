@@ -6,5 +6,5 @@
 mod decide;
 mod file;
 
-pub use decide::{Decision, Outcome, Reason, StoredChoice, SubjectState, Undeclared, decide};
+pub use decide::{Decision, Outcome, Reason, Undeclared, decide};
 pub use file::{Basis, FieldDef, Policy, PolicyError, Purpose};

@@ -1,0 +1,67 @@
+//! The one error type of the service. `grpc::status` maps each variant to a
+//! `tonic::Status`; nothing else decides what a caller sees.
+
+use crate::domain::FieldViolation;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per
+    /// problem. Nothing was written.
+    #[error("invalid request: {}", summarize(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+
+    /// NOT_FOUND with `google.rpc.ResourceInfo`. `name` is what the caller
+    /// sent, so it is returned to them but never logged.
+    #[error("{resource_type} not found")]
+    NotFound {
+        resource_type: &'static str,
+        name: String,
+    },
+
+    /// ALREADY_EXISTS: the `request_id` was first used for a different
+    /// request. Retrying cannot help; the caller must pick a new id.
+    #[error("request_id was already used for a different request")]
+    RequestIdReused,
+
+    /// INTERNAL: the database pool gave no connection in time.
+    #[error("no database connection available")]
+    Pool(#[from] deadpool_postgres::PoolError),
+
+    /// INTERNAL: the database failed.
+    #[error("database error")]
+    Database(#[from] tokio_postgres::Error),
+
+    /// INTERNAL: anything else. Logged with its cause chain, and answered
+    /// with a generic message.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn subject_not_found(name: &impl ToString) -> Self {
+        Error::NotFound {
+            resource_type: "consent.v1.Subject",
+            name: name.to_string(),
+        }
+    }
+}
+
+fn summarize(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<crate::domain::Violations> for Error {
+    fn from(violations: crate::domain::Violations) -> Self {
+        Error::InvalidArgument(violations.into_vec())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,374 @@
+//! `consent.v1.ConsentService` over the domain service.
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use sha2::{Digest as _, Sha256};
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert::{self, optional, required_enum},
+    pb::{self, consent_service_server::ConsentService as Rpc},
+};
+use crate::{
+    domain::{
+        Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode, RequestId, SubjectId,
+        SubjectRegistration, Violations,
+    },
+    error::Error,
+    service::{CheckQuery, ConsentService, MAX_BATCH},
+};
+
+/// Serves `consent.v1.ConsentService`.
+#[derive(Clone)]
+pub struct ConsentGrpc {
+    service: ConsentService,
+}
+
+impl ConsentGrpc {
+    pub fn new(service: ConsentService) -> Self {
+        Self { service }
+    }
+
+    pub fn into_server(self) -> pb::consent_service_server::ConsentServiceServer<Self> {
+        pb::consent_service_server::ConsentServiceServer::new(self)
+    }
+}
+
+const DEFAULT_PAGE_SIZE: usize = 100;
+
+#[tonic::async_trait]
+impl Rpc for ConsentGrpc {
+    async fn register_subject(
+        &self,
+        request: Request<pb::RegisterSubjectRequest>,
+    ) -> Result<Response<pb::RegisterSubjectResponse>, Status> {
+        let mut v = Violations::new();
+        let actor = convert::actor(&request, &mut v);
+        let r = request.into_inner();
+        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+        let kind = required_enum(
+            &mut v,
+            "kind",
+            r.kind,
+            |n| pb::SubjectKind::try_from(n).ok(),
+            convert::subject_kind,
+        );
+        let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
+        let channel = required_enum(
+            &mut v,
+            "channel",
+            r.channel,
+            |n| pb::Channel::try_from(n).ok(),
+            convert::channel,
+        );
+        let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
+        let (
+            Some(actor),
+            Some(subject_id),
+            Some(kind),
+            Some(notice_version),
+            Some(channel),
+            Some(request_id),
+        ) = (actor, subject_id, kind, notice_version, channel, request_id)
+        else {
+            return Err(Error::from(v).into());
+        };
+        let registration = SubjectRegistration {
+            subject_id,
+            kind,
+            notice_version,
+            channel,
+            request_id,
+        };
+        let (subject, created) = self.service.register_subject(&registration, &actor).await?;
+        Ok(Response::new(pb::RegisterSubjectResponse {
+            subject: Some(convert::subject_to_pb(subject)),
+            created,
+        }))
+    }
+
+    async fn record_consent(
+        &self,
+        request: Request<pb::RecordConsentRequest>,
+    ) -> Result<Response<pb::RecordConsentResponse>, Status> {
+        let mut v = Violations::new();
+        let actor = convert::actor(&request, &mut v);
+        let r = request.into_inner();
+        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+        let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
+        let field = optional(&mut v, "field", r.field, FieldName::parse);
+        let choice = required_enum(
+            &mut v,
+            "choice",
+            r.choice,
+            |n| pb::Choice::try_from(n).ok(),
+            convert::choice,
+        );
+        let channel = required_enum(
+            &mut v,
+            "channel",
+            r.channel,
+            |n| pb::Channel::try_from(n).ok(),
+            convert::channel,
+        );
+        let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
+        let evidence = v.check("evidence", Evidence::parse(r.evidence));
+        let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
+        let (
+            Some(actor),
+            Some(subject_id),
+            Some(purpose),
+            Some(field),
+            Some(choice),
+            Some(channel),
+            Some(notice_version),
+            Some(evidence),
+            Some(request_id),
+        ) = (
+            actor,
+            subject_id,
+            purpose,
+            field,
+            choice,
+            channel,
+            notice_version,
+            evidence,
+            request_id,
+        )
+        else {
+            return Err(Error::from(v).into());
+        };
+        let record = self
+            .service
+            .record_consent(&NewConsentRecord {
+                subject_id,
+                purpose,
+                field,
+                choice,
+                channel,
+                notice_version,
+                evidence,
+                actor,
+                request_id,
+            })
+            .await?;
+        Ok(Response::new(pb::RecordConsentResponse {
+            record: Some(convert::record_to_pb(record)),
+        }))
+    }
+
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        let query = check_query(&mut v, "", r.subject_id, r.purpose, r.field)
+            .ok_or_else(|| Error::from(v))?;
+        let decision = self.service.check(&query).await?;
+        Ok(Response::new(pb::CheckResponse {
+            decision: convert::decision_to_pb(decision.outcome).into(),
+            reason: convert::reason_to_pb(decision.reason).into(),
+            record_id: convert::record_id(&decision),
+            policy_version: self.service.policy().version().to_string(),
+        }))
+    }
+
+    async fn batch_check(
+        &self,
+        request: Request<pb::BatchCheckRequest>,
+    ) -> Result<Response<pb::BatchCheckResponse>, Status> {
+        let items = request.into_inner().items;
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "items",
+                format!("must hold 1 to {MAX_BATCH} items (got {})", items.len()),
+            )
+            .into());
+        }
+        let mut v = Violations::new();
+        let mut queries = Vec::with_capacity(items.len());
+        let mut correlation_ids = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            if item.correlation_id.chars().count() > 128 {
+                v.push(
+                    format!("items[{i}].correlation_id"),
+                    "must be at most 128 characters",
+                );
+            }
+            correlation_ids.push(item.correlation_id);
+            let prefix = format!("items[{i}].");
+            queries.extend(check_query(
+                &mut v,
+                &prefix,
+                item.subject_id,
+                item.purpose,
+                item.field,
+            ));
+        }
+        if !v.is_empty() {
+            return Err(Error::from(v).into());
+        }
+        let decisions = self.service.batch_check(&queries).await?;
+        let results = decisions
+            .iter()
+            .zip(correlation_ids)
+            .map(|(decision, correlation_id)| pb::BatchCheckResult {
+                correlation_id,
+                decision: convert::decision_to_pb(decision.outcome).into(),
+                reason: convert::reason_to_pb(decision.reason).into(),
+                record_id: convert::record_id(decision),
+            })
+            .collect();
+        Ok(Response::new(pb::BatchCheckResponse {
+            results,
+            policy_version: self.service.policy().version().to_string(),
+        }))
+    }
+
+    async fn get_consent_state(
+        &self,
+        request: Request<pb::GetConsentStateRequest>,
+    ) -> Result<Response<pb::GetConsentStateResponse>, Status> {
+        let subject_id = SubjectId::parse(request.into_inner().subject_id)
+            .map_err(|e| Error::invalid("subject_id", e))?;
+        let overview = self.service.consent_state(&subject_id).await?;
+        let choices = overview
+            .choices
+            .into_iter()
+            .map(|c| pb::ConsentChoice {
+                purpose: c.purpose.to_string(),
+                field: c.field.map(|f| f.to_string()).unwrap_or_default(),
+                choice: convert::choice_to_pb(c.choice).into(),
+                record_id: c.record_id.to_string(),
+                sequence: c.sequence,
+                recorded_at: convert::timestamp(c.recorded_at),
+            })
+            .collect();
+        let decisions = overview
+            .decisions
+            .into_iter()
+            .map(|(purpose, field, decision)| pb::EffectiveDecision {
+                purpose: purpose.to_string(),
+                field: field.to_string(),
+                decision: convert::decision_to_pb(decision.outcome).into(),
+                reason: convert::reason_to_pb(decision.reason).into(),
+                record_id: convert::record_id(&decision),
+            })
+            .collect();
+        Ok(Response::new(pb::GetConsentStateResponse {
+            subject: Some(convert::subject_to_pb(overview.subject)),
+            choices,
+            decisions,
+            policy_version: self.service.policy().version().to_string(),
+        }))
+    }
+
+    async fn list_consent_history(
+        &self,
+        request: Request<pb::ListConsentHistoryRequest>,
+    ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+        let page_size = v.check(
+            "page_size",
+            match r.page_size {
+                0 => Ok(DEFAULT_PAGE_SIZE),
+                n @ 1..=1000 => Ok(n as usize),
+                n => Err(format!("must be between 0 and 1000 (got {n})")),
+            },
+        );
+        let (Some(subject_id), Some(page_size)) = (subject_id, page_size) else {
+            return Err(Error::from(v).into());
+        };
+        let after = if r.page_token.is_empty() {
+            0
+        } else {
+            PageToken::decode(&r.page_token, &subject_id)
+                .map_err(|e| Error::invalid("page_token", e))?
+        };
+        let page = self.service.history(&subject_id, after, page_size).await?;
+        Ok(Response::new(pb::ListConsentHistoryResponse {
+            records: page
+                .records
+                .into_iter()
+                .map(convert::record_to_pb)
+                .collect(),
+            next_page_token: page
+                .next_after
+                .map(|after| PageToken::encode(after, &subject_id))
+                .unwrap_or_default(),
+        }))
+    }
+}
+
+/// Parses one check; violations are named `{prefix}subject_id` and so on.
+fn check_query(
+    v: &mut Violations,
+    prefix: &str,
+    subject_id: String,
+    purpose: String,
+    field: String,
+) -> Option<CheckQuery> {
+    let subject_id = v.check(format!("{prefix}subject_id"), SubjectId::parse(subject_id));
+    let purpose = v.check(format!("{prefix}purpose"), PurposeCode::parse(purpose));
+    let field = v.check(format!("{prefix}field"), FieldName::parse(field));
+    Some(CheckQuery {
+        subject_id: subject_id?,
+        purpose: purpose?,
+        field: field?,
+    })
+}
+
+/// AIP-158 page tokens: opaque to callers, bound to the subject they were
+/// issued for so that a token cannot page through another subject's history.
+struct PageToken;
+
+impl PageToken {
+    fn binding(subject_id: &SubjectId) -> String {
+        Sha256::digest(subject_id.as_str().as_bytes())[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn encode(after: i64, subject_id: &SubjectId) -> String {
+        URL_SAFE_NO_PAD.encode(format!("v1.{after}.{}", Self::binding(subject_id)))
+    }
+
+    fn decode(token: &str, subject_id: &SubjectId) -> Result<i64, String> {
+        let invalid = || "is not a token this service issued".to_string();
+        let text = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let text = String::from_utf8(text).map_err(|_| invalid())?;
+        let mut parts = text.split('.');
+        let (Some("v1"), Some(after), Some(binding), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        if binding != Self::binding(subject_id) {
+            return Err("was issued for another subject_id".into());
+        }
+        after.parse().map_err(|_| invalid())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_are_bound_to_their_subject() {
+        let a = SubjectId::parse("C-1").unwrap();
+        let b = SubjectId::parse("C-2").unwrap();
+        let token = PageToken::encode(42, &a);
+        assert_eq!(PageToken::decode(&token, &a), Ok(42));
+        assert!(
+            PageToken::decode(&token, &b)
+                .unwrap_err()
+                .contains("another subject_id")
+        );
+        assert!(PageToken::decode("garbage!", &a).is_err());
+        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v1.x.y"), &a).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! Recording choices and answering checks.
+
+use std::sync::Arc;
+
+use crate::{
+    domain::{
+        Actor, ConsentRecord, FieldName, NewConsentRecord, PurposeCode, StoredChoice, Subject,
+        SubjectId, SubjectRegistration, Violations,
+    },
+    error::{Error, Result},
+    policy::{Decision, Policy, Undeclared, decide},
+    store::{HistoryPage, Store},
+};
+
+/// The most items one BatchCheck may carry.
+pub const MAX_BATCH: usize = 1000;
+/// The largest history page.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// "May `field` of `subject_id` be used for `purpose`?"
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckQuery {
+    pub subject_id: SubjectId,
+    pub purpose: PurposeCode,
+    pub field: FieldName,
+}
+
+/// Everything GetConsentState shows about one subject.
+#[derive(Debug, Clone)]
+pub struct ConsentOverview {
+    pub subject: Subject,
+    pub choices: Vec<StoredChoice>,
+    /// The decision for every field of every purpose, by purpose then field.
+    pub decisions: Vec<(PurposeCode, FieldName, Decision)>,
+}
+
+#[derive(Clone)]
+pub struct ConsentService {
+    store: Store,
+    policy: Arc<Policy>,
+}
+
+impl ConsentService {
+    pub fn new(store: Store, policy: Arc<Policy>) -> Self {
+        Self { store, policy }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub async fn register_subject(
+        &self,
+        reg: &SubjectRegistration,
+        actor: &Actor,
+    ) -> Result<(Subject, bool)> {
+        self.store.register_subject(reg, actor).await
+    }
+
+    /// Appends a choice after checking that the policy knows its purpose and
+    /// that the field, if any, is one the purpose uses.
+    pub async fn record_consent(&self, new: &NewConsentRecord) -> Result<ConsentRecord> {
+        let mut violations = Violations::new();
+        match self.policy.purpose(&new.purpose) {
+            None => violations.push("purpose", self.undeclared_purpose(&new.purpose)),
+            Some(purpose) => {
+                if let Some(field) = &new.field {
+                    if !self.policy.declares_field(field) {
+                        violations.push("field", self.undeclared_field(field));
+                    } else if !purpose.permits(field) {
+                        violations.push(
+                            "field",
+                            format!(
+                                "`{field}` is not used by purpose `{}` (it uses: {})",
+                                purpose.code,
+                                join(&purpose.fields)
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if !violations.is_empty() {
+            return Err(violations.into());
+        }
+        self.store.append_consent_record(new).await
+    }
+
+    pub async fn check(&self, query: &CheckQuery) -> Result<Decision> {
+        let mut decisions = self
+            .decide_all(std::slice::from_ref(query), |_, name| name.to_string())
+            .await?;
+        Ok(decisions.remove(0))
+    }
+
+    /// Decides up to [`MAX_BATCH`] queries from one read of the subjects'
+    /// state. A query naming an undeclared purpose or field fails the whole
+    /// batch, with violations named `items[i].purpose` / `items[i].field`.
+    pub async fn batch_check(&self, queries: &[CheckQuery]) -> Result<Vec<Decision>> {
+        if queries.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "items",
+                format!(
+                    "at most {MAX_BATCH} items per batch (got {})",
+                    queries.len()
+                ),
+            ));
+        }
+        self.decide_all(queries, |i, name| format!("items[{i}].{name}"))
+            .await
+    }
+
+    /// `violation_name(i, "purpose")` names the request field of query `i`.
+    async fn decide_all(
+        &self,
+        queries: &[CheckQuery],
+        violation_name: impl Fn(usize, &str) -> String,
+    ) -> Result<Vec<Decision>> {
+        // Caller bugs first, before any IO.
+        let mut violations = Violations::new();
+        for (i, q) in queries.iter().enumerate() {
+            match decide(&self.policy, None, &q.purpose, &q.field) {
+                Ok(_) => {}
+                Err(Undeclared::Purpose) => violations.push(
+                    violation_name(i, "purpose"),
+                    self.undeclared_purpose(&q.purpose),
+                ),
+                Err(Undeclared::Field) => {
+                    violations.push(violation_name(i, "field"), self.undeclared_field(&q.field))
+                }
+            }
+        }
+        if !violations.is_empty() {
+            return Err(violations.into());
+        }
+        let ids: Vec<&SubjectId> = queries.iter().map(|q| &q.subject_id).collect();
+        let states = self.store.current_state_for(&ids).await?;
+        queries
+            .iter()
+            .map(|q| {
+                decide(
+                    &self.policy,
+                    states.get(&q.subject_id),
+                    &q.purpose,
+                    &q.field,
+                )
+                .map_err(|e| Error::Internal(anyhow::anyhow!("undeclared after validation: {e}")))
+            })
+            .collect()
+    }
+
+    pub async fn consent_state(&self, subject_id: &SubjectId) -> Result<ConsentOverview> {
+        let subject = self
+            .store
+            .subject(subject_id)
+            .await?
+            .ok_or_else(|| Error::subject_not_found(subject_id))?;
+        let mut states = self.store.current_state_for(&[subject_id]).await?;
+        // Registered a moment ago but the state read raced a deletion: there
+        // is no deletion of subjects, so an empty state is the honest answer.
+        let state = states.remove(subject_id).unwrap_or_default();
+        let mut decisions = Vec::new();
+        for purpose in self.policy.purposes() {
+            for field in self.policy.fields() {
+                if purpose.permits(&field.name) {
+                    let decision = decide(&self.policy, Some(&state), &purpose.code, &field.name)
+                        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+                    decisions.push((purpose.code.clone(), field.name.clone(), decision));
+                }
+            }
+        }
+        Ok(ConsentOverview {
+            subject,
+            choices: state.choices,
+            decisions,
+        })
+    }
+
+    /// One page of history after sequence `after` (0 for the first page).
+    pub async fn history(
+        &self,
+        subject_id: &SubjectId,
+        after: i64,
+        page_size: usize,
+    ) -> Result<HistoryPage> {
+        if self.store.subject(subject_id).await?.is_none() {
+            return Err(Error::subject_not_found(subject_id));
+        }
+        self.store
+            .consent_history(subject_id, after, page_size.clamp(1, MAX_PAGE_SIZE))
+            .await
+    }
+
+    fn undeclared_purpose(&self, purpose: &PurposeCode) -> String {
+        let known: Vec<_> = self.policy.purposes().map(|p| p.code.clone()).collect();
+        format!(
+            "`{purpose}` is not a purpose of policy {} (known: {})",
+            self.policy.version(),
+            join(&known)
+        )
+    }
+
+    fn undeclared_field(&self, field: &FieldName) -> String {
+        let known: Vec<_> = self.policy.fields().map(|f| f.name.clone()).collect();
+        format!(
+            "`{field}` is not a field of policy {} (known: {})",
+            self.policy.version(),
+            join(&known)
+        )
+    }
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,7 @@
+//! Use cases: what the service does, independent of how it is called. Each
+//! method validates against the policy, asks `policy` for decisions and
+//! `store` for state, and returns domain types. No SQL and no prost here.
+
+mod consent;
+
+pub use consent::{CheckQuery, ConsentOverview, ConsentService, MAX_BATCH, MAX_PAGE_SIZE};

@@ -1,0 +1,119 @@
+//! The command line. Every setting can also come from a `CONSENTD_*`
+//! environment variable, so containers configure it without flags.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "consentd",
+    version,
+    about = "Consent and disclosure decisions for personal data, served over gRPC",
+    long_about = "consentd answers \"may field F of subject S be used for purpose P?\" from a \
+                  written privacy policy and from what each person chose, and keeps every \
+                  choice in an append-only history in PostgreSQL."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (ConsentService, health, reflection) and the HTTP endpoints.
+    Serve(ServeArgs),
+    /// Apply the embedded database migrations, then exit.
+    Migrate(DatabaseArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and print what it declares; exit 1 on any problem.
+    Check {
+        /// The policy file to validate.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://user@host:5432/consentd. When absent,
+    /// consentd uses postgres://postgres@127.0.0.1:5432/consentd (creating the
+    /// database), and if nothing answers there it starts a private cluster
+    /// from the installed PostgreSQL server binaries under --pg-data-dir.
+    #[arg(long, env = "CONSENTD_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Data directory of the private PostgreSQL cluster (used only when no
+    /// --database-url is given and nothing answers on 127.0.0.1:5432).
+    /// Defaults to $XDG_DATA_HOME/consentd/pgdata, or /var/lib/consentd/pgdata
+    /// when running as root.
+    #[arg(long, env = "CONSENTD_PG_DATA_DIR")]
+    pub pg_data_dir: Option<PathBuf>,
+
+    /// Most database connections this process opens.
+    #[arg(long, env = "CONSENTD_MAX_CONNECTIONS", default_value_t = 16)]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address for gRPC. Port 0 picks a free port; the bound address is logged.
+    #[arg(long, env = "CONSENTD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address for the HTTP endpoints (/healthz, /readyz). Port 0 picks a free port.
+    #[arg(long, env = "CONSENTD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// The policy file; the server refuses to start if it has any problem.
+    #[arg(long, env = "CONSENTD_POLICY", default_value = "deploy/policy.toml")]
+    pub policy: PathBuf,
+
+    /// Apply pending migrations at start. Always done for the default local
+    /// database; with --database-url only when asked.
+    #[arg(long, env = "CONSENTD_MIGRATE")]
+    pub migrate: bool,
+
+    /// On SIGINT/SIGTERM, report NOT_SERVING for this long before closing the
+    /// listeners, so load balancers stop routing first. In-flight calls
+    /// always finish.
+    #[arg(long, env = "CONSENTD_DRAIN_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub drain_seconds: u64,
+}
+
+impl ServeArgs {
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_match_the_documented_ones() {
+        let cli = Cli::try_parse_from(["consentd", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(args.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.policy, PathBuf::from("deploy/policy.toml"));
+    }
+}

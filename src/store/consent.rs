@@ -1,0 +1,368 @@
+//! Subjects, consent records and the current consent state.
+
+use std::collections::HashMap;
+
+use anyhow::anyhow;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{
+    Store,
+    idempotency::{self, Claim, RequestDigest},
+};
+use crate::{
+    domain::{
+        Actor, Channel, Choice, ConsentRecord, Evidence, FieldName, NewConsentRecord,
+        NoticeVersion, PurposeCode, RequestId, StoredChoice, Subject, SubjectId, SubjectKind,
+        SubjectRegistration, SubjectState,
+    },
+    error::{Error, Result},
+};
+
+/// One page of a subject's history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub records: Vec<ConsentRecord>,
+    /// The sequence to continue after, when there are more records.
+    pub next_after: Option<i64>,
+}
+
+const RECORD_COLUMNS: &str = "subject_id, sequence, record_id, purpose, field, choice, channel,
+     notice_version, evidence, actor, request_id, recorded_at";
+
+impl Store {
+    /// Inserts the subject, or updates its kind, notice and channel. Returns
+    /// the stored subject and whether this call created it.
+    #[tracing::instrument(name = "store.register_subject", skip_all)]
+    pub async fn register_subject(
+        &self,
+        reg: &SubjectRegistration,
+        actor: &Actor,
+    ) -> Result<(Subject, bool)> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if let Some(request_id) = &reg.request_id {
+            let digest = RequestDigest::of(
+                "RegisterSubject",
+                &[
+                    reg.subject_id.as_str(),
+                    reg.kind.as_str(),
+                    reg.notice_version.as_str(),
+                    reg.channel.as_str(),
+                    actor.as_str(),
+                ],
+            );
+            if let Claim::Replay(result) = idempotency::claim(&tx, request_id, &digest).await? {
+                let subject = subject_in(&tx, &reg.subject_id)
+                    .await?
+                    .ok_or_else(|| anyhow!("idempotency key refers to a missing subject"))?;
+                return Ok((subject, result == "created"));
+            }
+        }
+        // `xmax = 0` is true only for a row this statement inserted. The
+        // WHERE clause leaves an unchanged subject (and its updated_at) alone.
+        let row = tx
+            .query_opt(
+                "INSERT INTO subjects (subject_id, kind, notice_version, channel)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (subject_id) DO UPDATE
+                    SET kind = EXCLUDED.kind,
+                        notice_version = EXCLUDED.notice_version,
+                        channel = EXCLUDED.channel,
+                        updated_at = now()
+                  WHERE (subjects.kind, subjects.notice_version, subjects.channel)
+                        IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.notice_version, EXCLUDED.channel)
+                 RETURNING (xmax = 0) AS created",
+                &[
+                    &reg.subject_id.as_str(),
+                    &reg.kind.as_str(),
+                    &reg.notice_version.as_str(),
+                    &reg.channel.as_str(),
+                ],
+            )
+            .await?;
+        let created = row.is_some_and(|r| r.get::<_, bool>(0));
+        let subject = subject_in(&tx, &reg.subject_id)
+            .await?
+            .ok_or_else(|| anyhow!("subject vanished inside its own transaction"))?;
+        if let Some(request_id) = &reg.request_id {
+            let result = if created { "created" } else { "updated" };
+            idempotency::settle(&tx, request_id, result).await?;
+        }
+        tx.commit().await?;
+        Ok((subject, created))
+    }
+
+    #[tracing::instrument(name = "store.subject", skip_all)]
+    pub async fn subject(&self, subject_id: &SubjectId) -> Result<Option<Subject>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT subject_id, kind, notice_version, channel, registered_at, updated_at
+                   FROM subjects WHERE subject_id = $1",
+                &[&subject_id.as_str()],
+            )
+            .await?;
+        row.map(|r| subject_from_row(&r)).transpose()
+    }
+
+    /// Appends a consent record and updates the current state in the same
+    /// transaction. The subject's row is locked first, so records of one
+    /// subject commit in sequence order and the state always holds the
+    /// latest of them.
+    #[tracing::instrument(name = "store.append_consent_record", skip_all)]
+    pub async fn append_consent_record(&self, new: &NewConsentRecord) -> Result<ConsentRecord> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if let Some(request_id) = &new.request_id {
+            let digest = consent_digest(new);
+            if let Claim::Replay(record_id) = idempotency::claim(&tx, request_id, &digest).await? {
+                let record_id: Uuid = record_id
+                    .parse()
+                    .map_err(|e| anyhow!("idempotency key holds a bad record id: {e}"))?;
+                let row = tx
+                    .query_one(
+                        &format!(
+                            "SELECT {RECORD_COLUMNS} FROM consent_records WHERE record_id = $1"
+                        ),
+                        &[&record_id],
+                    )
+                    .await?;
+                return record_from_row(&row);
+            }
+        }
+        let locked = tx
+            .query_opt(
+                "SELECT 1 FROM subjects WHERE subject_id = $1 FOR NO KEY UPDATE",
+                &[&new.subject_id.as_str()],
+            )
+            .await?;
+        if locked.is_none() {
+            return Err(Error::subject_not_found(&new.subject_id));
+        }
+        let record_id = Uuid::now_v7();
+        let field = new.field.as_ref().map_or("", |f| f.as_str());
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO consent_records (subject_id, record_id, purpose, field, choice,
+                         channel, notice_version, evidence, actor, request_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                     RETURNING {RECORD_COLUMNS}"
+                ),
+                &[
+                    &new.subject_id.as_str(),
+                    &record_id,
+                    &new.purpose.as_str(),
+                    &field,
+                    &new.choice.as_str(),
+                    &new.channel.as_str(),
+                    &new.notice_version.as_str(),
+                    &new.evidence.as_str(),
+                    &new.actor.as_str(),
+                    &new.request_id.as_ref().map(|r| r.as_str()),
+                ],
+            )
+            .await?;
+        let record = record_from_row(&row)?;
+        // The WHERE keeps the newest record even if an older one were ever
+        // written after it; with the row lock above that cannot happen, but
+        // the state must not depend on it.
+        tx.execute(
+            "INSERT INTO consent_state (subject_id, purpose, field, choice, record_id, sequence, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (subject_id, purpose, field) DO UPDATE
+                SET choice = EXCLUDED.choice, record_id = EXCLUDED.record_id,
+                    sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at
+              WHERE consent_state.sequence < EXCLUDED.sequence",
+            &[
+                &new.subject_id.as_str(),
+                &new.purpose.as_str(),
+                &field,
+                &new.choice.as_str(),
+                &record.record_id,
+                &record.sequence,
+                &record.recorded_at,
+            ],
+        )
+        .await?;
+        if let Some(request_id) = &new.request_id {
+            idempotency::settle(&tx, request_id, &record.record_id.to_string()).await?;
+        }
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// The current choices of each given subject, in one indexed read. A
+    /// subject that is not registered is absent from the map.
+    #[tracing::instrument(name = "store.current_state_for", skip_all, fields(subjects = ids.len()))]
+    pub async fn current_state_for(
+        &self,
+        ids: &[&SubjectId],
+    ) -> Result<HashMap<SubjectId, SubjectState>> {
+        let client = self.pool.get().await?;
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        let rows = client
+            .query(
+                "SELECT s.subject_id, c.purpose, c.field, c.choice, c.record_id, c.sequence, c.recorded_at
+                   FROM subjects s
+                   LEFT JOIN consent_state c ON c.subject_id = s.subject_id
+                  WHERE s.subject_id = ANY($1)
+                  ORDER BY s.subject_id, c.purpose, c.field",
+                &[&ids],
+            )
+            .await?;
+        let mut states: HashMap<SubjectId, SubjectState> = HashMap::new();
+        for row in rows {
+            let subject = stored(SubjectId::parse(row.get::<_, String>(0)), "subject_id")?;
+            let state = states.entry(subject).or_default();
+            let Some(purpose) = row.get::<_, Option<String>>(1) else {
+                continue; // registered, no choices yet
+            };
+            let field: String = row.get(2);
+            state.choices.push(StoredChoice {
+                purpose: stored(PurposeCode::parse(purpose), "purpose")?,
+                field: optional_field(field)?,
+                choice: stored_enum(Choice::from_stored(row.get(3)), "choice")?,
+                record_id: row.get(4),
+                sequence: row.get(5),
+                recorded_at: row.get(6),
+            });
+        }
+        Ok(states)
+    }
+
+    /// Up to `limit` records of a subject after `after` (a sequence), oldest
+    /// first.
+    #[tracing::instrument(name = "store.consent_history", skip_all, fields(limit))]
+    pub async fn consent_history(
+        &self,
+        subject_id: &SubjectId,
+        after: i64,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        let client = self.pool.get().await?;
+        // One extra row tells whether another page follows.
+        let fetch = i64::try_from(limit + 1).map_err(|e| anyhow!(e))?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM consent_records
+                      WHERE subject_id = $1 AND sequence > $2
+                      ORDER BY sequence LIMIT $3"
+                ),
+                &[&subject_id.as_str(), &after, &fetch],
+            )
+            .await?;
+        let mut records = rows
+            .iter()
+            .map(record_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let next_after = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(|r| r.sequence)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            records,
+            next_after,
+        })
+    }
+}
+
+fn consent_digest(new: &NewConsentRecord) -> RequestDigest {
+    RequestDigest::of(
+        "RecordConsent",
+        &[
+            new.subject_id.as_str(),
+            new.purpose.as_str(),
+            new.field.as_ref().map_or("", |f| f.as_str()),
+            new.choice.as_str(),
+            new.channel.as_str(),
+            new.notice_version.as_str(),
+            new.evidence.as_str(),
+            new.actor.as_str(),
+        ],
+    )
+}
+
+async fn subject_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &SubjectId,
+) -> Result<Option<Subject>> {
+    let row = tx
+        .query_opt(
+            "SELECT subject_id, kind, notice_version, channel, registered_at, updated_at
+               FROM subjects WHERE subject_id = $1",
+            &[&id.as_str()],
+        )
+        .await?;
+    row.map(|r| subject_from_row(&r)).transpose()
+}
+
+/// A stored value that no longer parses means the database was changed
+/// behind the service's back: an internal error, never a caller's.
+fn stored<T>(parsed: Result<T, String>, column: &str) -> Result<T> {
+    parsed.map_err(|why| Error::Internal(anyhow!("stored {column} is invalid: {why}")))
+}
+
+fn stored_enum<T>(parsed: Option<T>, column: &str) -> Result<T> {
+    parsed.ok_or_else(|| Error::Internal(anyhow!("stored {column} has an unknown value")))
+}
+
+fn optional_field(field: String) -> Result<Option<FieldName>> {
+    if field.is_empty() {
+        Ok(None)
+    } else {
+        stored(FieldName::parse(field), "field").map(Some)
+    }
+}
+
+fn subject_from_row(row: &Row) -> Result<Subject> {
+    Ok(Subject {
+        subject_id: stored(SubjectId::parse(row.get::<_, String>(0)), "subject_id")?,
+        kind: stored_enum(SubjectKind::from_stored(row.get(1)), "kind")?,
+        notice_version: stored(
+            NoticeVersion::parse(row.get::<_, String>(2)),
+            "notice_version",
+        )?,
+        channel: stored_enum(Channel::from_stored(row.get(3)), "channel")?,
+        registered_at: row.get(4),
+        updated_at: row.get(5),
+    })
+}
+
+fn record_from_row(row: &Row) -> Result<ConsentRecord> {
+    Ok(ConsentRecord {
+        sequence: row.get("sequence"),
+        record_id: row.get("record_id"),
+        recorded_at: row.get("recorded_at"),
+        content: NewConsentRecord {
+            subject_id: stored(
+                SubjectId::parse(row.get::<_, String>("subject_id")),
+                "subject_id",
+            )?,
+            purpose: stored(
+                PurposeCode::parse(row.get::<_, String>("purpose")),
+                "purpose",
+            )?,
+            field: optional_field(row.get("field"))?,
+            choice: stored_enum(Choice::from_stored(row.get("choice")), "choice")?,
+            channel: stored_enum(Channel::from_stored(row.get("channel")), "channel")?,
+            notice_version: stored(
+                NoticeVersion::parse(row.get::<_, String>("notice_version")),
+                "notice_version",
+            )?,
+            evidence: stored(
+                Evidence::parse(row.get::<_, String>("evidence")),
+                "evidence",
+            )?,
+            actor: stored(Actor::parse(row.get::<_, String>("actor")), "actor")?,
+            request_id: row
+                .get::<_, Option<String>>("request_id")
+                .map(|r| stored(RequestId::parse(r), "request_id"))
+                .transpose()?,
+        },
+    })
+}

@@ -1,0 +1,100 @@
+//! AIP-155 idempotency keys, claimed inside the caller's transaction so that
+//! a key and the write it guards commit or vanish together.
+
+use sha2::{Digest as _, Sha256};
+use tokio_postgres::Transaction;
+
+use crate::{
+    domain::RequestId,
+    error::{Error, Result},
+};
+
+/// SHA-256 over an operation name and the request's content. Each part is
+/// length-prefixed so that ("ab", "c") and ("a", "bc") differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestDigest(Vec<u8>);
+
+impl RequestDigest {
+    pub fn of(operation: &str, parts: &[&str]) -> Self {
+        let mut hash = Sha256::new();
+        for part in std::iter::once(&operation).chain(parts) {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+        Self(hash.finalize().to_vec())
+    }
+}
+
+/// What claiming a key found.
+pub(crate) enum Claim {
+    /// The key is new and now held by this transaction.
+    Fresh,
+    /// The key was used before for the same content; here is its result.
+    Replay(String),
+}
+
+/// Claims `request_id` for a request with `digest`. A concurrent first call
+/// with the same key makes this wait until that call commits or rolls back,
+/// so two retries never both write.
+pub(crate) async fn claim(
+    tx: &Transaction<'_>,
+    request_id: &RequestId,
+    digest: &RequestDigest,
+) -> Result<Claim> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO idempotency_keys (request_id, digest) VALUES ($1, $2)
+             ON CONFLICT (request_id) DO NOTHING",
+            &[&request_id.as_str(), &digest.0],
+        )
+        .await?;
+    if inserted == 1 {
+        return Ok(Claim::Fresh);
+    }
+    let row = tx
+        .query_one(
+            "SELECT digest, result_ref FROM idempotency_keys WHERE request_id = $1",
+            &[&request_id.as_str()],
+        )
+        .await?;
+    let stored: Vec<u8> = row.get(0);
+    if stored != digest.0 {
+        return Err(Error::RequestIdReused);
+    }
+    Ok(Claim::Replay(row.get(1)))
+}
+
+/// Notes what the first call produced, for later replays.
+pub(crate) async fn settle(
+    tx: &Transaction<'_>,
+    request_id: &RequestId,
+    result: &str,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE idempotency_keys SET result_ref = $2 WHERE request_id = $1",
+        &[&request_id.as_str(), &result],
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_separate_parts_unambiguously() {
+        assert_ne!(
+            RequestDigest::of("op", &["ab", "c"]),
+            RequestDigest::of("op", &["a", "bc"])
+        );
+        assert_ne!(
+            RequestDigest::of("op1", &["a"]),
+            RequestDigest::of("op2", &["a"])
+        );
+        assert_eq!(
+            RequestDigest::of("op", &["a"]),
+            RequestDigest::of("op", &["a"])
+        );
+    }
+}
