@@ -55,6 +55,15 @@ pub struct DatabaseArgs {
     #[arg(long, env = "CONSENTD_PG_DATA_DIR")]
     pub pg_data_dir: Option<PathBuf>,
 
+    /// Where to look for a running PostgreSQL when no --database-url is
+    /// given. consentd creates the `consentd` database there.
+    #[arg(
+        long,
+        env = "CONSENTD_LOCAL_SERVER_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub local_server_url: String,
+
     /// Most database connections this process opens.
     #[arg(long, env = "CONSENTD_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: usize,
@@ -87,11 +96,20 @@ pub struct ServeArgs {
     /// always finish.
     #[arg(long, env = "CONSENTD_DRAIN_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
     pub drain_seconds: u64,
+
+    /// After the drain, how long in-flight calls and open connections get
+    /// to finish before the server exits anyway.
+    #[arg(long, env = "CONSENTD_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub shutdown_timeout_seconds: u64,
 }
 
 impl ServeArgs {
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_seconds)
     }
 }
 

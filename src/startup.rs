@@ -27,7 +27,6 @@ use crate::{
 };
 
 /// The database the default setup uses when no URL is given.
-pub const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_DATABASE: &str = "consentd";
 
 /// A connected database, and the private cluster behind it if one had to be
@@ -53,19 +52,20 @@ impl Database {
                 embedded: None,
             });
         }
-        let (server_url, embedded) = match store::admin_connect(DEFAULT_SERVER_URL).await {
+        let (server_url, embedded) = match store::admin_connect(&args.local_server_url).await {
             Ok(_) => {
                 tracing::info!(
-                    "using the local PostgreSQL at 127.0.0.1:5432, database `{DEFAULT_DATABASE}`"
+                    server = %redact(&args.local_server_url),
+                    "using the local PostgreSQL, database `{DEFAULT_DATABASE}`"
                 );
-                (DEFAULT_SERVER_URL.to_string(), None)
+                (args.local_server_url.clone(), None)
             }
             Err(e) => {
                 let data_dir = args.pg_data_dir.clone().unwrap_or_else(default_data_dir);
                 tracing::info!(
                     reason = format!("{e:#}"),
                     data_dir = %data_dir.display(),
-                    "nothing answers at 127.0.0.1:5432; starting a private PostgreSQL cluster"
+                    "no local PostgreSQL answers; starting a private PostgreSQL cluster"
                 );
                 let cluster = EmbeddedPostgres::start(&data_dir, Durability::Durable)
                     .await
@@ -123,6 +123,7 @@ pub struct Application {
     database: Database,
     policy: Arc<Policy>,
     drain: Duration,
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -160,6 +161,7 @@ impl Application {
             database,
             policy,
             drain: args.drain(),
+            shutdown_timeout: args.shutdown_timeout(),
         })
     }
 
@@ -192,6 +194,7 @@ impl Application {
             database,
             policy,
             drain,
+            shutdown_timeout,
         } = self;
         let store = database.store.clone();
 
@@ -237,8 +240,18 @@ impl Application {
             .await;
         tokio::time::sleep(drain).await;
         stop.cancel();
-        grpc.await?.context("gRPC server failed")?;
-        http.await?.context("HTTP server failed")?;
+        let finished = tokio::time::timeout(shutdown_timeout, async {
+            grpc.await?.context("gRPC server failed")?;
+            http.await?.context("HTTP server failed")
+        })
+        .await;
+        match finished {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(
+                timeout = ?shutdown_timeout,
+                "connections still open after the shutdown timeout; stopping anyway"
+            ),
+        }
         if let Some(cluster) = database.embedded {
             tracing::info!("stopping the private PostgreSQL cluster");
             tokio::task::spawn_blocking(move || cluster.stop()).await?;

@@ -1,0 +1,325 @@
+//! The `consentd` binary as a user runs it.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use consentd::{
+    grpc::pb::{self, consent_service_client::ConsentServiceClient},
+    store::embedded::{Durability, EmbeddedPostgres},
+};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::helpers::{fresh_database, policy_path};
+
+const BIN: &str = env!("CARGO_BIN_EXE_consentd");
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_policy(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+const BROKEN_POLICY: &str = r#"version = "x"
+
+[[fields]]
+id = "email"
+
+[[purposes]]
+id = "newsletter"
+basis = "opt_out"
+fields = ["email", "fax"]
+"#;
+
+#[test]
+fn policy_check_accepts_the_shipped_policy() {
+    let (ok, stdout, _) = run(&["policy", "check", policy_path().to_str().unwrap()]);
+    assert!(ok);
+    assert!(
+        stdout.contains("OK, policy version 2026-11-24.1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("purpose promotional_mail (OptOut): name, email, postal_address"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn policy_check_names_file_line_and_problem_for_every_mistake() {
+    let dir = tempdir();
+    let path = write_policy(&dir, BROKEN_POLICY);
+    let (ok, _, stderr) = run(&["policy", "check", &path]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "{path}:7: purpose `newsletter` has basis opt_out but no refusal_instructions"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{path}:9: purpose `newsletter` lists field `fax`, which is not declared"
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_on_a_broken_policy() {
+    let dir = tempdir();
+    let path = write_policy(&dir, BROKEN_POLICY);
+    let db = fresh_database().await;
+    let (ok, _, stderr) = run(&[
+        "serve",
+        "--policy",
+        &path,
+        "--database-url",
+        &db.db_url,
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains(&format!("{path}:9:")), "{stderr}");
+}
+
+#[test]
+fn help_documents_every_setting_and_its_environment_variable() {
+    let (ok, stdout, _) = run(&["serve", "--help"]);
+    assert!(ok);
+    for needle in [
+        "--database-url",
+        "CONSENTD_DATABASE_URL",
+        "--grpc-addr",
+        "CONSENTD_GRPC_ADDR",
+        "127.0.0.1:50051",
+        "--http-addr",
+        "CONSENTD_HTTP_ADDR",
+        "127.0.0.1:8080",
+        "--policy",
+        "CONSENTD_POLICY",
+        "deploy/policy.toml",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "serve --help lacks {needle}:\n{stdout}"
+        );
+    }
+    let (ok, stdout, _) = run(&["--help"]);
+    assert!(ok);
+    for command in ["serve", "migrate", "policy"] {
+        assert!(stdout.contains(command), "{stdout}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_brings_an_empty_database_up_to_date_and_is_repeatable() {
+    let db = fresh_database().await; // already migrated from the template
+    let admin = consentd::store::admin_connect(&db.admin_url).await.unwrap();
+    let empty = format!("{}_empty", db.db_name);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {empty}"))
+        .await
+        .unwrap();
+    let url = consentd::store::with_database(&db.admin_url, &empty).unwrap();
+    let (ok, stdout, stderr) = run(&["migrate", "--database-url", &url]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("applied 1 migration(s)"), "{stdout}");
+    let (ok, stdout, _) = run(&["migrate", "--database-url", &url]);
+    assert!(ok);
+    assert!(stdout.contains("applied 0 migration(s)"), "{stdout}");
+    admin
+        .batch_execute(&format!("DROP DATABASE {empty} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+/// Starts `consentd serve` and waits for the line naming the bound gRPC address.
+fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--policy")
+        .arg(policy_path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(90)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve never said it was serving:\n{}", seen.join("\n"));
+        };
+        if let Some((_, rest)) = line.split_once("serving gRPC on ") {
+            let addr = rest.split_whitespace().next().unwrap().to_string();
+            return (child, addr, rx);
+        }
+        seen.push(line);
+    }
+}
+
+/// Async, so that this test's runtime keeps running the client side of any
+/// open connection while the server drains it.
+async fn terminate_and_wait(mut child: Child, logs: &mpsc::Receiver<String>) -> Vec<String> {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let lines: Vec<String> = logs.try_iter().collect();
+    assert!(
+        status.success(),
+        "serve exited with {status}:\n{}",
+        lines.join("\n")
+    );
+    lines
+}
+
+async fn register_and_check(addr: &str) -> pb::CheckResponse {
+    let mut client = ConsentServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    client
+        .register_subject(pb::RegisterSubjectRequest {
+            subject_id: "C-1042".into(),
+            kind: pb::SubjectKind::Individual.into(),
+            notice_version: "2026-11".into(),
+            channel: pb::Channel::Web.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    client
+        .check(pb::CheckRequest {
+            subject_id: "C-1042".into(),
+            purpose: "promotional_mail".into(),
+            field: "email".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn serve_runs_against_a_database_url_and_stops_cleanly_on_sigterm() {
+    let db = fresh_database().await;
+    let (child, addr, logs) = spawn_serve(&["--database-url", &db.db_url]);
+    let answer = register_and_check(&addr).await;
+    assert_eq!(answer.decision(), pb::Decision::Allow);
+    let lines = terminate_and_wait(child, &logs).await;
+    assert!(
+        lines.iter().any(|l| l.contains("consentd stopped")),
+        "{}",
+        lines.join("\n")
+    );
+}
+
+/// The embedded default: nothing answers at the local server URL, so serve
+/// starts its own cluster, creates and migrates the database, serves, and
+/// stops the cluster at shutdown.
+#[tokio::test]
+async fn serve_starts_a_private_cluster_when_no_postgres_answers() {
+    let dir = tempdir();
+    let data_dir = dir.join("pgdata");
+    let (child, addr, logs) = spawn_serve(&[
+        "--local-server-url",
+        "postgres://postgres@127.0.0.1:1/postgres",
+        "--pg-data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    let answer = register_and_check(&addr).await;
+    assert_eq!(answer.decision(), pb::Decision::Allow);
+    assert!(data_dir.join("PG_VERSION").exists());
+    assert!(
+        data_dir.join("postmaster.pid").exists(),
+        "the cluster runs while serving"
+    );
+    terminate_and_wait(child, &logs).await;
+    assert!(
+        !data_dir.join("postmaster.pid").exists(),
+        "the cluster stopped with the server"
+    );
+}
+
+#[tokio::test]
+async fn the_private_cluster_starts_again_on_an_existing_data_directory() {
+    let dir = tempdir();
+    let data_dir = dir.join("pgdata");
+    let first = EmbeddedPostgres::start(&data_dir, Durability::Ephemeral)
+        .await
+        .unwrap();
+    let client = consentd::store::admin_connect(&first.admin_url())
+        .await
+        .unwrap();
+    client
+        .batch_execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+        .await
+        .unwrap();
+    drop(client);
+    first.stop();
+
+    let second = EmbeddedPostgres::start(&data_dir, Durability::Ephemeral)
+        .await
+        .unwrap();
+    let client = consentd::store::admin_connect(&second.admin_url())
+        .await
+        .unwrap();
+    let kept: i32 = client
+        .query_one("SELECT x FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 7);
+}
+
+/// A directory under the system temp dir that the `postgres` user can enter
+/// (when tests run as root the private cluster runs as that user). Removed
+/// when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> TempDir {
+    let dir = std::env::temp_dir().join(format!("consentd-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}

@@ -1,0 +1,364 @@
+//! `spawn_app()` gives each test its own world: a database cloned from a
+//! migrated template, and the real server bound to free ports.
+//!
+//! PostgreSQL comes from `CONSENTD_TEST_DATABASE_URL` (a URL whose user may
+//! create databases), else the local server at 127.0.0.1:5432, else a private
+//! cluster started from the installed server binaries — the same fallback
+//! `consentd serve` uses.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use consentd::{
+    grpc::pb::{self, consent_service_client::ConsentServiceClient},
+    policy::Policy,
+    settings::{DatabaseArgs, ServeArgs},
+    startup::{Application, Database},
+    store::{
+        self, Store,
+        embedded::{Durability, EmbeddedPostgres},
+    },
+};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Status, transport::Channel};
+use tonic_types::StatusExt as _;
+
+const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The PostgreSQL server the tests use, found or started once per process.
+struct TestServer {
+    admin_url: String,
+    /// Kept alive for the whole process; the kernel stops it when we exit.
+    _embedded: Option<EmbeddedPostgres>,
+}
+
+static SERVER: OnceCell<TestServer> = OnceCell::const_new();
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+async fn server() -> &'static TestServer {
+    SERVER
+        .get_or_init(|| async {
+            consentd::telemetry::init(if std::env::var_os("TEST_LOG").is_some() {
+                "info"
+            } else {
+                "off"
+            });
+            let url = std::env::var("CONSENTD_TEST_DATABASE_URL")
+                .unwrap_or_else(|_| DEFAULT_SERVER.into());
+            if store::admin_connect(&url).await.is_ok() {
+                return TestServer {
+                    admin_url: url,
+                    _embedded: None,
+                };
+            }
+            let dir = std::env::temp_dir().join(format!("consentd-test-pg-{}", std::process::id()));
+            let cluster = EmbeddedPostgres::start(&dir, Durability::Ephemeral)
+                .await
+                .expect("no PostgreSQL answers and the private cluster could not start");
+            eprintln!(
+                "tests use a private PostgreSQL cluster on port {}",
+                cluster.port()
+            );
+            TestServer {
+                admin_url: cluster.admin_url(),
+                _embedded: Some(cluster),
+            }
+        })
+        .await
+}
+
+/// A migrated template database, named after the migrations so that a
+/// changed migration never reuses a stale template. Built once per server,
+/// under an advisory lock so parallel test processes take turns.
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let admin_url = &server().await.admin_url;
+            let name = format!("consentd_template_{}", store::migrations_fingerprint());
+            let admin = store::admin_connect(admin_url).await.unwrap();
+            admin.execute("SELECT pg_advisory_lock(4242)", &[]).await.unwrap();
+            let exists = admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+                .await
+                .unwrap()
+                .is_some();
+            if !exists {
+                // Built under another name and renamed at the end, so a run
+                // that dies half-way never leaves a half-migrated template.
+                let building = format!("{name}_building");
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", store::quote_ident(&building)))
+                    .await
+                    .unwrap();
+                store::ensure_database(admin_url, &building).await.unwrap();
+                let db = Store::connect(&store::with_database(admin_url, &building).unwrap(), 2).unwrap();
+                db.migrate().await.unwrap();
+                drop(db);
+                admin
+                    .batch_execute(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{building}';
+                         ALTER DATABASE {} RENAME TO {}",
+                        store::quote_ident(&building),
+                        store::quote_ident(&name)
+                    ))
+                    .await
+                    .unwrap();
+            }
+            admin.execute("SELECT pg_advisory_unlock(4242)", &[]).await.unwrap();
+            name
+        })
+        .await
+}
+
+pub fn policy_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/policy.toml")
+}
+
+/// A migrated database of its own, cloned from the template.
+pub struct FreshDatabase {
+    pub admin_url: String,
+    pub db_name: String,
+    pub db_url: String,
+}
+
+pub async fn fresh_database() -> FreshDatabase {
+    let template = template().await;
+    let admin_url = server().await.admin_url.clone();
+    let db_name = format!("consentd_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = store::admin_connect(&admin_url).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            store::quote_ident(&db_name),
+            store::quote_ident(template)
+        ))
+        .await
+        .unwrap();
+    let db_url = store::with_database(&admin_url, &db_name).unwrap();
+    FreshDatabase {
+        admin_url,
+        db_name,
+        db_url,
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        drop_database(self.admin_url.clone(), self.db_name.clone());
+    }
+}
+
+/// Dropping a database needs async IO, and Drop is sync: use a short-lived
+/// thread with its own runtime.
+fn drop_database(admin_url: String, db_name: String) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            if let Ok(admin) = store::admin_connect(&admin_url).await {
+                let _ = admin
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        store::quote_ident(&db_name)
+                    ))
+                    .await;
+            }
+        });
+    })
+    .join();
+}
+
+pub struct TestApp {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub client: ConsentServiceClient<Channel>,
+    pub channel: Channel,
+    /// A direct connection to the test's database, to look behind the API.
+    pub db: tokio_postgres::Client,
+    /// Dropped (and so the database with it) when the test ends.
+    _database: FreshDatabase,
+    stop: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like `spawn_app`, with a chance to change the serve settings.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let fresh = fresh_database().await;
+    let (admin_url, db_url) = (fresh.admin_url.clone(), fresh.db_url.clone());
+
+    let mut args = ServeArgs {
+        database: DatabaseArgs {
+            database_url: Some(db_url.clone()),
+            pg_data_dir: None,
+            local_server_url: admin_url.clone(),
+            max_connections: 8,
+        },
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        policy: policy_path(),
+        migrate: false,
+        drain_seconds: 0,
+        shutdown_timeout_seconds: 10,
+    };
+    configure(&mut args);
+    let policy = Arc::new(Policy::load(&args.policy).unwrap());
+    let database = Database::open(&args.database).await.unwrap();
+    let app = Application::with_database(&args, database, policy)
+        .await
+        .unwrap();
+    let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
+
+    let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let db = store::admin_connect(&db_url).await.unwrap();
+    TestApp {
+        grpc_addr,
+        http_addr,
+        client: ConsentServiceClient::new(channel.clone()),
+        channel,
+        db,
+        _database: fresh,
+        stop,
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Rows in `table` of this test's database.
+    pub async fn count(&self, table: &str) -> i64 {
+        self.db
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Rows in every table the API writes, to prove a refused call wrote nothing.
+    pub async fn counts(&self) -> [i64; 4] {
+        [
+            self.count("subjects").await,
+            self.count("consent_records").await,
+            self.count("consent_state").await,
+            self.count("idempotency_keys").await,
+        ]
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        match self.server.take() {
+            Some(handle) => handle.await?,
+            None => Ok(()),
+        }
+    }
+
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    pub async fn register(&self, subject_id: &str) -> pb::Subject {
+        self.client
+            .clone()
+            .register_subject(pb::RegisterSubjectRequest {
+                subject_id: subject_id.into(),
+                kind: pb::SubjectKind::Individual.into(),
+                notice_version: "2026-11".into(),
+                channel: pb::Channel::Web.into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("register_subject")
+            .into_inner()
+            .subject
+            .expect("a subject")
+    }
+
+    pub async fn record(
+        &self,
+        subject_id: &str,
+        purpose: &str,
+        field: &str,
+        choice: pb::Choice,
+    ) -> pb::ConsentRecord {
+        self.client
+            .clone()
+            .record_consent(record_request(subject_id, purpose, field, choice))
+            .await
+            .expect("record_consent")
+            .into_inner()
+            .record
+            .expect("a record")
+    }
+
+    pub async fn check(&self, subject_id: &str, purpose: &str, field: &str) -> pb::CheckResponse {
+        self.client
+            .clone()
+            .check(pb::CheckRequest {
+                subject_id: subject_id.into(),
+                purpose: purpose.into(),
+                field: field.into(),
+            })
+            .await
+            .expect("check")
+            .into_inner()
+    }
+}
+
+pub fn record_request(
+    subject_id: &str,
+    purpose: &str,
+    field: &str,
+    choice: pb::Choice,
+) -> pb::RecordConsentRequest {
+    pb::RecordConsentRequest {
+        subject_id: subject_id.into(),
+        purpose: purpose.into(),
+        field: field.into(),
+        choice: choice.into(),
+        channel: pb::Channel::Web.into(),
+        notice_version: "2026-11".into(),
+        evidence: "form-17".into(),
+        request_id: String::new(),
+    }
+}
+
+/// A request carrying `x-actor`.
+pub fn as_actor<T>(actor: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-actor", actor.parse().unwrap());
+    request
+}
+
+/// Asserts INVALID_ARGUMENT and returns the violated field names.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let bad_request = details
+        .bad_request()
+        .expect("a google.rpc.BadRequest detail");
+    assert!(!bad_request.field_violations.is_empty());
+    bad_request
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real server on port 0, a real PostgreSQL with a
+//! fresh database per test, and real gRPC calls over a socket. One test
+//! binary, so one process shares the PostgreSQL setup.
+
+mod cli;
+mod consent;
+mod helpers;
+mod server;
