@@ -51,6 +51,7 @@ async fn server() -> &'static TestServer {
                     _embedded: None,
                 };
             }
+            remove_stale_clusters();
             let dir = std::env::temp_dir().join(format!("consentd-test-pg-{}", std::process::id()));
             let cluster = EmbeddedPostgres::start(&dir, Durability::Ephemeral)
                 .await
@@ -65,6 +66,27 @@ async fn server() -> &'static TestServer {
             }
         })
         .await
+}
+
+/// Removes the data directories of private test clusters whose test process
+/// has exited (the kernel stopped their server, but the files stay).
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("consentd-test-pg-")
+            .and_then(|p| p.split('.').next()?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+            let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{name}.log")));
+        }
+    }
 }
 
 /// A migrated template database, named after the migrations so that a
