@@ -8,6 +8,7 @@
 //!   the private fallback cluster.
 //! - [`service`]: the use cases, joining policy and store.
 //! - [`grpc`]: the tonic adapter; the only place prost types live.
+//! - [`http`]: probes and the one-click unsubscribe pages (axum).
 //! - [`error`]: the one error enum; `grpc` maps it to `Status`.
 //! - [`startup`]: builds and runs the whole server (`Application`).
 //! - [`settings`]: command line and environment.
@@ -16,6 +17,7 @@
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod policy;
 pub mod service;
 pub mod settings;

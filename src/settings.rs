@@ -97,6 +97,18 @@ pub struct ServeArgs {
     #[arg(long, env = "CONSENTD_DRAIN_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
     pub drain_seconds: u64,
 
+    /// The address people reach the HTTP side at, used to build unsubscribe
+    /// links (e.g. https://consent.example.com). Defaults to http://HTTP_ADDR.
+    #[arg(long, env = "CONSENTD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// File of unsubscribe-token signing keys, one `key-id=base64-key` per
+    /// line (keys of 32 bytes or more). The first signs new links; all
+    /// verify, so keys rotate by adding a new first line. Without it a
+    /// random key is made at start and links die with the process.
+    #[arg(long, env = "CONSENTD_UNSUBSCRIBE_KEYS_FILE")]
+    pub unsubscribe_keys_file: Option<PathBuf>,
+
     /// After the drain, how long in-flight calls and open connections get
     /// to finish before the server exits anyway.
     #[arg(long, env = "CONSENTD_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]

@@ -9,7 +9,6 @@
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +16,12 @@ use tonic_health::ServingStatus;
 
 use crate::{
     grpc::{ConsentGrpc, pb},
+    http::{self, HttpState},
     policy::Policy,
-    service::ConsentService,
+    service::{
+        ConsentService,
+        unsubscribe::{UnsubscribeKeys, Unsubscribes},
+    },
     settings::{DatabaseArgs, ServeArgs},
     store::{
         self, Store,
@@ -124,6 +127,8 @@ pub struct Application {
     policy: Arc<Policy>,
     drain: Duration,
     shutdown_timeout: Duration,
+    unsubscribe_keys: Arc<UnsubscribeKeys>,
+    public_url: String,
 }
 
 impl Application {
@@ -155,6 +160,21 @@ impl Application {
         let http_listener = TcpListener::bind(args.http_addr)
             .await
             .with_context(|| format!("cannot bind the HTTP address {}", args.http_addr))?;
+        let unsubscribe_keys = match &args.unsubscribe_keys_file {
+            Some(path) => UnsubscribeKeys::load(path)?,
+            None => {
+                tracing::warn!(
+                    "no --unsubscribe-keys-file: signing unsubscribe links with a random key; \
+                     links stop working when this process stops"
+                );
+                UnsubscribeKeys::ephemeral()
+            }
+        };
+        let http_addr = http_listener.local_addr()?;
+        let public_url = args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
         Ok(Self {
             grpc_listener,
             http_listener,
@@ -162,6 +182,8 @@ impl Application {
             policy,
             drain: args.drain(),
             shutdown_timeout: args.shutdown_timeout(),
+            unsubscribe_keys: Arc::new(unsubscribe_keys),
+            public_url,
         })
     }
 
@@ -195,6 +217,8 @@ impl Application {
             policy,
             drain,
             shutdown_timeout,
+            unsubscribe_keys,
+            public_url,
         } = self;
         let store = database.store.clone();
 
@@ -208,9 +232,16 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("cannot build the reflection service")?;
-        let consent = ConsentGrpc::new(ConsentService::new(store.clone(), policy)).into_server();
-
         let stop = CancellationToken::new();
+        let wake = store.spawn_change_listener(stop.clone());
+        let unsubscribes =
+            Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url);
+        let consent = ConsentGrpc::new(
+            ConsentService::new(store.clone(), policy, wake, stop.clone()),
+            unsubscribes.clone(),
+        )
+        .into_server();
+
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
@@ -219,8 +250,14 @@ impl Application {
                 TcpListenerStream::new(grpc_listener),
                 stop.clone().cancelled_owned(),
             );
-        let http = axum::serve(http_listener, http_router(store))
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let http = axum::serve(
+            http_listener,
+            http::router(HttpState {
+                store,
+                unsubscribes,
+            }),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
         tracing::info!(%grpc_addr, %http_addr, "consentd is serving gRPC on {grpc_addr} and HTTP on {http_addr}");
 
         let mut grpc = tokio::spawn(grpc);
@@ -258,21 +295,6 @@ impl Application {
         }
         tracing::info!("consentd stopped");
         Ok(())
-    }
-}
-
-fn http_router(store: Store) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .with_state(store)
-}
-
-/// Ready when the database answers.
-async fn ready(State(store): State<Store>) -> (StatusCode, &'static str) {
-    match store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
     }
 }
 

@@ -14,18 +14,25 @@ use crate::{
         SubjectRegistration, Violations,
     },
     error::Error,
-    service::{CheckQuery, ConsentService, MAX_BATCH},
+    service::{
+        CheckQuery, ConsentService, MAX_BATCH,
+        unsubscribe::{LinkRequest, MAX_CAMPAIGN_CHARS, Unsubscribes},
+    },
 };
 
 /// Serves `consent.v1.ConsentService`.
 #[derive(Clone)]
 pub struct ConsentGrpc {
     service: ConsentService,
+    unsubscribes: Unsubscribes,
 }
 
 impl ConsentGrpc {
-    pub fn new(service: ConsentService) -> Self {
-        Self { service }
+    pub fn new(service: ConsentService, unsubscribes: Unsubscribes) -> Self {
+        Self {
+            service,
+            unsubscribes,
+        }
     }
 
     pub fn into_server(self) -> pb::consent_service_server::ConsentServiceServer<Self> {
@@ -35,8 +42,87 @@ impl ConsentGrpc {
 
 const DEFAULT_PAGE_SIZE: usize = 100;
 
+/// The stream WatchChanges answers with.
+pub type WatchStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::WatchChangesResponse, Status>> + Send>,
+>;
+
 #[tonic::async_trait]
 impl Rpc for ConsentGrpc {
+    type WatchChangesStream = WatchStream;
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        let purposes: Vec<_> = r
+            .purposes
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, p)| v.check(format!("purposes[{i}]"), PurposeCode::parse(p)))
+            .collect();
+        if !v.is_empty() {
+            return Err(Error::from(v).into());
+        }
+        let records = self.service.watch_changes(r.after, purposes)?;
+        let stream = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(records),
+            |item| {
+                item.map(|record| pb::WatchChangesResponse {
+                    record: Some(convert::record_to_pb(record)),
+                })
+                .map_err(Status::from)
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn create_unsubscribe_links(
+        &self,
+        request: Request<pb::CreateUnsubscribeLinksRequest>,
+    ) -> Result<Response<pb::CreateUnsubscribeLinksResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
+        let field = optional(&mut v, "field", r.field, FieldName::parse);
+        let campaign = v.check("campaign", campaign(r.campaign));
+        let subject_ids: Vec<_> = r
+            .subject_ids
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, id)| v.check(format!("subject_ids[{i}]"), SubjectId::parse(id)))
+            .collect();
+        let (Some(purpose), Some(field), Some(campaign), true) =
+            (purpose, field, campaign, v.is_empty())
+        else {
+            return Err(Error::from(v).into());
+        };
+        let (links, instructions) = self
+            .unsubscribes
+            .create_links(&LinkRequest {
+                purpose,
+                field,
+                campaign,
+                subject_ids,
+            })
+            .await?;
+        Ok(Response::new(pb::CreateUnsubscribeLinksResponse {
+            links: links
+                .into_iter()
+                .map(|link| pb::UnsubscribeLink {
+                    subject_id: link.subject_id.to_string(),
+                    list_unsubscribe: format!("<{}>", link.url),
+                    list_unsubscribe_post: "List-Unsubscribe=One-Click".into(),
+                    url: link.url,
+                    token: link.token,
+                })
+                .collect(),
+            refusal_instructions: instructions,
+        }))
+    }
+
     async fn register_subject(
         &self,
         request: Request<pb::RegisterSubjectRequest>,
@@ -300,6 +386,21 @@ impl Rpc for ConsentGrpc {
                 .unwrap_or_default(),
         }))
     }
+}
+
+/// A campaign name: optional, short, printable. It travels inside tokens
+/// and into evidence, so it is held to the evidence rules and a length cap.
+fn campaign(raw: String) -> Result<String, String> {
+    let chars = raw.chars().count();
+    if chars > MAX_CAMPAIGN_CHARS {
+        return Err(format!(
+            "must be at most {MAX_CAMPAIGN_CHARS} characters (got {chars})"
+        ));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(raw)
 }
 
 /// Parses one check; violations are named `{prefix}subject_id` and so on.

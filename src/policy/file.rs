@@ -44,6 +44,9 @@ pub struct Purpose {
     pub fields: Vec<FieldName>,
     /// How to refuse; required for `opt_out` purposes (R4).
     pub refusal_instructions: Option<String>,
+    /// Chinese versions for the unsubscribe page; English is the fallback.
+    pub description_zh: Option<String>,
+    pub refusal_instructions_zh: Option<String>,
 }
 
 impl Purpose {
@@ -172,6 +175,8 @@ struct RawPurpose {
     description: String,
     fields: Vec<Spanned<String>>,
     refusal_instructions: Option<Spanned<String>>,
+    description_zh: Option<String>,
+    refusal_instructions_zh: Option<String>,
 }
 
 impl RawPolicy {
@@ -282,6 +287,11 @@ impl RawPolicy {
                     description: raw.description,
                     fields: purpose_fields,
                     refusal_instructions: instructions,
+                    description_zh: raw.description_zh.filter(|s| !s.trim().is_empty()),
+                    refusal_instructions_zh: raw
+                        .refusal_instructions_zh
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty()),
                 },
             );
         }

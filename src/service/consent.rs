@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     domain::{
         Actor, ConsentRecord, FieldName, NewConsentRecord, PurposeCode, StoredChoice, Subject,
@@ -9,6 +12,7 @@ use crate::{
     },
     error::{Error, Result},
     policy::{Decision, Policy, Undeclared, decide},
+    service::feed,
     store::{HistoryPage, Store},
 };
 
@@ -38,11 +42,55 @@ pub struct ConsentOverview {
 pub struct ConsentService {
     store: Store,
     policy: Arc<Policy>,
+    /// Bumped when records commit (LISTEN/NOTIFY); wakes change streams.
+    wake: watch::Receiver<u64>,
+    /// Cancelled at shutdown, so change streams end and the server can stop.
+    stop: CancellationToken,
 }
 
 impl ConsentService {
-    pub fn new(store: Store, policy: Arc<Policy>) -> Self {
-        Self { store, policy }
+    pub fn new(
+        store: Store,
+        policy: Arc<Policy>,
+        wake: watch::Receiver<u64>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            policy,
+            wake,
+            stop,
+        }
+    }
+
+    /// Follows the history after `after`; see [`feed::follow`].
+    pub fn watch_changes(
+        &self,
+        after: i64,
+        purposes: Vec<PurposeCode>,
+    ) -> Result<mpsc::Receiver<Result<ConsentRecord>>> {
+        let mut violations = Violations::new();
+        if after < 0 {
+            violations.push("after", "must not be negative");
+        }
+        for (i, purpose) in purposes.iter().enumerate() {
+            if self.policy.purpose(purpose).is_none() {
+                violations.push(format!("purposes[{i}]"), self.undeclared_purpose(purpose));
+            }
+        }
+        if !violations.is_empty() {
+            return Err(violations.into());
+        }
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(feed::follow(
+            self.store.clone(),
+            self.wake.clone(),
+            after,
+            purposes.into_iter().collect(),
+            tx,
+            self.stop.clone(),
+        ));
+        Ok(rx)
     }
 
     pub fn policy(&self) -> &Policy {

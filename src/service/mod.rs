@@ -3,5 +3,7 @@
 //! `store` for state, and returns domain types. No SQL and no prost here.
 
 mod consent;
+pub mod feed;
+pub mod unsubscribe;
 
 pub use consent::{CheckQuery, ConsentOverview, ConsentService, MAX_BATCH, MAX_PAGE_SIZE};

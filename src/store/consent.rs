@@ -27,7 +27,8 @@ pub struct HistoryPage {
     pub next_after: Option<i64>,
 }
 
-const RECORD_COLUMNS: &str = "subject_id, sequence, record_id, purpose, field, choice, channel,
+pub(super) const RECORD_COLUMNS: &str =
+    "subject_id, sequence, record_id, purpose, field, choice, channel,
      notice_version, evidence, actor, request_id, recorded_at";
 
 impl Store {
@@ -112,6 +113,27 @@ impl Store {
     /// latest of them.
     #[tracing::instrument(name = "store.append_consent_record", skip_all)]
     pub async fn append_consent_record(&self, new: &NewConsentRecord) -> Result<ConsentRecord> {
+        Ok(self.append(new, false).await?.0)
+    }
+
+    /// Appends the record unless the subject's current choice for the same
+    /// purpose and field already is the same choice; then returns that
+    /// choice's record and `false`. Used where a repeat must add nothing (a
+    /// second click on an unsubscribe link), decided under the subject's
+    /// row lock so two concurrent clicks still add one record.
+    #[tracing::instrument(name = "store.append_unless_current", skip_all)]
+    pub async fn append_unless_current(
+        &self,
+        new: &NewConsentRecord,
+    ) -> Result<(ConsentRecord, bool)> {
+        self.append(new, true).await
+    }
+
+    async fn append(
+        &self,
+        new: &NewConsentRecord,
+        unless_current: bool,
+    ) -> Result<(ConsentRecord, bool)> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         if let Some(request_id) = &new.request_id {
@@ -128,20 +150,38 @@ impl Store {
                         &[&record_id],
                     )
                     .await?;
-                return record_from_row(&row);
+                return Ok((record_from_row(&row)?, false));
             }
         }
+        // pg_current_xact_id() makes sure this transaction has an id before
+        // it takes a sequence number: the change feed relies on that to tell
+        // a rolled-back gap from a transaction still in flight.
         let locked = tx
             .query_opt(
-                "SELECT 1 FROM subjects WHERE subject_id = $1 FOR NO KEY UPDATE",
+                "SELECT pg_current_xact_id()::text FROM subjects WHERE subject_id = $1 FOR NO KEY UPDATE",
                 &[&new.subject_id.as_str()],
             )
             .await?;
         if locked.is_none() {
             return Err(Error::subject_not_found(&new.subject_id));
         }
-        let record_id = Uuid::now_v7();
         let field = new.field.as_ref().map_or("", |f| f.as_str());
+        if unless_current {
+            let current = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM consent_records WHERE subject_id = $1 AND sequence =
+                           (SELECT sequence FROM consent_state
+                             WHERE subject_id = $1 AND purpose = $2 AND field = $3 AND choice = $4)"
+                    ),
+                    &[&new.subject_id.as_str(), &new.purpose.as_str(), &field, &new.choice.as_str()],
+                )
+                .await?;
+            if let Some(row) = current {
+                return Ok((record_from_row(&row)?, false));
+            }
+        }
+        let record_id = Uuid::now_v7();
         let row = tx
             .query_one(
                 &format!(
@@ -189,8 +229,9 @@ impl Store {
         if let Some(request_id) = &new.request_id {
             idempotency::settle(&tx, request_id, &record.record_id.to_string()).await?;
         }
+        tx.batch_execute(super::feed::NOTIFY).await?;
         tx.commit().await?;
-        Ok(record)
+        Ok((record, true))
     }
 
     /// The current choices of each given subject, in one indexed read. A
@@ -230,6 +271,42 @@ impl Store {
             });
         }
         Ok(states)
+    }
+
+    /// The random surrogate keys that unsubscribe tokens use, for the
+    /// given subjects. Unregistered subjects are absent.
+    #[tracing::instrument(name = "store.subject_keys", skip_all, fields(subjects = ids.len()))]
+    pub async fn subject_keys(&self, ids: &[&SubjectId]) -> Result<HashMap<SubjectId, Uuid>> {
+        let client = self.pool.get().await?;
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        let rows = client
+            .query(
+                "SELECT subject_id, subject_key FROM subjects WHERE subject_id = ANY($1)",
+                &[&ids],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    stored(SubjectId::parse(row.get::<_, String>(0)), "subject_id")?,
+                    row.get(1),
+                ))
+            })
+            .collect()
+    }
+
+    /// The subject an unsubscribe token's surrogate key names.
+    #[tracing::instrument(name = "store.subject_by_key", skip_all)]
+    pub async fn subject_by_key(&self, key: Uuid) -> Result<Option<SubjectId>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT subject_id FROM subjects WHERE subject_key = $1",
+                &[&key],
+            )
+            .await?;
+        row.map(|r| stored(SubjectId::parse(r.get::<_, String>(0)), "subject_id"))
+            .transpose()
     }
 
     /// Up to `limit` records of a subject after `after` (a sequence), oldest
@@ -333,7 +410,7 @@ fn subject_from_row(row: &Row) -> Result<Subject> {
     })
 }
 
-fn record_from_row(row: &Row) -> Result<ConsentRecord> {
+pub(super) fn record_from_row(row: &Row) -> Result<ConsentRecord> {
     Ok(ConsentRecord {
         sequence: row.get("sequence"),
         record_id: row.get("record_id"),

@@ -4,6 +4,7 @@
 
 mod consent;
 pub mod embedded;
+mod feed;
 mod idempotency;
 
 use std::{str::FromStr, time::Duration};
@@ -14,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 use tokio_postgres::NoTls;
 
 pub use consent::HistoryPage;
+pub use feed::FeedRead;
 pub use idempotency::RequestDigest;
 
 mod migrations {
@@ -24,6 +26,8 @@ mod migrations {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// For connections outside the pool (the change-feed LISTEN).
+    config: tokio_postgres::Config,
 }
 
 impl Store {
@@ -32,7 +36,7 @@ impl Store {
     pub fn connect(url: &str, max_connections: usize) -> anyhow::Result<Self> {
         let config = tokio_postgres::Config::from_str(url).context("invalid database URL")?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -48,7 +52,7 @@ impl Store {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .context("cannot build the database pool")?;
-        Ok(Self { pool })
+        Ok(Self { pool, config })
     }
 
     pub async fn ping(&self) -> anyhow::Result<()> {

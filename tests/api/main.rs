@@ -4,5 +4,7 @@
 
 mod cli;
 mod consent;
+mod feed;
 mod helpers;
 mod server;
+mod unsubscribe;

@@ -13,7 +13,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{http_get, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_the_consent_service() {
@@ -92,7 +92,9 @@ async fn reflection_lists_every_service_and_describes_the_contract() {
             "Check",
             "BatchCheck",
             "GetConsentState",
-            "ListConsentHistory"
+            "ListConsentHistory",
+            "WatchChanges",
+            "CreateUnsubscribeLinks"
         ]
     );
 }
@@ -105,26 +107,6 @@ async fn http_probes_answer() {
         assert_eq!(status, 200, "{path}");
         assert_eq!(text, body, "{path}");
     }
-}
-
-/// A minimal HTTP/1.1 GET, so the tests need no HTTP client crate.
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let status = raw.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test]

@@ -1,0 +1,120 @@
+//! The HTTP side, served beside gRPC by `consentd serve`: probes, and the
+//! one-click unsubscribe pages that letters link to. No login and no cookies:
+//! the signed token in the URL is the only credential.
+
+mod pages;
+
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::{
+    service::unsubscribe::{LinkError, Unsubscribes},
+    store::Store,
+};
+use pages::Lang;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: Store,
+    pub unsubscribes: Unsubscribes,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/u/{token}", get(show_unsubscribe).post(unsubscribe))
+        .with_state(state)
+}
+
+/// Ready when the database answers.
+async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+    }
+}
+
+/// GET never changes anything: mail scanners follow links. It explains what
+/// will stop and offers a button that POSTs.
+async fn show_unsubscribe(
+    State(state): State<HttpState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let lang = Lang::from_headers(&headers);
+    match state.unsubscribes.inspect(&token).await {
+        Ok(target) => html(StatusCode::OK, lang, pages::confirm_page(lang, &target)),
+        Err(e) => link_error(lang, e),
+    }
+}
+
+/// RFC 8058 one-click: the body is `List-Unsubscribe=One-Click`. Records the
+/// refusal at once and answers 200, without redirecting.
+async fn unsubscribe(
+    State(state): State<HttpState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let lang = Lang::from_headers(&headers);
+    if !body
+        .split('&')
+        .any(|pair| pair.trim() == "List-Unsubscribe=One-Click")
+    {
+        return html(StatusCode::BAD_REQUEST, lang, pages::bad_body_page(lang));
+    }
+    match state.unsubscribes.unsubscribe(&token).await {
+        Ok((target, created)) => {
+            tracing::info!(purpose = %target.claims.purpose, created, "unsubscribe link followed");
+            html(StatusCode::OK, lang, pages::done_page(lang, &target))
+        }
+        Err(e) => link_error(lang, e),
+    }
+}
+
+fn link_error(lang: Lang, error: LinkError) -> Response {
+    match error {
+        LinkError::Service(e) => {
+            // Logged through the one place that logs internal errors.
+            let _ = tonic::Status::from(e);
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                lang,
+                pages::failure_page(lang),
+            )
+        }
+        other => {
+            tracing::info!(reason = %other, "unsubscribe link refused");
+            html(StatusCode::BAD_REQUEST, lang, pages::invalid_page(lang))
+        }
+    }
+}
+
+fn html(status: StatusCode, lang: Lang, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_LANGUAGE,
+        HeaderValue::from_static(lang.code()),
+    );
+    // The token in the URL is a credential: keep it out of caches, referrers
+    // and search engines.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert("x-robots-tag", HeaderValue::from_static("noindex"));
+    headers.insert(header::VARY, HeaderValue::from_static("Accept-Language"));
+    response
+}

@@ -1,0 +1,142 @@
+//! Reading the consent history in sequence order for WatchChanges, and the
+//! LISTEN connection that wakes the streams when new records commit.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Store,
+    consent::{RECORD_COLUMNS, record_from_row},
+};
+use crate::{domain::ConsentRecord, error::Result};
+
+/// The channel writers notify; see the V2 migration.
+pub(crate) const NOTIFY: &str = "NOTIFY consent_changes";
+
+/// Records after a cursor, read in one snapshot, with the transactions that
+/// were still in flight in that snapshot.
+#[derive(Debug)]
+pub struct FeedRead {
+    /// Visible records with `sequence > after`, ascending.
+    pub records: Vec<ConsentRecord>,
+    /// Ids of the transactions in progress when the snapshot was taken. Any
+    /// of them may yet commit a record whose sequence falls in a gap.
+    pub in_progress: Vec<String>,
+}
+
+impl Store {
+    /// Up to `limit` records after sequence `after`, and the snapshot's
+    /// in-flight transactions, both from one REPEATABLE READ snapshot.
+    #[tracing::instrument(name = "store.read_feed", skip_all, fields(limit))]
+    pub async fn read_feed(&self, after: i64, limit: i64) -> Result<FeedRead> {
+        let mut client = self.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        // The first statement fixes the snapshot for the whole transaction.
+        let in_progress: Vec<String> = tx
+            .query_one(
+                "SELECT array(SELECT pg_snapshot_xip(pg_current_snapshot())::text)",
+                &[],
+            )
+            .await?
+            .get(0);
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM consent_records
+                      WHERE sequence > $1 ORDER BY sequence LIMIT $2"
+                ),
+                &[&after, &limit],
+            )
+            .await?;
+        tx.commit().await?;
+        let records = rows.iter().map(record_from_row).collect::<Result<_>>()?;
+        Ok(FeedRead {
+            records,
+            in_progress,
+        })
+    }
+
+    /// Whether every one of these transactions has committed or rolled back.
+    #[tracing::instrument(name = "store.transactions_finished", skip_all, fields(count = xids.len()))]
+    pub async fn transactions_finished(&self, xids: &[String]) -> Result<bool> {
+        let client = self.pool.get().await?;
+        // pg_xact_status is NULL for transactions too old to be tracked,
+        // which are long finished.
+        let finished: Option<bool> = client
+            .query_one(
+                "SELECT bool_and(pg_xact_status(x::xid8) IS DISTINCT FROM 'in progress')
+                   FROM unnest($1::text[]) AS x",
+                &[&xids],
+            )
+            .await?
+            .get(0);
+        Ok(finished.unwrap_or(true))
+    }
+
+    /// Keeps one connection LISTENing on the change channel and bumps the
+    /// returned counter on every notification, until `stop` is cancelled.
+    /// It reconnects after failures; streams also poll, so a gap in the
+    /// LISTEN connection delays changes but never loses them.
+    pub fn spawn_change_listener(&self, stop: CancellationToken) -> watch::Receiver<u64> {
+        let (tx, rx) = watch::channel(0u64);
+        let config = self.config.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                if let Err(e) = listen(&config, &tx, &stop).await {
+                    tracing::warn!(error = %e, "change-feed LISTEN connection failed; reconnecting");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        rx
+    }
+}
+
+async fn listen(
+    config: &tokio_postgres::Config,
+    wake: &watch::Sender<u64>,
+    stop: &CancellationToken,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (notified_tx, mut notified) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    let _ = notified_tx.send(());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    client.batch_execute("LISTEN consent_changes").await?;
+    // Wake everyone once: changes may have committed while we reconnected.
+    wake.send_modify(|n| *n += 1);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            got = notified.recv() => match got {
+                Some(()) => wake.send_modify(|n| *n += 1),
+                None => break,
+            },
+        }
+    }
+    drop(client);
+    match driver.await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
