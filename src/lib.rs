@@ -12,8 +12,10 @@
 //! - [`error`]: the one error enum; `grpc` maps it to `Status`.
 //! - [`startup`]: builds and runs the whole server (`Application`).
 //! - [`settings`]: command line and environment.
+//! - [`commands`]: the one-shot subcommands (migrate, policy check, import).
 //! - [`telemetry`]: logging setup.
 
+pub mod commands;
 pub mod domain;
 pub mod error;
 pub mod grpc;

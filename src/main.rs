@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use consentd::{
-    policy::Policy,
+    commands,
     settings::{Cli, Command, PolicyCommand},
-    startup::{self, Application, Database},
+    startup::{self, Application},
     telemetry,
 };
 
@@ -19,8 +19,9 @@ async fn main() -> ExitCode {
             Ok(app) => app.run_until_stopped(startup::shutdown_signal()).await,
             Err(e) => Err(e),
         },
-        Command::Migrate(args) => migrate(&args).await,
-        Command::Policy(PolicyCommand::Check { file }) => check_policy(&file),
+        Command::Migrate(args) => commands::migrate(&args).await,
+        Command::Policy(PolicyCommand::Check { file }) => commands::check_policy(&file),
+        Command::ImportRefusals(args) => commands::import_refusals(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -30,30 +31,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn migrate(args: &consentd::settings::DatabaseArgs) -> anyhow::Result<()> {
-    let database = Database::open(args).await?;
-    let applied = database.store.migrate().await?;
-    println!("applied {applied} migration(s); the database is up to date");
-    Ok(())
-}
-
-fn check_policy(file: &std::path::Path) -> anyhow::Result<()> {
-    let policy = Policy::load(file)?;
-    println!(
-        "{}: OK, policy version {}",
-        file.display(),
-        policy.version()
-    );
-    for purpose in policy.purposes() {
-        let fields: Vec<_> = purpose.fields.iter().map(ToString::to_string).collect();
-        println!(
-            "  purpose {} ({:?}): {}",
-            purpose.code,
-            purpose.basis,
-            fields.join(", ")
-        );
-    }
-    Ok(())
 }

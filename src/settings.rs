@@ -28,6 +28,57 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Load an existing suppression list: one REFUSE per subject id.
+    ///
+    /// FILE is CSV: the subject's external id in the first column, extra
+    /// columns ignored, and an optional header line (subject_id, external_id,
+    /// customer_id, subject or id). Unknown subjects are registered with no
+    /// personal data, so the refusal holds when they sign up. Subjects that
+    /// already refused get no new record, so a file can be loaded twice and
+    /// an interrupted run can simply be run again. Malformed lines are
+    /// written, with their line number and reason, to the reject file.
+    ImportRefusals(ImportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The purpose the people on the list refused (opt_out or consent).
+    #[arg(long)]
+    pub purpose: String,
+
+    /// Refuse only this field of the purpose (e.g. email); default: all.
+    #[arg(long)]
+    pub field: Option<String>,
+
+    /// The CSV file to load.
+    pub file: PathBuf,
+
+    /// Where rejected lines go (CSV: line,reason,content). Default: FILE.rejects.csv.
+    #[arg(long)]
+    pub reject_file: Option<PathBuf>,
+
+    /// The notice version recorded with each refusal.
+    #[arg(long, default_value = "import")]
+    pub notice_version: String,
+
+    /// The evidence recorded with each refusal. Default: "import of FILE-NAME".
+    #[arg(long)]
+    pub evidence: Option<String>,
+
+    /// Who is recorded as having made the records.
+    #[arg(long, default_value = "import", env = "CONSENTD_ACTOR")]
+    pub actor: String,
+
+    /// Lines per transaction.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch_size: u64,
+
+    /// The policy file that declares the purpose.
+    #[arg(long, env = "CONSENTD_POLICY", default_value = "deploy/policy.toml")]
+    pub policy: PathBuf,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 
 mod consent;
 pub mod feed;
+pub mod import;
 pub mod unsubscribe;
 
 pub use consent::{CheckQuery, ConsentOverview, ConsentService, MAX_BATCH, MAX_PAGE_SIZE};

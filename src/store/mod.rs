@@ -6,6 +6,7 @@ mod consent;
 pub mod embedded;
 mod feed;
 mod idempotency;
+mod import;
 
 use std::{str::FromStr, time::Duration};
 
@@ -17,6 +18,7 @@ use tokio_postgres::NoTls;
 pub use consent::HistoryPage;
 pub use feed::FeedRead;
 pub use idempotency::RequestDigest;
+pub use import::{BatchOutcome, RefusalImport};
 
 mod migrations {
     refinery::embed_migrations!("src/store/migrations");

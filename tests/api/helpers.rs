@@ -290,6 +290,10 @@ impl TestApp {
         ]
     }
 
+    pub fn db_url(&self) -> &str {
+        &self._database.db_url
+    }
+
     /// A second connection to the test's database, for transactions the
     /// test controls.
     pub async fn connect_db(&self) -> tokio_postgres::Client {

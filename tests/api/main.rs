@@ -2,9 +2,11 @@
 //! fresh database per test, and real gRPC calls over a socket. One test
 //! binary, so one process shares the PostgreSQL setup.
 
+mod browser;
 mod cli;
 mod consent;
 mod feed;
 mod helpers;
+mod import;
 mod server;
 mod unsubscribe;

@@ -1,0 +1,239 @@
+//! The one-shot subcommands (`migrate`, `policy check`, `import-refusals`):
+//! what they print and how they report progress. `serve` lives in `startup`.
+
+use std::{
+    fs::File,
+    io::{BufReader, BufWriter, IsTerminal as _, Read},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow};
+
+use crate::{
+    domain::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode},
+    error::Error,
+    policy::Policy,
+    service::import::{self, ImportProgress},
+    settings::{DatabaseArgs, ImportArgs},
+    startup::Database,
+    store::RefusalImport,
+};
+
+pub async fn migrate(args: &DatabaseArgs) -> anyhow::Result<()> {
+    let database = Database::open(args).await?;
+    let applied = database.store.migrate().await?;
+    println!("applied {applied} migration(s); the database is up to date");
+    Ok(())
+}
+
+pub fn check_policy(file: &Path) -> anyhow::Result<()> {
+    let policy = Policy::load(file)?;
+    println!(
+        "{}: OK, policy version {}",
+        file.display(),
+        policy.version()
+    );
+    for purpose in policy.purposes() {
+        let fields: Vec<_> = purpose.fields.iter().map(ToString::to_string).collect();
+        println!(
+            "  purpose {} ({:?}): {}",
+            purpose.code,
+            purpose.basis,
+            fields.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub async fn import_refusals(args: &ImportArgs) -> anyhow::Result<()> {
+    let policy = Policy::load(&args.policy)?;
+    let spec = import_spec(args).map_err(|e| anyhow!(e))?;
+    import::validate(&policy, &spec).map_err(flag_error)?;
+
+    let file =
+        File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
+    let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let reject_path = args.reject_file.clone().unwrap_or_else(|| {
+        let mut name = args.file.clone().into_os_string();
+        name.push(".rejects.csv");
+        PathBuf::from(name)
+    });
+    let rejects = File::create(&reject_path)
+        .with_context(|| format!("cannot create {}", reject_path.display()))?;
+
+    let database = Database::open(&args.database).await?;
+    if database.is_default {
+        database.store.migrate().await?;
+    }
+    let read = Arc::new(AtomicU64::new(0));
+    let input = CountingReader {
+        inner: BufReader::with_capacity(1 << 16, file),
+        read: read.clone(),
+    };
+    let mut report = ProgressReport::new(total_bytes);
+    let summary = import::import_refusals(
+        &database.store,
+        &spec,
+        input,
+        BufWriter::new(rejects),
+        args.batch_size as usize,
+        |progress| report.update(progress, read.load(Ordering::Relaxed)),
+    )
+    .await
+    .map_err(flag_error)?;
+    report.finish(&summary);
+
+    eprintln!(
+        "{}: {} line(s) read; {} refusal(s) recorded, {} unchanged (already refused or repeated), \
+         {} subject(s) registered, {} line(s) rejected",
+        args.file.display(),
+        summary.lines,
+        summary.refused,
+        summary.unchanged,
+        summary.registered,
+        summary.rejected
+    );
+    if summary.rejected > 0 {
+        eprintln!("rejected lines are listed in {}:", reject_path.display());
+        print_first_rejects(&args.file, &reject_path, 5);
+    } else {
+        let _ = std::fs::remove_file(&reject_path);
+    }
+    Ok(())
+}
+
+fn import_spec(args: &ImportArgs) -> Result<RefusalImport, String> {
+    fn at(flag: &'static str) -> impl Fn(String) -> String {
+        move |why| format!("{flag} {why}")
+    }
+    let file_name = args
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(RefusalImport {
+        purpose: PurposeCode::parse(args.purpose.clone()).map_err(at("--purpose"))?,
+        field: args
+            .field
+            .clone()
+            .map(FieldName::parse)
+            .transpose()
+            .map_err(at("--field"))?,
+        notice_version: NoticeVersion::parse(args.notice_version.clone())
+            .map_err(at("--notice-version"))?,
+        evidence: Evidence::parse(
+            args.evidence
+                .clone()
+                .unwrap_or_else(|| format!("import of {file_name}")),
+        )
+        .map_err(at("--evidence"))?,
+        actor: Actor::parse(args.actor.clone()).map_err(at("--actor"))?,
+    })
+}
+
+/// Turns a validation error about a flag into a one-line message.
+fn flag_error(error: Error) -> anyhow::Error {
+    match error {
+        Error::InvalidArgument(violations) => anyhow!(
+            "{}",
+            violations
+                .iter()
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        other => anyhow!(other),
+    }
+}
+
+fn print_first_rejects(file: &Path, reject_path: &Path, limit: usize) {
+    let Ok(mut reader) = csv::Reader::from_path(reject_path) else {
+        return;
+    };
+    for record in reader.records().flatten().take(limit) {
+        eprintln!("  {}:{}: {}", file.display(), &record[0], &record[1]);
+    }
+}
+
+/// Counts bytes read, for the progress bar's position and ETA.
+struct CountingReader<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A progress bar with rows/s and ETA on a terminal; plain periodic lines
+/// otherwise (logs, CI).
+struct ProgressReport {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_line: Instant,
+    total_bytes: u64,
+}
+
+impl ProgressReport {
+    const LINE_EVERY: Duration = Duration::from_secs(5);
+
+    fn new(total_bytes: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total_bytes);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}%  {msg}  ETA {eta}")
+                    .expect("a valid template"),
+            );
+            bar
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+            last_line: Instant::now(),
+            total_bytes,
+        }
+    }
+
+    fn rate(&self, progress: &ImportProgress) -> f64 {
+        progress.lines as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+
+    fn update(&mut self, progress: &ImportProgress, bytes: u64) {
+        let rate = self.rate(progress);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(bytes);
+                bar.set_message(format!("{} lines, {rate:.0} rows/s", progress.lines));
+            }
+            None if self.last_line.elapsed() >= Self::LINE_EVERY => {
+                self.last_line = Instant::now();
+                let percent = (bytes * 100).checked_div(self.total_bytes).unwrap_or(0);
+                eprintln!(
+                    "import: {} lines ({percent}%), {rate:.0} rows/s, {} refused, {} rejected",
+                    progress.lines, progress.refused, progress.rejected
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self, progress: &ImportProgress) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "import: done in {:.1}s, {:.0} rows/s",
+            self.started.elapsed().as_secs_f64(),
+            self.rate(progress)
+        );
+    }
+}

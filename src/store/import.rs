@@ -1,0 +1,120 @@
+//! Bulk refusals: one transaction per batch, loaded through COPY.
+
+use std::pin::pin;
+
+use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
+
+use super::Store;
+use crate::{
+    domain::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, SubjectId},
+    error::Result,
+};
+
+/// What every imported refusal records.
+#[derive(Debug, Clone)]
+pub struct RefusalImport {
+    pub purpose: PurposeCode,
+    pub field: Option<FieldName>,
+    pub notice_version: NoticeVersion,
+    pub evidence: Evidence,
+    pub actor: Actor,
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Subjects that were not registered and now are (with no personal data).
+    pub registered: u64,
+    /// New REFUSE records.
+    pub refused: u64,
+}
+
+impl Store {
+    /// Registers unknown subjects and appends a REFUSE for each subject whose
+    /// current choice for the purpose and field is not already a refusal, in
+    /// one transaction. Running the same batch twice adds nothing the second
+    /// time, so an interrupted import can simply be run again.
+    #[tracing::instrument(name = "store.import_refusals", skip_all, fields(rows = subjects.len()))]
+    pub async fn import_refusals(
+        &self,
+        spec: &RefusalImport,
+        subjects: &[SubjectId],
+    ) -> Result<BatchOutcome> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // A transaction id before any sequence number: see the change feed.
+        tx.batch_execute(
+            "SELECT pg_current_xact_id();
+             CREATE TEMP TABLE import_batch (position bigint, subject_id text) ON COMMIT DROP;",
+        )
+        .await?;
+        let sink = tx
+            .copy_in("COPY import_batch (position, subject_id) FROM STDIN (FORMAT binary)")
+            .await?;
+        let mut writer = pin!(BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT]));
+        for (position, subject) in subjects.iter().enumerate() {
+            writer
+                .as_mut()
+                .write(&[&(position as i64), &subject.as_str()])
+                .await?;
+        }
+        writer.finish().await?;
+
+        let registered = tx
+            .execute(
+                "INSERT INTO subjects (subject_id, kind, notice_version, channel)
+                 SELECT DISTINCT subject_id, 'individual', $1, 'import' FROM import_batch
+                 ON CONFLICT (subject_id) DO NOTHING",
+                &[&spec.notice_version.as_str()],
+            )
+            .await?;
+        // The same per-subject lock as a single RecordConsent, taken in a
+        // fixed order so concurrent imports cannot deadlock each other.
+        tx.execute(
+            "SELECT 1 FROM subjects WHERE subject_id IN (SELECT subject_id FROM import_batch)
+              ORDER BY subject_id FOR NO KEY UPDATE",
+            &[],
+        )
+        .await?;
+        let field = spec.field.as_ref().map_or("", |f| f.as_str());
+        let refused = tx
+            .execute(
+                "WITH todo AS (
+                    SELECT DISTINCT ON (b.subject_id) b.subject_id, b.position
+                      FROM import_batch b
+                      LEFT JOIN consent_state s
+                        ON s.subject_id = b.subject_id AND s.purpose = $1 AND s.field = $2
+                     WHERE s.choice IS DISTINCT FROM 'refuse'
+                     ORDER BY b.subject_id, b.position
+                 ), appended AS (
+                    INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
+                                                 notice_version, evidence, actor)
+                    SELECT subject_id, gen_random_uuid(), $1, $2, 'refuse', 'import', $3, $4, $5
+                      FROM todo ORDER BY position
+                    RETURNING subject_id, record_id, sequence, recorded_at
+                 )
+                 INSERT INTO consent_state (subject_id, purpose, field, choice, record_id, sequence, recorded_at)
+                 SELECT subject_id, $1, $2, 'refuse', record_id, sequence, recorded_at FROM appended
+                 ON CONFLICT (subject_id, purpose, field) DO UPDATE
+                    SET choice = EXCLUDED.choice, record_id = EXCLUDED.record_id,
+                        sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at
+                  WHERE consent_state.sequence < EXCLUDED.sequence",
+                &[
+                    &spec.purpose.as_str(),
+                    &field,
+                    &spec.notice_version.as_str(),
+                    &spec.evidence.as_str(),
+                    &spec.actor.as_str(),
+                ],
+            )
+            .await?;
+        if refused > 0 {
+            tx.batch_execute(super::feed::NOTIFY).await?;
+        }
+        tx.commit().await?;
+        Ok(BatchOutcome {
+            registered,
+            refused,
+        })
+    }
+}
