@@ -18,7 +18,7 @@ use crate::{
     domain::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode},
     error::Error,
     policy::Policy,
-    service::import::{self, ImportProgress},
+    service::import::{self, ImportOptions, ImportProgress},
     settings::{DatabaseArgs, ImportArgs},
     startup::Database,
     store::RefusalImport,
@@ -81,7 +81,10 @@ pub async fn import_refusals(args: &ImportArgs) -> anyhow::Result<()> {
         &spec,
         input,
         BufWriter::new(rejects),
-        args.batch_size as usize,
+        ImportOptions {
+            batch_size: args.batch_size as usize,
+            jobs: args.jobs as usize,
+        },
         |progress| report.update(progress, read.load(Ordering::Relaxed)),
     )
     .await

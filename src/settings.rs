@@ -70,8 +70,12 @@ pub struct ImportArgs {
     pub actor: String,
 
     /// Lines per transaction.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch_size: u64,
+
+    /// Batches loaded at once, each on its own connection.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=32))]
+    pub jobs: u64,
 
     /// The policy file that declares the purpose.
     #[arg(long, env = "CONSENTD_POLICY", default_value = "deploy/policy.toml")]

@@ -43,9 +43,12 @@ impl Store {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // A transaction id before any sequence number: see the change feed.
+        // The temporary table lives as long as the pooled connection and is
+        // emptied at each commit, so batches do not churn the catalog.
         tx.batch_execute(
             "SELECT pg_current_xact_id();
-             CREATE TEMP TABLE import_batch (position bigint, subject_id text) ON COMMIT DROP;",
+             CREATE TEMP TABLE IF NOT EXISTS import_batch (position bigint, subject_id text)
+                 ON COMMIT DELETE ROWS;",
         )
         .await?;
         let sink = tx
@@ -68,14 +71,10 @@ impl Store {
                 &[&spec.notice_version.as_str()],
             )
             .await?;
-        // The same per-subject lock as a single RecordConsent, taken in a
-        // fixed order so concurrent imports cannot deadlock each other.
-        tx.execute(
-            "SELECT 1 FROM subjects WHERE subject_id IN (SELECT subject_id FROM import_batch)
-              ORDER BY subject_id FOR NO KEY UPDATE",
-            &[],
-        )
-        .await?;
+        // No per-subject row lock here (unlike RecordConsent): locking a
+        // whole batch of rows costs more than the rest of the import, and
+        // the state upsert below already keeps the newest record when an
+        // API write for the same subject races this batch.
         let field = spec.field.as_ref().map_or("", |f| f.as_str());
         let refused = tx
             .execute(

@@ -141,10 +141,14 @@ async fn migrate_brings_an_empty_database_up_to_date_and_is_repeatable() {
     let url = consentd::store::with_database(&db.admin_url, &empty).unwrap();
     let (ok, stdout, stderr) = run(&["migrate", "--database-url", &url]);
     assert!(ok, "{stderr}");
-    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/migrations"))
-        .unwrap()
-        .count();
-    assert!(stdout.contains(&format!("applied {migrations} migration(s)")), "{stdout}");
+    let migrations =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/migrations"))
+            .unwrap()
+            .count();
+    assert!(
+        stdout.contains(&format!("applied {migrations} migration(s)")),
+        "{stdout}"
+    );
     let (ok, stdout, _) = run(&["migrate", "--database-url", &url]);
     assert!(ok);
     assert!(stdout.contains("applied 0 migration(s)"), "{stdout}");
