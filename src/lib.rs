@@ -13,13 +13,15 @@
 //! - [`startup`]: builds and runs the whole server (`Application`).
 //! - [`settings`]: command line and environment.
 //! - [`commands`]: the one-shot subcommands (migrate, policy check, import).
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logs, OpenTelemetry traces, subject pseudonyms.
+//! - [`metrics`]: the Prometheus metrics and their names.
 
 pub mod commands;
 pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod policy;
 pub mod service;
 pub mod settings;

@@ -13,7 +13,13 @@ use consentd::{
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init("info");
+    let telemetry = match telemetry::init("info", cli.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => match Application::build(&args).await {
             Ok(app) => app.run_until_stopped(startup::shutdown_signal()).await,
@@ -23,6 +29,7 @@ async fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { file }) => commands::check_policy(&file),
         Command::ImportRefusals(args) => commands::import_refusals(&args).await,
     };
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

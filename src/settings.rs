@@ -15,6 +15,16 @@ use clap::{Args, Parser, Subcommand};
                   choice in an append-only history in PostgreSQL."
 )]
 pub struct Cli {
+    /// Log lines as human-readable text or as JSON objects.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CONSENTD_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -163,6 +173,13 @@ pub struct ServeArgs {
     /// random key is made at start and links die with the process.
     #[arg(long, env = "CONSENTD_UNSUBSCRIBE_KEYS_FILE")]
     pub unsubscribe_keys_file: Option<PathBuf>,
+
+    /// File holding the key (one base64 line, 32 bytes or more) that turns
+    /// subject ids into the stable pseudonyms traces carry
+    /// (`consent.subject_ref`). Without it a random key is made at start, so
+    /// refs change at every restart.
+    #[arg(long, env = "CONSENTD_SUBJECT_REF_KEY_FILE")]
+    pub subject_ref_key_file: Option<PathBuf>,
 
     /// After the drain, how long in-flight calls and open connections get
     /// to finish before the server exits anyway.

@@ -27,6 +27,7 @@ use crate::{
         self, Store,
         embedded::{Durability, EmbeddedPostgres},
     },
+    telemetry::SubjectRefs,
 };
 
 /// The database the default setup uses when no URL is given.
@@ -128,6 +129,7 @@ pub struct Application {
     drain: Duration,
     shutdown_timeout: Duration,
     unsubscribe_keys: Arc<UnsubscribeKeys>,
+    subject_refs: SubjectRefs,
     public_url: String,
 }
 
@@ -170,6 +172,10 @@ impl Application {
                 UnsubscribeKeys::ephemeral()
             }
         };
+        let subject_refs = match &args.subject_ref_key_file {
+            Some(path) => SubjectRefs::load(path)?,
+            None => SubjectRefs::ephemeral(),
+        };
         let http_addr = http_listener.local_addr()?;
         let public_url = args
             .public_url
@@ -183,6 +189,7 @@ impl Application {
             drain: args.drain(),
             shutdown_timeout: args.shutdown_timeout(),
             unsubscribe_keys: Arc::new(unsubscribe_keys),
+            subject_refs,
             public_url,
         })
     }
@@ -218,8 +225,11 @@ impl Application {
             drain,
             shutdown_timeout,
             unsubscribe_keys,
+            subject_refs,
             public_url,
         } = self;
+        // Install the recorder before anything records.
+        crate::metrics::handle();
         let store = database.store.clone();
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -239,6 +249,7 @@ impl Application {
         let consent = ConsentGrpc::new(
             ConsentService::new(store.clone(), policy, wake, stop.clone()),
             unsubscribes.clone(),
+            subject_refs,
         )
         .into_server();
 

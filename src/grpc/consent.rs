@@ -1,11 +1,14 @@
 //! `consent.v1.ConsentService` over the domain service.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use opentelemetry::KeyValue;
 use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
     convert::{self, optional, required_enum},
+    observe::observe,
     pb::{self, consent_service_server::ConsentService as Rpc},
 };
 use crate::{
@@ -14,10 +17,12 @@ use crate::{
         SubjectRegistration, Violations,
     },
     error::Error,
+    policy::Decision,
     service::{
         CheckQuery, ConsentService, MAX_BATCH,
         unsubscribe::{LinkRequest, MAX_CAMPAIGN_CHARS, Unsubscribes},
     },
+    telemetry::SubjectRefs,
 };
 
 /// Serves `consent.v1.ConsentService`.
@@ -25,13 +30,16 @@ use crate::{
 pub struct ConsentGrpc {
     service: ConsentService,
     unsubscribes: Unsubscribes,
+    /// Pseudonyms for subjects in spans: never the external id (R8).
+    refs: SubjectRefs,
 }
 
 impl ConsentGrpc {
-    pub fn new(service: ConsentService, unsubscribes: Unsubscribes) -> Self {
+    pub fn new(service: ConsentService, unsubscribes: Unsubscribes, refs: SubjectRefs) -> Self {
         Self {
             service,
             unsubscribes,
+            refs,
         }
     }
 
@@ -41,6 +49,7 @@ impl ConsentGrpc {
 }
 
 const DEFAULT_PAGE_SIZE: usize = 100;
+const SERVICE: &str = "consent.v1.ConsentService";
 
 /// The stream WatchChanges answers with.
 pub type WatchStream = std::pin::Pin<
@@ -55,6 +64,82 @@ impl Rpc for ConsentGrpc {
         &self,
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        observe(SERVICE, "WatchChanges", request, |r| {
+            self.watch_changes_rpc(r)
+        })
+        .await
+    }
+
+    async fn create_unsubscribe_links(
+        &self,
+        request: Request<pb::CreateUnsubscribeLinksRequest>,
+    ) -> Result<Response<pb::CreateUnsubscribeLinksResponse>, Status> {
+        observe(SERVICE, "CreateUnsubscribeLinks", request, |r| {
+            self.create_unsubscribe_links_rpc(r)
+        })
+        .await
+    }
+
+    async fn register_subject(
+        &self,
+        request: Request<pb::RegisterSubjectRequest>,
+    ) -> Result<Response<pb::RegisterSubjectResponse>, Status> {
+        observe(SERVICE, "RegisterSubject", request, |r| {
+            self.register_subject_rpc(r)
+        })
+        .await
+    }
+
+    async fn record_consent(
+        &self,
+        request: Request<pb::RecordConsentRequest>,
+    ) -> Result<Response<pb::RecordConsentResponse>, Status> {
+        observe(SERVICE, "RecordConsent", request, |r| {
+            self.record_consent_rpc(r)
+        })
+        .await
+    }
+
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        observe(SERVICE, "Check", request, |r| self.check_rpc(r)).await
+    }
+
+    async fn batch_check(
+        &self,
+        request: Request<pb::BatchCheckRequest>,
+    ) -> Result<Response<pb::BatchCheckResponse>, Status> {
+        observe(SERVICE, "BatchCheck", request, |r| self.batch_check_rpc(r)).await
+    }
+
+    async fn get_consent_state(
+        &self,
+        request: Request<pb::GetConsentStateRequest>,
+    ) -> Result<Response<pb::GetConsentStateResponse>, Status> {
+        observe(SERVICE, "GetConsentState", request, |r| {
+            self.get_consent_state_rpc(r)
+        })
+        .await
+    }
+
+    async fn list_consent_history(
+        &self,
+        request: Request<pb::ListConsentHistoryRequest>,
+    ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
+        observe(SERVICE, "ListConsentHistory", request, |r| {
+            self.list_consent_history_rpc(r)
+        })
+        .await
+    }
+}
+
+impl ConsentGrpc {
+    async fn watch_changes_rpc(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
         let r = request.into_inner();
         let mut v = Violations::new();
         let purposes: Vec<_> = r
@@ -79,7 +164,7 @@ impl Rpc for ConsentGrpc {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn create_unsubscribe_links(
+    async fn create_unsubscribe_links_rpc(
         &self,
         request: Request<pb::CreateUnsubscribeLinksRequest>,
     ) -> Result<Response<pb::CreateUnsubscribeLinksResponse>, Status> {
@@ -123,7 +208,7 @@ impl Rpc for ConsentGrpc {
         }))
     }
 
-    async fn register_subject(
+    async fn register_subject_rpc(
         &self,
         request: Request<pb::RegisterSubjectRequest>,
     ) -> Result<Response<pb::RegisterSubjectResponse>, Status> {
@@ -172,7 +257,7 @@ impl Rpc for ConsentGrpc {
         }))
     }
 
-    async fn record_consent(
+    async fn record_consent_rpc(
         &self,
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
@@ -242,7 +327,7 @@ impl Rpc for ConsentGrpc {
         }))
     }
 
-    async fn check(
+    async fn check_rpc(
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
@@ -251,6 +336,9 @@ impl Rpc for ConsentGrpc {
         let query = check_query(&mut v, "", r.subject_id, r.purpose, r.field)
             .ok_or_else(|| Error::from(v))?;
         let decision = self.service.check(&query).await?;
+        for attribute in self.decision_attributes(&query, &decision) {
+            tracing::Span::current().set_attribute(attribute.key, attribute.value);
+        }
         Ok(Response::new(pb::CheckResponse {
             decision: convert::decision_to_pb(decision.outcome).into(),
             reason: convert::reason_to_pb(decision.reason).into(),
@@ -259,7 +347,7 @@ impl Rpc for ConsentGrpc {
         }))
     }
 
-    async fn batch_check(
+    async fn batch_check_rpc(
         &self,
         request: Request<pb::BatchCheckRequest>,
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
@@ -295,6 +383,18 @@ impl Rpc for ConsentGrpc {
             return Err(Error::from(v).into());
         }
         let decisions = self.service.batch_check(&queries).await?;
+        let span = tracing::Span::current();
+        span.set_attribute("consent.batch.size", queries.len() as i64);
+        span.set_attribute(
+            "consent.policy_version",
+            self.service.policy().version().to_string(),
+        );
+        for (query, decision) in queries.iter().zip(&decisions) {
+            span.add_event(
+                "consent.decision",
+                self.decision_attributes(query, decision),
+            );
+        }
         let results = decisions
             .iter()
             .zip(correlation_ids)
@@ -311,7 +411,7 @@ impl Rpc for ConsentGrpc {
         }))
     }
 
-    async fn get_consent_state(
+    async fn get_consent_state_rpc(
         &self,
         request: Request<pb::GetConsentStateRequest>,
     ) -> Result<Response<pb::GetConsentStateResponse>, Status> {
@@ -349,7 +449,7 @@ impl Rpc for ConsentGrpc {
         }))
     }
 
-    async fn list_consent_history(
+    async fn list_consent_history_rpc(
         &self,
         request: Request<pb::ListConsentHistoryRequest>,
     ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
@@ -385,6 +485,24 @@ impl Rpc for ConsentGrpc {
                 .map(|after| PageToken::encode(after, &subject_id))
                 .unwrap_or_default(),
         }))
+    }
+}
+
+impl ConsentGrpc {
+    /// The span attributes of one decision. The subject appears only as its
+    /// keyed pseudonym.
+    fn decision_attributes(&self, query: &CheckQuery, decision: &Decision) -> Vec<KeyValue> {
+        vec![
+            KeyValue::new("consent.subject_ref", self.refs.of(&query.subject_id)),
+            KeyValue::new("consent.purpose", query.purpose.to_string()),
+            KeyValue::new("consent.field", query.field.to_string()),
+            KeyValue::new("consent.decision", decision.outcome.as_str()),
+            KeyValue::new("consent.reason", decision.reason.as_str()),
+            KeyValue::new(
+                "consent.policy_version",
+                self.service.policy().version().to_string(),
+            ),
+        ]
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod consent;
 mod convert;
+mod observe;
 mod status;
 
 pub use consent::ConsentGrpc;

@@ -28,6 +28,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route("/u/{token}", get(show_unsubscribe).post(unsubscribe))
         .with_state(state)
 }
@@ -38,6 +39,16 @@ async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
     }
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let mut response = crate::metrics::render(&state.store).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// GET never changes anything: mail scanners follow links. It explains what

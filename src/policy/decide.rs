@@ -11,6 +11,16 @@ pub enum Outcome {
     Deny,
 }
 
+impl Outcome {
+    /// A stable lower-case name for metrics and span attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+        }
+    }
+}
+
 /// Why a decision came out as it did. One variant per `consent.v1.Reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {

@@ -186,13 +186,23 @@ impl ConsentService {
         queries
             .iter()
             .map(|q| {
-                decide(
+                let decision = decide(
                     &self.policy,
                     states.get(&q.subject_id),
                     &q.purpose,
                     &q.field,
                 )
-                .map_err(|e| Error::Internal(anyhow::anyhow!("undeclared after validation: {e}")))
+                .map_err(|e| {
+                    Error::Internal(anyhow::anyhow!("undeclared after validation: {e}"))
+                })?;
+                metrics::counter!(
+                    crate::metrics::DECISIONS,
+                    "purpose" => q.purpose.to_string(),
+                    "decision" => decision.outcome.as_str(),
+                    "reason" => decision.reason.as_str(),
+                )
+                .increment(1);
+                Ok(decision)
             })
             .collect()
     }

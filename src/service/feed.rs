@@ -82,6 +82,7 @@ pub async fn follow(
     out: mpsc::Sender<Result<ConsentRecord>>,
     stop: CancellationToken,
 ) {
+    let _subscribed = SubscriberGauge::open();
     let mut frontier = Frontier::new(after);
     loop {
         let read = match store.read_feed(frontier.cursor, READ_LIMIT).await {
@@ -95,6 +96,10 @@ pub async fn follow(
         let sendable = frontier.sendable(&sequences);
         for record in read.records.into_iter().take(sendable) {
             let sequence = record.sequence;
+            let age = (chrono::Utc::now() - record.recorded_at)
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0;
             if purposes.is_empty() || purposes.contains(&record.content.purpose) {
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -102,6 +107,7 @@ pub async fn follow(
                 }
             }
             frontier.sent(sequence);
+            metrics::gauge!(crate::metrics::FEED_LAG).set(age);
         }
 
         if sendable < sequences.len() {
@@ -137,6 +143,22 @@ pub async fn follow(
             _ = wake.changed() => {}
             () = tokio::time::sleep(POLL_INTERVAL) => {}
         }
+    }
+}
+
+/// Counts open streams in the subscribers gauge while alive.
+struct SubscriberGauge;
+
+impl SubscriberGauge {
+    fn open() -> Self {
+        metrics::gauge!(crate::metrics::FEED_SUBSCRIBERS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for SubscriberGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::FEED_SUBSCRIBERS).decrement(1.0);
     }
 }
 

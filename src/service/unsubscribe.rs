@@ -510,6 +510,10 @@ impl Unsubscribes {
                 request_id: None,
             })
             .await?;
+        if created {
+            metrics::counter!(crate::metrics::UNSUBSCRIBES, "purpose" => target.claims.purpose.to_string())
+                .increment(1);
+        }
         Ok((target, created))
     }
 }

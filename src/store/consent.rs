@@ -34,7 +34,7 @@ pub(super) const RECORD_COLUMNS: &str =
 impl Store {
     /// Inserts the subject, or updates its kind, notice and channel. Returns
     /// the stored subject and whether this call created it.
-    #[tracing::instrument(name = "store.register_subject", skip_all)]
+    #[tracing::instrument(name = "store.register_subject", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "register_subject"))]
     pub async fn register_subject(
         &self,
         reg: &SubjectRegistration,
@@ -94,7 +94,7 @@ impl Store {
         Ok((subject, created))
     }
 
-    #[tracing::instrument(name = "store.subject", skip_all)]
+    #[tracing::instrument(name = "store.subject", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "subject"))]
     pub async fn subject(&self, subject_id: &SubjectId) -> Result<Option<Subject>> {
         let client = self.pool.get().await?;
         let row = client
@@ -111,7 +111,7 @@ impl Store {
     /// transaction. The subject's row is locked first, so records of one
     /// subject commit in sequence order and the state always holds the
     /// latest of them.
-    #[tracing::instrument(name = "store.append_consent_record", skip_all)]
+    #[tracing::instrument(name = "store.append_consent_record", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "append_consent_record"))]
     pub async fn append_consent_record(&self, new: &NewConsentRecord) -> Result<ConsentRecord> {
         Ok(self.append(new, false).await?.0)
     }
@@ -121,7 +121,7 @@ impl Store {
     /// choice's record and `false`. Used where a repeat must add nothing (a
     /// second click on an unsubscribe link), decided under the subject's
     /// row lock so two concurrent clicks still add one record.
-    #[tracing::instrument(name = "store.append_unless_current", skip_all)]
+    #[tracing::instrument(name = "store.append_unless_current", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "append_unless_current"))]
     pub async fn append_unless_current(
         &self,
         new: &NewConsentRecord,
@@ -236,7 +236,7 @@ impl Store {
 
     /// The current choices of each given subject, in one indexed read. A
     /// subject that is not registered is absent from the map.
-    #[tracing::instrument(name = "store.current_state_for", skip_all, fields(subjects = ids.len()))]
+    #[tracing::instrument(name = "store.current_state_for", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "current_state_for", subjects = ids.len()))]
     pub async fn current_state_for(
         &self,
         ids: &[&SubjectId],
@@ -275,7 +275,7 @@ impl Store {
 
     /// The random surrogate keys that unsubscribe tokens use, for the
     /// given subjects. Unregistered subjects are absent.
-    #[tracing::instrument(name = "store.subject_keys", skip_all, fields(subjects = ids.len()))]
+    #[tracing::instrument(name = "store.subject_keys", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "subject_keys", subjects = ids.len()))]
     pub async fn subject_keys(&self, ids: &[&SubjectId]) -> Result<HashMap<SubjectId, Uuid>> {
         let client = self.pool.get().await?;
         let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
@@ -296,7 +296,7 @@ impl Store {
     }
 
     /// The subject an unsubscribe token's surrogate key names.
-    #[tracing::instrument(name = "store.subject_by_key", skip_all)]
+    #[tracing::instrument(name = "store.subject_by_key", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "subject_by_key"))]
     pub async fn subject_by_key(&self, key: Uuid) -> Result<Option<SubjectId>> {
         let client = self.pool.get().await?;
         let row = client
@@ -311,7 +311,7 @@ impl Store {
 
     /// Up to `limit` records of a subject after `after` (a sequence), oldest
     /// first.
-    #[tracing::instrument(name = "store.consent_history", skip_all, fields(limit))]
+    #[tracing::instrument(name = "store.consent_history", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "consent_history", limit))]
     pub async fn consent_history(
         &self,
         subject_id: &SubjectId,

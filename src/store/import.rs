@@ -34,7 +34,7 @@ impl Store {
     /// current choice for the purpose and field is not already a refusal, in
     /// one transaction. Running the same batch twice adds nothing the second
     /// time, so an interrupted import can simply be run again.
-    #[tracing::instrument(name = "store.import_refusals", skip_all, fields(rows = subjects.len()))]
+    #[tracing::instrument(name = "store.import_refusals", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "import_refusals", rows = subjects.len()))]
     pub async fn import_refusals(
         &self,
         spec: &RefusalImport,

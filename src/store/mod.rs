@@ -72,7 +72,7 @@ impl Store {
 
     /// Applies the embedded migrations that have not run yet. An advisory
     /// lock makes concurrent starts of several replicas take turns.
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(name = "store.migrate", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "migrate"))]
     pub async fn migrate(&self) -> anyhow::Result<usize> {
         const MIGRATION_LOCK: i64 = 0x636f_6e73_656e_7464; // "consentd"
         let mut client = self.pool.get().await.context("cannot connect to migrate")?;

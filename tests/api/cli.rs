@@ -159,8 +159,24 @@ async fn migrate_brings_an_empty_database_up_to_date_and_is_repeatable() {
 }
 
 /// Starts `consentd serve` and waits for the line naming the bound gRPC address.
-fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
+/// A `consentd serve` process: the child, its gRPC and HTTP addresses, and
+/// its log lines.
+pub struct Served {
+    pub child: Child,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub logs: mpsc::Receiver<String>,
+}
+
+pub fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
+    let served = spawn_serve_with(args, &[]);
+    (served.child, served.grpc_addr, served.logs)
+}
+
+/// Starts `consentd serve` with extra environment variables.
+pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
     let mut child = Command::new(BIN)
+        .envs(envs.iter().copied())
         .arg("serve")
         .args(args)
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
@@ -186,8 +202,13 @@ fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
             panic!("serve never said it was serving:\n{}", seen.join("\n"));
         };
         if let Some((_, rest)) = line.split_once("serving gRPC on ") {
-            let addr = rest.split_whitespace().next().unwrap().to_string();
-            return (child, addr, rx);
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            return Served {
+                child,
+                grpc_addr: words[0].to_string(),
+                http_addr: words[4].to_string(),
+                logs: rx,
+            };
         }
         seen.push(line);
     }
@@ -195,7 +216,7 @@ fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
 
 /// Async, so that this test's runtime keeps running the client side of any
 /// open connection while the server drains it.
-async fn terminate_and_wait(mut child: Child, logs: &mpsc::Receiver<String>) -> Vec<String> {
+pub async fn terminate_and_wait(mut child: Child, logs: &mpsc::Receiver<String>) -> Vec<String> {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -310,7 +331,7 @@ async fn the_private_cluster_starts_again_on_an_existing_data_directory() {
 /// A directory under the system temp dir that the `postgres` user can enter
 /// (when tests run as root the private cluster runs as that user). Removed
 /// when dropped.
-struct TempDir(std::path::PathBuf);
+pub struct TempDir(std::path::PathBuf);
 
 impl std::ops::Deref for TempDir {
     type Target = std::path::Path;
@@ -325,7 +346,7 @@ impl Drop for TempDir {
     }
 }
 
-fn tempdir() -> TempDir {
+pub fn tempdir() -> TempDir {
     let dir = std::env::temp_dir().join(format!("consentd-cli-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)

@@ -38,11 +38,16 @@ static TEMPLATE: OnceCell<String> = OnceCell::const_new();
 async fn server() -> &'static TestServer {
     SERVER
         .get_or_init(|| async {
-            consentd::telemetry::init(if std::env::var_os("TEST_LOG").is_some() {
+            let filter = if std::env::var_os("TEST_LOG").is_some() {
                 "info"
             } else {
                 "off"
-            });
+            };
+            // Kept for the whole process: the guard only flushes traces.
+            std::mem::forget(consentd::telemetry::init(
+                filter,
+                consentd::telemetry::LogFormat::Text,
+            ));
             let url = std::env::var("CONSENTD_TEST_DATABASE_URL")
                 .unwrap_or_else(|_| DEFAULT_SERVER.into());
             if store::admin_connect(&url).await.is_ok() {
@@ -241,6 +246,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
         shutdown_timeout_seconds: 10,
         public_url: None,
         unsubscribe_keys_file: Some(test_keys_file()),
+        subject_ref_key_file: None,
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());

@@ -5,8 +5,10 @@
 mod browser;
 mod cli;
 mod consent;
+mod deploy;
 mod feed;
 mod helpers;
 mod import;
 mod server;
+mod telemetry;
 mod unsubscribe;

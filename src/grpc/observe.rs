@@ -1,0 +1,131 @@
+//! One server span and one latency sample per RPC.
+//!
+//! The span follows the OpenTelemetry RPC conventions (`rpc.system`,
+//! `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) and continues the
+//! caller's trace from the W3C `traceparent` in the request metadata, so a
+//! mailer's own trace shows the consent check inside it.
+
+use std::{future::Future, time::Instant};
+
+use opentelemetry::{propagation::Extractor, trace::TraceContextExt as _};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tracing::{Instrument as _, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::metrics::RPC_DURATION;
+
+struct MetadataExtractor<'a>(&'a MetadataMap);
+
+impl Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|key| match key {
+                tonic::metadata::KeyRef::Ascii(key) => Some(key.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// The name Prometheus labels and dashboards use for a status code.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Codes that mean the server failed; per the conventions only these mark a
+/// server span as an error (a caller's bad input is not our failure).
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// Runs `handler` inside the RPC's server span and records its outcome.
+pub async fn observe<T, R, F>(
+    service: &'static str,
+    method: &'static str,
+    request: Request<T>,
+    handler: impl FnOnce(Request<T>) -> F,
+) -> Result<Response<R>, Status>
+where
+    F: Future<Output = Result<Response<R>, Status>>,
+{
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = format!("{service}/{method}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&MetadataExtractor(request.metadata()))
+    });
+    let _ = span.set_parent(parent);
+    // The ids go into the span's fields too, so every log line inside the
+    // call carries them, exported or not.
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", tracing::field::display(span_context.trace_id()));
+        span.record("span_id", tracing::field::display(span_context.span_id()));
+    }
+
+    let started = Instant::now();
+    let result = handler(request).instrument(span.clone()).await;
+    let code = match &result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    span.record("rpc.grpc.status_code", code as i64);
+    if is_server_error(code) {
+        span.record("otel.status_code", "ERROR");
+    }
+    let elapsed = started.elapsed();
+    metrics::histogram!(RPC_DURATION, "method" => method, "status" => code_name(code))
+        .record(elapsed.as_secs_f64());
+    // The access log: inside the span, so it carries the trace and span ids.
+    // The status message is left out: it can echo what the caller sent.
+    span.in_scope(|| {
+        tracing::info!(
+            method,
+            status = code_name(code),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "rpc finished"
+        )
+    });
+    result
+}

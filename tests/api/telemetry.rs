@@ -1,0 +1,528 @@
+//! Traces and metrics of a real `consentd serve` process: it exports over
+//! OTLP/gRPC to a collector this test runs in-process, and serves /metrics.
+
+use std::{collections::HashMap, sync::Arc};
+
+use consentd::{
+    domain::SubjectId,
+    grpc::pb::{self, consent_service_client::ConsentServiceClient},
+    telemetry::SubjectRefs,
+};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    trace::v1::Span,
+};
+use prost::Message as _;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+
+use crate::{
+    cli::{spawn_serve_with, tempdir, terminate_and_wait},
+    helpers::{fresh_database, http_get},
+    unsubscribe::path_of,
+};
+
+/// Collects every export, raw, as the collector received it.
+#[derive(Clone, Default)]
+struct Collector {
+    exports: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.exports.lock().await.push(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+async fn start_collector() -> (Collector, String) {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = TraceServiceServer::new(collector.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (collector, format!("http://{addr}"))
+}
+
+fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn text(span: &Span, key: &str) -> String {
+    match attribute(span, key) {
+        Some(Value::StringValue(s)) => s.clone(),
+        other => panic!("{} has {key} = {other:?}", span.name),
+    }
+}
+
+fn int(span: &Span, key: &str) -> i64 {
+    match attribute(span, key) {
+        Some(Value::IntValue(i)) => *i,
+        other => panic!("{} has {key} = {other:?}", span.name),
+    }
+}
+
+fn event_text(attributes: &[KeyValue], key: &str) -> String {
+    match attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+    {
+        Some(AnyValue {
+            value: Some(Value::StringValue(s)),
+        }) => s.clone(),
+        other => panic!("{key} = {other:?}"),
+    }
+}
+
+fn with_traceparent<T>(message: T, traceparent: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("traceparent", MetadataValue::try_from(traceparent).unwrap());
+    request
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const SUBJECT: &str = "C-7781-secret";
+
+#[tokio::test]
+async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_personal_data() {
+    let (collector, endpoint) = start_collector().await;
+    let db = fresh_database().await;
+    let dir = tempdir();
+    let key_file = dir.join("subject-ref.key");
+    std::fs::write(
+        &key_file,
+        "# test key\nMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
+    )
+    .unwrap();
+    let served = spawn_serve_with(
+        &[
+            "--database-url",
+            &db.db_url,
+            "--subject-ref-key-file",
+            key_file.to_str().unwrap(),
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "consentd-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+
+    client
+        .register_subject(with_traceparent(
+            pb::RegisterSubjectRequest {
+                subject_id: SUBJECT.into(),
+                kind: pb::SubjectKind::Individual.into(),
+                notice_version: "2026-11".into(),
+                channel: pb::Channel::Web.into(),
+                request_id: String::new(),
+            },
+            &traceparent,
+        ))
+        .await
+        .unwrap();
+    client
+        .record_consent(with_traceparent(
+            pb::RecordConsentRequest {
+                subject_id: SUBJECT.into(),
+                purpose: "promotional_mail".into(),
+                choice: pb::Choice::Refuse.into(),
+                channel: pb::Channel::Support.into(),
+                notice_version: "2026-11".into(),
+                evidence: "call 8812".into(),
+                ..Default::default()
+            },
+            &traceparent,
+        ))
+        .await
+        .unwrap();
+    let check = pb::CheckRequest {
+        subject_id: SUBJECT.into(),
+        purpose: "promotional_mail".into(),
+        field: "email".into(),
+    };
+    client
+        .check(with_traceparent(check.clone(), &traceparent))
+        .await
+        .unwrap();
+    client
+        .batch_check(with_traceparent(
+            pb::BatchCheckRequest {
+                items: vec![pb::BatchCheckItem {
+                    correlation_id: "x".into(),
+                    subject_id: SUBJECT.into(),
+                    purpose: "order_delivery".into(),
+                    field: "name".into(),
+                }],
+            },
+            &traceparent,
+        ))
+        .await
+        .unwrap();
+    let bad = pb::CheckRequest {
+        subject_id: SUBJECT.into(),
+        purpose: "nope".into(),
+        field: "email".into(),
+    };
+    client
+        .check(with_traceparent(bad, &traceparent))
+        .await
+        .unwrap_err();
+    drop(client);
+    // SIGTERM flushes what is still buffered.
+    terminate_and_wait(served.child, &served.logs).await;
+
+    let exports = collector.exports.lock().await.clone();
+    let raw: Vec<u8> = exports.iter().flat_map(|e| e.encode_to_vec()).collect();
+    assert!(!raw.is_empty(), "something was exported");
+    assert!(
+        !raw.windows(SUBJECT.len()).any(|w| w == SUBJECT.as_bytes()),
+        "the external id never leaves"
+    );
+    assert!(
+        !raw.windows(4).any(|w| w == b"7781"),
+        "not even a part of it"
+    );
+
+    let resource_names: Vec<String> = exports
+        .iter()
+        .flat_map(|e| &e.resource_spans)
+        .filter_map(|rs| rs.resource.as_ref())
+        .flat_map(|r| &r.attributes)
+        .filter(|kv| kv.key == "service.name")
+        .filter_map(
+            |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            },
+        )
+        .collect();
+    assert!(
+        resource_names.iter().all(|n| n == "consentd-under-test") && !resource_names.is_empty()
+    );
+
+    let spans: Vec<Span> = exports
+        .into_iter()
+        .flat_map(|e| e.resource_spans)
+        .flat_map(|rs| rs.scope_spans)
+        .flat_map(|ss| ss.spans)
+        .collect();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let rpc_spans: Vec<&Span> = spans
+        .iter()
+        .filter(|s| attribute(s, "rpc.system").is_some())
+        .collect();
+    assert_eq!(
+        rpc_spans.len(),
+        5,
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    for span in &rpc_spans {
+        assert_eq!(
+            hex(&span.trace_id),
+            TRACE_ID,
+            "{} continues the caller's trace",
+            span.name
+        );
+        assert_eq!(hex(&span.parent_span_id), CALLER_SPAN, "{}", span.name);
+        assert_eq!(span.kind, 2, "server kind");
+        assert_eq!(text(span, "rpc.system"), "grpc");
+        assert_eq!(text(span, "rpc.service"), "consent.v1.ConsentService");
+    }
+
+    let expected_ref = SubjectRefs::load(&key_file)
+        .unwrap()
+        .of(&SubjectId::parse(SUBJECT).unwrap());
+    let checks: Vec<&&Span> = rpc_spans
+        .iter()
+        .filter(|s| text(s, "rpc.method") == "Check")
+        .collect();
+    let ok = checks
+        .iter()
+        .find(|s| int(s, "rpc.grpc.status_code") == 0)
+        .expect("the good Check");
+    assert_eq!(ok.name, "consent.v1.ConsentService/Check");
+    assert_eq!(text(ok, "consent.purpose"), "promotional_mail");
+    assert_eq!(text(ok, "consent.field"), "email");
+    assert_eq!(text(ok, "consent.decision"), "deny");
+    assert_eq!(text(ok, "consent.reason"), "opted_out");
+    assert_eq!(text(ok, "consent.policy_version"), "2026-11-24.1");
+    assert_eq!(text(ok, "consent.subject_ref"), expected_ref);
+    let bad = checks
+        .iter()
+        .find(|s| int(s, "rpc.grpc.status_code") == 3)
+        .expect("the bad Check");
+    assert!(attribute(bad, "consent.decision").is_none());
+
+    // Store calls are child spans of the RPC, with no SQL parameters.
+    let children: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == ok.span_id)
+        .collect();
+    let store = children
+        .iter()
+        .find(|s| s.name == "store.current_state_for")
+        .expect("a store span");
+    assert_eq!(text(store, "db.system"), "postgresql");
+    assert_eq!(text(store, "db.operation.name"), "current_state_for");
+    assert_eq!(store.kind, 3, "client kind");
+
+    let batch = rpc_spans
+        .iter()
+        .find(|s| text(s, "rpc.method") == "BatchCheck")
+        .unwrap();
+    let event = batch
+        .events
+        .iter()
+        .find(|e| e.name == "consent.decision")
+        .expect("a decision event");
+    assert_eq!(event_text(&event.attributes, "consent.decision"), "allow");
+    assert_eq!(event_text(&event.attributes, "consent.reason"), "contract");
+    assert_eq!(
+        event_text(&event.attributes, "consent.subject_ref"),
+        expected_ref
+    );
+}
+
+/// (metric name, sorted labels) -> value.
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// Parses Prometheus text.
+fn samples(text: &str) -> Samples {
+    let mut out = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let mut labels: Vec<(String, String)> = labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap();
+                (k.to_string(), v.trim_matches('"').to_string())
+            })
+            .collect();
+        labels.sort();
+        out.insert((name.to_string(), labels), value.parse().unwrap());
+    }
+    out
+}
+
+fn get(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut labels: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    labels.sort();
+    samples.get(&(name.to_string(), labels)).copied()
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_latency_unsubscribes_and_the_pool() {
+    let db = fresh_database().await;
+    let served = spawn_serve_with(&["--database-url", &db.db_url], &[]);
+    let http: std::net::SocketAddr = served.http_addr.parse().unwrap();
+    let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    for id in ["C-1", "C-2"] {
+        client
+            .register_subject(pb::RegisterSubjectRequest {
+                subject_id: id.into(),
+                kind: pb::SubjectKind::Individual.into(),
+                notice_version: "v".into(),
+                channel: pb::Channel::Web.into(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let check = |subject: &str| pb::CheckRequest {
+        subject_id: subject.into(),
+        purpose: "promotional_mail".into(),
+        field: "email".into(),
+    };
+    client.check(check("C-1")).await.unwrap();
+    client.check(check("C-2")).await.unwrap();
+    client.check(check("C-404")).await.unwrap();
+    client
+        .check(pb::CheckRequest {
+            purpose: "nope".into(),
+            ..check("C-1")
+        })
+        .await
+        .unwrap_err();
+    let links = client
+        .create_unsubscribe_links(pb::CreateUnsubscribeLinksRequest {
+            purpose: "promotional_mail".into(),
+            subject_ids: vec!["C-1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let response = crate::helpers::http_request(
+        http,
+        "POST",
+        &path_of(&links.links[0].url),
+        &[],
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    client.check(check("C-1")).await.unwrap();
+
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    let m = samples(&body);
+    let decisions = "consentd_decisions_total";
+    let allow = [
+        ("purpose", "promotional_mail"),
+        ("decision", "allow"),
+        ("reason", "not_opted_out"),
+    ];
+    assert_eq!(get(&m, decisions, &allow), Some(2.0), "{body}");
+    let unknown = [
+        ("purpose", "promotional_mail"),
+        ("decision", "deny"),
+        ("reason", "subject_unknown"),
+    ];
+    assert_eq!(get(&m, decisions, &unknown), Some(1.0));
+    let opted_out = [
+        ("purpose", "promotional_mail"),
+        ("decision", "deny"),
+        ("reason", "opted_out"),
+    ];
+    assert_eq!(get(&m, decisions, &opted_out), Some(1.0));
+    assert_eq!(
+        get(
+            &m,
+            "consentd_unsubscribes_total",
+            &[("purpose", "promotional_mail")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(
+            &m,
+            "consentd_rpc_duration_seconds_count",
+            &[("method", "Check"), ("status", "OK")]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        get(
+            &m,
+            "consentd_rpc_duration_seconds_count",
+            &[("method", "Check"), ("status", "InvalidArgument")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(
+            &m,
+            "consentd_rpc_duration_seconds_bucket",
+            &[("method", "Check"), ("status", "OK"), ("le", "+Inf")]
+        ),
+        Some(4.0)
+    );
+    assert!(
+        get(&m, "consentd_db_pool_connections", &[("state", "idle")]).is_some_and(|v| v >= 1.0)
+    );
+    assert_eq!(
+        get(&m, "consentd_db_pool_connections", &[("state", "in_use")]),
+        Some(0.0)
+    );
+    assert_eq!(get(&m, "consentd_db_pool_waiting", &[]), Some(0.0));
+    assert!(!body.contains("C-1"), "no subject in metrics");
+    drop(client);
+    terminate_and_wait(served.child, &served.logs).await;
+}
+
+/// Runs one Check with a `traceparent` against a server logging in `format`
+/// and returns the server's log lines.
+async fn logs_of_one_check(format: &str) -> Vec<String> {
+    let db = fresh_database().await;
+    let served = spawn_serve_with(&["--database-url", &db.db_url, "--log-format", format], &[]);
+    let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    let check = pb::CheckRequest {
+        subject_id: SUBJECT.into(),
+        purpose: "promotional_mail".into(),
+        field: "email".into(),
+    };
+    client
+        .check(with_traceparent(
+            check,
+            &format!("00-{TRACE_ID}-{CALLER_SPAN}-01"),
+        ))
+        .await
+        .unwrap();
+    drop(client);
+    terminate_and_wait(served.child, &served.logs).await
+}
+
+#[tokio::test]
+async fn json_logs_carry_trace_and_span_ids_and_no_subject() {
+    let lines = logs_of_one_check("json").await;
+    let rpc = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "rpc finished")
+        .unwrap_or_else(|| panic!("no JSON access log line in:\n{}", lines.join("\n")));
+    assert_eq!(rpc["span"]["trace_id"], TRACE_ID);
+    assert_eq!(rpc["span"]["span_id"].as_str().map(str::len), Some(16));
+    assert_eq!(rpc["fields"]["method"], "Check");
+    assert!(
+        lines.iter().all(|l| !l.contains(SUBJECT)),
+        "no external id in any log line"
+    );
+}
+
+#[tokio::test]
+async fn text_logs_carry_trace_and_span_ids_and_no_subject() {
+    let lines = logs_of_one_check("text").await;
+    let rpc = lines
+        .iter()
+        .find(|l| l.contains("rpc finished"))
+        .expect("an access log line");
+    assert!(rpc.contains(&format!("trace_id={TRACE_ID}")), "{rpc}");
+    assert!(rpc.contains("span_id="), "{rpc}");
+    assert!(
+        lines.iter().all(|l| !l.contains(SUBJECT)),
+        "no external id in any log line"
+    );
+}
