@@ -18,6 +18,11 @@ pub enum Error {
         name: String,
     },
 
+    /// FAILED_PRECONDITION: the request is valid but the resource is not in
+    /// a state that allows it (resolving a resolved concern).
+    #[error("{0}")]
+    FailedPrecondition(String),
+
     /// ALREADY_EXISTS: the `request_id` was first used for a different
     /// request. Retrying cannot help; the caller must pick a new id.
     #[error("request_id was already used for a different request")]

@@ -16,6 +16,7 @@ pub const FEED_SUBSCRIBERS: &str = "consentd_change_feed_subscribers";
 pub const FEED_LAG: &str = "consentd_change_feed_lag_seconds";
 pub const POOL_CONNECTIONS: &str = "consentd_db_pool_connections";
 pub const POOL_WAITING: &str = "consentd_db_pool_waiting";
+pub const CONCERNS_OVERDUE: &str = "consentd_concerns_overdue";
 
 /// The process-wide recorder. Installed once; every server in the process
 /// (tests run several) shares it.
@@ -55,6 +56,10 @@ pub fn handle() -> &'static PrometheusHandle {
             "Database connections, by state (in_use, idle)."
         );
         describe_gauge!(POOL_WAITING, "Calls waiting for a database connection.");
+        describe_gauge!(
+            CONCERNS_OVERDUE,
+            "Concerns past their acknowledge or resolve deadline."
+        );
         handle
     })
 }

@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
-    grpc::{ConsentGrpc, pb},
+    grpc::{ConcernGrpc, ConsentGrpc, pb},
     http::{self, HttpState},
     policy::Policy,
     service::{
         ConsentService,
+        concern::ConcernService,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
     },
     settings::{DatabaseArgs, ServeArgs},
@@ -236,6 +237,9 @@ impl Application {
         health
             .set_serving::<pb::consent_service_server::ConsentServiceServer<ConsentGrpc>>()
             .await;
+        health
+            .set_serving::<pb::concern_service_server::ConcernServiceServer<ConcernGrpc>>()
+            .await;
         health.set_service_status("", ServingStatus::Serving).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -246,6 +250,9 @@ impl Application {
         let wake = store.spawn_change_listener(stop.clone());
         let unsubscribes =
             Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url);
+        let concerns =
+            ConcernGrpc::new(ConcernService::new(store.clone(), policy.clone())).into_server();
+        let concern_deadlines = policy.concern_deadlines();
         let consent = ConsentGrpc::new(
             ConsentService::new(store.clone(), policy, wake, stop.clone()),
             unsubscribes.clone(),
@@ -257,6 +264,7 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(consent)
+            .add_service(concerns)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 stop.clone().cancelled_owned(),
@@ -266,6 +274,7 @@ impl Application {
             http::router(HttpState {
                 store,
                 unsubscribes,
+                concern_deadlines,
             }),
         )
         .with_graceful_shutdown(stop.clone().cancelled_owned());
@@ -282,6 +291,9 @@ impl Application {
         tracing::info!(drain = ?drain, "shutting down: reporting NOT_SERVING, then finishing in-flight calls");
         health
             .set_not_serving::<pb::consent_service_server::ConsentServiceServer<ConsentGrpc>>()
+            .await;
+        health
+            .set_not_serving::<pb::concern_service_server::ConcernServiceServer<ConcernGrpc>>()
             .await;
         health
             .set_service_status("", ServingStatus::NotServing)

@@ -2,10 +2,37 @@
 //! that exists has passed its `parse`, so the rest of the code never checks a
 //! raw string again.
 
+/// Declares a closed set of values that is stored as text in the database.
+/// The text form is what the migrations' CHECK constraints list, so it must
+/// not change once released.
+macro_rules! stored_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn from_stored(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+mod concern;
 mod ids;
 mod record;
 mod state;
 
+pub use concern::{
+    Concern, ConcernCategory, ConcernEvent, ConcernOutcome, ConcernStatus, NewConcern, Text,
+};
 pub use ids::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, RequestId, SubjectId};
 pub use record::{
     Channel, Choice, ConsentRecord, NewConsentRecord, Subject, SubjectKind, SubjectRegistration,

@@ -5,29 +5,6 @@ use uuid::Uuid;
 
 use super::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, RequestId, SubjectId};
 
-/// Declares a closed set of values that is stored as text in the database.
-/// The text form is what the migrations' CHECK constraints list, so it must
-/// not change once released.
-macro_rules! stored_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            pub fn from_stored(text: &str) -> Option<Self> {
-                match text { $($text => Some($name::$variant),)+ _ => None }
-            }
-        }
-    };
-}
-
 stored_enum!(
     /// R1: "you" means a company or an individual.
     SubjectKind { Individual => "individual", Organization => "organization" }

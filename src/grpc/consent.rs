@@ -1,14 +1,13 @@
 //! `consent.v1.ConsentService` over the domain service.
 
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use opentelemetry::KeyValue;
-use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
     convert::{self, optional, required_enum},
     observe::observe,
+    page_token,
     pb::{self, consent_service_server::ConsentService as Rpc},
 };
 use crate::{
@@ -470,7 +469,11 @@ impl ConsentGrpc {
         let after = if r.page_token.is_empty() {
             0
         } else {
-            PageToken::decode(&r.page_token, &subject_id)
+            page_token::decode(&r.page_token, subject_id.as_str())
+                .and_then(|p| {
+                    p.parse()
+                        .map_err(|_| "is not a token this service issued".to_string())
+                })
                 .map_err(|e| Error::invalid("page_token", e))?
         };
         let page = self.service.history(&subject_id, after, page_size).await?;
@@ -482,7 +485,7 @@ impl ConsentGrpc {
                 .collect(),
             next_page_token: page
                 .next_after
-                .map(|after| PageToken::encode(after, &subject_id))
+                .map(|after| page_token::encode(&after.to_string(), subject_id.as_str()))
                 .unwrap_or_default(),
         }))
     }
@@ -537,57 +540,4 @@ fn check_query(
         purpose: purpose?,
         field: field?,
     })
-}
-
-/// AIP-158 page tokens: opaque to callers, bound to the subject they were
-/// issued for so that a token cannot page through another subject's history.
-struct PageToken;
-
-impl PageToken {
-    fn binding(subject_id: &SubjectId) -> String {
-        Sha256::digest(subject_id.as_str().as_bytes())[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    fn encode(after: i64, subject_id: &SubjectId) -> String {
-        URL_SAFE_NO_PAD.encode(format!("v1.{after}.{}", Self::binding(subject_id)))
-    }
-
-    fn decode(token: &str, subject_id: &SubjectId) -> Result<i64, String> {
-        let invalid = || "is not a token this service issued".to_string();
-        let text = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-        let text = String::from_utf8(text).map_err(|_| invalid())?;
-        let mut parts = text.split('.');
-        let (Some("v1"), Some(after), Some(binding), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(invalid());
-        };
-        if binding != Self::binding(subject_id) {
-            return Err("was issued for another subject_id".into());
-        }
-        after.parse().map_err(|_| invalid())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_tokens_round_trip_and_are_bound_to_their_subject() {
-        let a = SubjectId::parse("C-1").unwrap();
-        let b = SubjectId::parse("C-2").unwrap();
-        let token = PageToken::encode(42, &a);
-        assert_eq!(PageToken::decode(&token, &a), Ok(42));
-        assert!(
-            PageToken::decode(&token, &b)
-                .unwrap_err()
-                .contains("another subject_id")
-        );
-        assert!(PageToken::decode("garbage!", &a).is_err());
-        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v1.x.y"), &a).is_err());
-    }
 }

@@ -2,11 +2,14 @@
 //! three things: turn the request into domain values (collecting every
 //! violation), call `service`, and turn the result into a response.
 
+mod concern;
 mod consent;
 mod convert;
 mod observe;
+mod page_token;
 mod status;
 
+pub use concern::ConcernGrpc;
 pub use consent::ConsentGrpc;
 
 /// The generated `consent.v1` types and service traits. Generated code is

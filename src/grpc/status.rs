@@ -28,6 +28,7 @@ impl From<Error> for Status {
                 format!("{resource_type} `{name}` not found"),
                 ErrorDetails::with_resource_info(resource_type, name, "", "not found"),
             ),
+            Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::RequestIdReused => Status::already_exists(
                 "request_id was already used for a different request; use a new request_id",
             ),

@@ -13,6 +13,7 @@ use axum::{
 };
 
 use crate::{
+    policy::concern::ConcernDeadlines,
     service::unsubscribe::{LinkError, Unsubscribes},
     store::Store,
 };
@@ -22,6 +23,8 @@ use pages::Lang;
 pub struct HttpState {
     pub store: Store,
     pub unsubscribes: Unsubscribes,
+    /// For the overdue-concerns gauge.
+    pub concern_deadlines: ConcernDeadlines,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -43,6 +46,17 @@ async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
 
 /// Prometheus text exposition.
 async fn metrics(State(state): State<HttpState>) -> Response {
+    // Read at scrape time: overdue-ness changes with the clock, not with calls.
+    match state
+        .store
+        .count_overdue_concerns(&state.concern_deadlines)
+        .await
+    {
+        Ok(overdue) => metrics::gauge!(crate::metrics::CONCERNS_OVERDUE).set(overdue as f64),
+        Err(e) => {
+            let _ = tonic::Status::from(e);
+        }
+    }
     let mut response = crate::metrics::render(&state.store).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

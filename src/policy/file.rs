@@ -13,6 +13,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::concern::ConcernDeadlines;
 use crate::domain::{FieldName, PurposeCode};
 
 /// The legal basis of a purpose, which decides how choices are read.
@@ -59,6 +60,7 @@ impl Purpose {
 #[derive(Debug, Clone)]
 pub struct Policy {
     version: String,
+    concern_deadlines: ConcernDeadlines,
     fields: BTreeMap<FieldName, FieldDef>,
     purposes: BTreeMap<PurposeCode, Purpose>,
 }
@@ -94,6 +96,10 @@ impl Policy {
 
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    pub fn concern_deadlines(&self) -> ConcernDeadlines {
+        self.concern_deadlines
     }
 
     pub fn purpose(&self, code: &PurposeCode) -> Option<&Purpose> {
@@ -156,6 +162,15 @@ struct RawPolicy {
     fields: Vec<RawField>,
     #[serde(default)]
     purposes: Vec<RawPurpose>,
+    concerns: Option<Spanned<RawConcerns>>,
+}
+
+/// `[concerns]`: deadlines, in days from filing.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConcerns {
+    acknowledge_within_days: u32,
+    resolve_within_days: u32,
 }
 
 #[derive(Deserialize)]
@@ -296,9 +311,31 @@ impl RawPolicy {
             );
         }
 
+        let mut concern_deadlines = ConcernDeadlines::default();
+        if let Some(raw) = &self.concerns {
+            let (ack, resolve) = (
+                raw.get_ref().acknowledge_within_days,
+                raw.get_ref().resolve_within_days,
+            );
+            if ack == 0 || resolve == 0 || ack > resolve {
+                problem(
+                    raw.span(),
+                    format!(
+                        "[concerns] deadlines must be at least 1 day, and acknowledging ({ack}) \
+                         cannot take longer than resolving ({resolve})"
+                    ),
+                );
+            }
+            concern_deadlines = ConcernDeadlines {
+                acknowledge: chrono::Duration::days(ack.into()),
+                resolve: chrono::Duration::days(resolve.into()),
+            };
+        }
+
         if problems.is_empty() {
             Ok(Policy {
                 version: self.version.into_inner(),
+                concern_deadlines,
                 fields,
                 purposes,
             })
@@ -467,6 +504,35 @@ refusal_instructions = "Click unsubscribe."
         assert!(
             message.contains("policy.toml:12: purpose `promotional_mail` lists field `fax`"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn concern_deadlines_come_from_the_policy_and_are_checked() {
+        let policy = parse(&format!(
+            "{GOOD}\n[concerns]\nacknowledge_within_days = 3\nresolve_within_days = 10\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            policy.concern_deadlines().acknowledge,
+            chrono::Duration::days(3)
+        );
+        assert_eq!(
+            policy.concern_deadlines().resolve,
+            chrono::Duration::days(10)
+        );
+        assert_eq!(
+            parse(GOOD).unwrap().concern_deadlines(),
+            ConcernDeadlines::default()
+        );
+        let found = problems(&format!(
+            "{GOOD}\n[concerns]\nacknowledge_within_days = 20\nresolve_within_days = 10\n"
+        ));
+        assert_eq!(found[0].0, Some(15));
+        assert!(
+            found[0].1.contains("cannot take longer than resolving"),
+            "{}",
+            found[0].1
         );
     }
 

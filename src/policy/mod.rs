@@ -3,6 +3,7 @@
 //! is a function of its arguments, so it can be tested over every branch
 //! without a database.
 
+pub mod concern;
 mod decide;
 mod file;
 

@@ -2,6 +2,7 @@
 //! method validates against the policy, asks `policy` for decisions and
 //! `store` for state, and returns domain types. No SQL and no prost here.
 
+pub mod concern;
 mod consent;
 pub mod feed;
 pub mod import;

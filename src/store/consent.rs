@@ -97,14 +97,7 @@ impl Store {
     #[tracing::instrument(name = "store.subject", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "subject"))]
     pub async fn subject(&self, subject_id: &SubjectId) -> Result<Option<Subject>> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT subject_id, kind, notice_version, channel, registered_at, updated_at
-                   FROM subjects WHERE subject_id = $1",
-                &[&subject_id.as_str()],
-            )
-            .await?;
-        row.map(|r| subject_from_row(&r)).transpose()
+        subject_in(&client, subject_id).await
     }
 
     /// Appends a consent record and updates the current state in the same
@@ -364,11 +357,12 @@ fn consent_digest(new: &NewConsentRecord) -> RequestDigest {
     )
 }
 
+/// One subject, read through a plain client or inside a transaction.
 async fn subject_in(
-    tx: &tokio_postgres::Transaction<'_>,
+    client: &impl deadpool_postgres::GenericClient,
     id: &SubjectId,
 ) -> Result<Option<Subject>> {
-    let row = tx
+    let row = client
         .query_opt(
             "SELECT subject_id, kind, notice_version, channel, registered_at, updated_at
                FROM subjects WHERE subject_id = $1",
@@ -380,11 +374,11 @@ async fn subject_in(
 
 /// A stored value that no longer parses means the database was changed
 /// behind the service's back: an internal error, never a caller's.
-fn stored<T>(parsed: Result<T, String>, column: &str) -> Result<T> {
+pub(super) fn stored<T>(parsed: Result<T, String>, column: &str) -> Result<T> {
     parsed.map_err(|why| Error::Internal(anyhow!("stored {column} is invalid: {why}")))
 }
 
-fn stored_enum<T>(parsed: Option<T>, column: &str) -> Result<T> {
+pub(super) fn stored_enum<T>(parsed: Option<T>, column: &str) -> Result<T> {
     parsed.ok_or_else(|| Error::Internal(anyhow!("stored {column} has an unknown value")))
 }
 

@@ -2,6 +2,7 @@
 //! the embedded migrations, the private fallback cluster and one function per
 //! query, named after what it does. It knows nothing of gRPC or of the policy.
 
+mod concern;
 mod consent;
 pub mod embedded;
 mod feed;
@@ -15,6 +16,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts}
 use sha2::{Digest as _, Sha256};
 use tokio_postgres::NoTls;
 
+pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
 pub use consent::HistoryPage;
 pub use feed::FeedRead;
 pub use idempotency::RequestDigest;

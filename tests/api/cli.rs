@@ -222,7 +222,12 @@ pub async fn terminate_and_wait(mut child: Child, logs: &mpsc::Receiver<String>)
         .await
         .unwrap()
         .unwrap();
-    let lines: Vec<String> = logs.try_iter().collect();
+    // The reader thread may still be forwarding the last lines: read until
+    // it sees the end of the pipe.
+    let mut lines = Vec::new();
+    while let Ok(line) = logs.recv_timeout(Duration::from_secs(5)) {
+        lines.push(line);
+    }
     assert!(
         status.success(),
         "serve exited with {status}:\n{}",

@@ -213,13 +213,19 @@ pub struct TestApp {
 /// Unsubscribe keys the tests sign with, in a file as an operator would
 /// provide them. The first line signs.
 pub fn test_keys_file() -> PathBuf {
-    let path = std::env::temp_dir().join(format!("consentd-test-keys-{}", std::process::id()));
-    std::fs::write(
-        &path,
-        "# test keys\nk2=ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=\nk1=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
-    )
-    .unwrap();
-    path
+    // Written once per process: tests start servers in parallel, and a
+    // rewrite while another server reads it would be seen half-written.
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("consentd-test-keys-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "# test keys\nk2=ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=\nk1=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
+        )
+        .unwrap();
+        path
+    })
+    .clone()
 }
 
 pub async fn spawn_app() -> TestApp {

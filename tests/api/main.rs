@@ -4,6 +4,7 @@
 
 mod browser;
 mod cli;
+mod concern;
 mod consent;
 mod deploy;
 mod feed;

@@ -19,7 +19,7 @@ use crate::helpers::{http_get, spawn_app, spawn_app_with};
 async fn health_reports_serving_for_the_server_and_the_consent_service() {
     let app = spawn_app().await;
     let mut health = HealthClient::new(app.channel.clone());
-    for service in ["", "consent.v1.ConsentService"] {
+    for service in ["", "consent.v1.ConsentService", "consent.v1.ConcernService"] {
         let status = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -64,6 +64,7 @@ async fn reflection_lists_every_service_and_describes_the_contract() {
     assert_eq!(
         names,
         [
+            "consent.v1.ConcernService",
             "consent.v1.ConsentService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection"
