@@ -18,6 +18,21 @@ pub enum Error {
         name: String,
     },
 
+    /// FAILED_PRECONDITION with `google.rpc.PreconditionFailure`: the
+    /// request is well formed but the resource is not in a state that
+    /// allows it (approving a disclosure that is not pending).
+    #[error("{description}")]
+    FailedPrecondition {
+        violation_type: &'static str,
+        subject: String,
+        description: String,
+    },
+
+    /// PERMISSION_DENIED: this actor may not do this (approving their own
+    /// disclosure request).
+    #[error("{0}")]
+    PermissionDenied(String),
+
     /// ALREADY_EXISTS: the `request_id` was first used for a different
     /// request. Retrying cannot help; the caller must pick a new id.
     #[error("request_id was already used for a different request")]

@@ -15,12 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
-    grpc::{ConsentGrpc, pb},
+    grpc::{ConsentGrpc, DisclosureGrpc, pb},
     http::{self, HttpState},
     policy::Policy,
     service::{
-        ConsentService,
+        ConsentService, DisclosureService,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
+        vault::DataKeys,
     },
     settings::{DatabaseArgs, ServeArgs},
     store::{
@@ -128,6 +129,8 @@ pub struct Application {
     drain: Duration,
     shutdown_timeout: Duration,
     unsubscribe_keys: Arc<UnsubscribeKeys>,
+    /// Encrypt personal data at rest (R8).
+    data_keys: Arc<DataKeys>,
     public_url: String,
 }
 
@@ -170,6 +173,16 @@ impl Application {
                 UnsubscribeKeys::ephemeral()
             }
         };
+        let data_keys = match &args.data_keys_file {
+            Some(path) => DataKeys::load(path)?,
+            None => {
+                tracing::warn!(
+                    "no --data-keys-file: encrypting personal data with a random key; \
+                     every value stored now is UNREADABLE after this process stops"
+                );
+                DataKeys::ephemeral()
+            }
+        };
         let http_addr = http_listener.local_addr()?;
         let public_url = args
             .public_url
@@ -183,6 +196,7 @@ impl Application {
             drain: args.drain(),
             shutdown_timeout: args.shutdown_timeout(),
             unsubscribe_keys: Arc::new(unsubscribe_keys),
+            data_keys: Arc::new(data_keys),
             public_url,
         })
     }
@@ -218,6 +232,7 @@ impl Application {
             drain,
             shutdown_timeout,
             unsubscribe_keys,
+            data_keys,
             public_url,
         } = self;
         let store = database.store.clone();
@@ -225,6 +240,9 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<pb::consent_service_server::ConsentServiceServer<ConsentGrpc>>()
+            .await;
+        health
+            .set_serving::<pb::disclosure_service_server::DisclosureServiceServer<DisclosureGrpc>>()
             .await;
         health.set_service_status("", ServingStatus::Serving).await;
         let reflection = tonic_reflection::server::Builder::configure()
@@ -236,6 +254,12 @@ impl Application {
         let wake = store.spawn_change_listener(stop.clone());
         let unsubscribes =
             Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url);
+        let disclosure = DisclosureGrpc::new(DisclosureService::new(
+            store.clone(),
+            policy.clone(),
+            data_keys,
+        ))
+        .into_server();
         let consent = ConsentGrpc::new(
             ConsentService::new(store.clone(), policy, wake, stop.clone()),
             unsubscribes.clone(),
@@ -246,6 +270,7 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(consent)
+            .add_service(disclosure)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 stop.clone().cancelled_owned(),
@@ -271,6 +296,9 @@ impl Application {
         tracing::info!(drain = ?drain, "shutting down: reporting NOT_SERVING, then finishing in-flight calls");
         health
             .set_not_serving::<pb::consent_service_server::ConsentServiceServer<ConsentGrpc>>()
+            .await;
+        health
+            .set_not_serving::<pb::disclosure_service_server::DisclosureServiceServer<DisclosureGrpc>>()
             .await;
         health
             .set_service_status("", ServingStatus::NotServing)

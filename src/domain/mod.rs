@@ -6,7 +6,16 @@ mod ids;
 mod record;
 mod state;
 
-pub use ids::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, RequestId, SubjectId};
+mod disclosure;
+
+pub use disclosure::{
+    Disclosure, DisclosureStatus, FieldData, LegalBasis, NewPersonalData, ReleasedField,
+    SealedValue, Withheld,
+};
+pub use ids::{
+    Actor, Evidence, FieldName, Justification, NoticeVersion, PersonalValue, PurposeCode,
+    RecipientId, Reference, RequestId, SubjectId,
+};
 pub use record::{
     Channel, Choice, ConsentRecord, NewConsentRecord, Subject, SubjectKind, SubjectRegistration,
 };

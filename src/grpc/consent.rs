@@ -1,17 +1,16 @@
 //! `consent.v1.ConsentService` over the domain service.
 
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::{
     convert::{self, optional, required_enum},
+    page::PageToken,
     pb::{self, consent_service_server::ConsentService as Rpc},
 };
 use crate::{
     domain::{
-        Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode, RequestId, SubjectId,
-        SubjectRegistration, Violations,
+        Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode, RecipientId, RequestId,
+        SubjectId, SubjectRegistration, Violations,
     },
     error::Error,
     service::{
@@ -199,6 +198,7 @@ impl Rpc for ConsentGrpc {
         let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
         let evidence = v.check("evidence", Evidence::parse(r.evidence));
         let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
+        let recipient = optional(&mut v, "recipient", r.recipient, RecipientId::parse);
         let (
             Some(actor),
             Some(subject_id),
@@ -209,6 +209,7 @@ impl Rpc for ConsentGrpc {
             Some(notice_version),
             Some(evidence),
             Some(request_id),
+            Some(recipient),
         ) = (
             actor,
             subject_id,
@@ -219,6 +220,7 @@ impl Rpc for ConsentGrpc {
             notice_version,
             evidence,
             request_id,
+            recipient,
         )
         else {
             return Err(Error::from(v).into());
@@ -235,6 +237,7 @@ impl Rpc for ConsentGrpc {
                 evidence,
                 actor,
                 request_id,
+                recipient,
             })
             .await?;
         Ok(Response::new(pb::RecordConsentResponse {
@@ -256,6 +259,7 @@ impl Rpc for ConsentGrpc {
             reason: convert::reason_to_pb(decision.reason).into(),
             record_id: convert::record_id(&decision),
             policy_version: self.service.policy().version().to_string(),
+            needs_verification: decision.needs_verification,
         }))
     }
 
@@ -303,6 +307,7 @@ impl Rpc for ConsentGrpc {
                 decision: convert::decision_to_pb(decision.outcome).into(),
                 reason: convert::reason_to_pb(decision.reason).into(),
                 record_id: convert::record_id(decision),
+                needs_verification: decision.needs_verification,
             })
             .collect();
         Ok(Response::new(pb::BatchCheckResponse {
@@ -358,11 +363,7 @@ impl Rpc for ConsentGrpc {
         let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
         let page_size = v.check(
             "page_size",
-            match r.page_size {
-                0 => Ok(DEFAULT_PAGE_SIZE),
-                n @ 1..=1000 => Ok(n as usize),
-                n => Err(format!("must be between 0 and 1000 (got {n})")),
-            },
+            PageToken::page_size(r.page_size, DEFAULT_PAGE_SIZE, 1000),
         );
         let (Some(subject_id), Some(page_size)) = (subject_id, page_size) else {
             return Err(Error::from(v).into());
@@ -370,8 +371,12 @@ impl Rpc for ConsentGrpc {
         let after = if r.page_token.is_empty() {
             0
         } else {
-            PageToken::decode(&r.page_token, &subject_id)
-                .map_err(|e| Error::invalid("page_token", e))?
+            PageToken::decode(&r.page_token, subject_id.as_str())
+                .and_then(|c| {
+                    c.parse()
+                        .map_err(|_| "is not a token this service issued".into())
+                })
+                .map_err(|e: String| Error::invalid("page_token", e))?
         };
         let page = self.service.history(&subject_id, after, page_size).await?;
         Ok(Response::new(pb::ListConsentHistoryResponse {
@@ -382,7 +387,7 @@ impl Rpc for ConsentGrpc {
                 .collect(),
             next_page_token: page
                 .next_after
-                .map(|after| PageToken::encode(after, &subject_id))
+                .map(|after| PageToken::encode(&after.to_string(), subject_id.as_str()))
                 .unwrap_or_default(),
         }))
     }
@@ -419,57 +424,4 @@ fn check_query(
         purpose: purpose?,
         field: field?,
     })
-}
-
-/// AIP-158 page tokens: opaque to callers, bound to the subject they were
-/// issued for so that a token cannot page through another subject's history.
-struct PageToken;
-
-impl PageToken {
-    fn binding(subject_id: &SubjectId) -> String {
-        Sha256::digest(subject_id.as_str().as_bytes())[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    fn encode(after: i64, subject_id: &SubjectId) -> String {
-        URL_SAFE_NO_PAD.encode(format!("v1.{after}.{}", Self::binding(subject_id)))
-    }
-
-    fn decode(token: &str, subject_id: &SubjectId) -> Result<i64, String> {
-        let invalid = || "is not a token this service issued".to_string();
-        let text = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-        let text = String::from_utf8(text).map_err(|_| invalid())?;
-        let mut parts = text.split('.');
-        let (Some("v1"), Some(after), Some(binding), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(invalid());
-        };
-        if binding != Self::binding(subject_id) {
-            return Err("was issued for another subject_id".into());
-        }
-        after.parse().map_err(|_| invalid())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_tokens_round_trip_and_are_bound_to_their_subject() {
-        let a = SubjectId::parse("C-1").unwrap();
-        let b = SubjectId::parse("C-2").unwrap();
-        let token = PageToken::encode(42, &a);
-        assert_eq!(PageToken::decode(&token, &a), Ok(42));
-        assert!(
-            PageToken::decode(&token, &b)
-                .unwrap_err()
-                .contains("another subject_id")
-        );
-        assert!(PageToken::decode("garbage!", &a).is_err());
-        assert!(PageToken::decode(&URL_SAFE_NO_PAD.encode("v1.x.y"), &a).is_err());
-    }
 }

@@ -4,9 +4,12 @@
 
 mod consent;
 mod convert;
+mod disclosure;
+mod page;
 mod status;
 
 pub use consent::ConsentGrpc;
+pub use disclosure::DisclosureGrpc;
 
 /// The generated `consent.v1` types and service traits. Generated code is
 /// not ours to lint: proto comments are prose, not rustdoc.

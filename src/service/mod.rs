@@ -3,8 +3,11 @@
 //! `store` for state, and returns domain types. No SQL and no prost here.
 
 mod consent;
+pub mod disclosure;
 pub mod feed;
 pub mod import;
 pub mod unsubscribe;
+pub mod vault;
 
 pub use consent::{CheckQuery, ConsentOverview, ConsentService, MAX_BATCH, MAX_PAGE_SIZE};
+pub use disclosure::{DisclosureAnswer, DisclosureService};

@@ -3,6 +3,7 @@
 //! query, named after what it does. It knows nothing of gRPC or of the policy.
 
 mod consent;
+mod disclosure;
 pub mod embedded;
 mod feed;
 mod idempotency;
@@ -16,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tokio_postgres::NoTls;
 
 pub use consent::HistoryPage;
+pub use disclosure::{DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, SealedRow};
 pub use feed::FeedRead;
 pub use idempotency::RequestDigest;
 pub use import::{BatchOutcome, RefusalImport};

@@ -217,6 +217,18 @@ pub fn test_keys_file() -> PathBuf {
     path
 }
 
+/// Data keys the tests encrypt personal data with, as an operator would
+/// provide them.
+pub fn test_data_keys_file() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("consentd-test-data-keys-{}", std::process::id()));
+    std::fs::write(
+        &path,
+        "# test data keys\nd1=dmF1bHQtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZiE=\n",
+    )
+    .unwrap();
+    path
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -241,6 +253,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
         shutdown_timeout_seconds: 10,
         public_url: None,
         unsubscribe_keys_file: Some(test_keys_file()),
+        data_keys_file: Some(test_data_keys_file()),
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
@@ -376,6 +389,7 @@ pub fn record_request(
         notice_version: "2026-11".into(),
         evidence: "form-17".into(),
         request_id: String::new(),
+        recipient: String::new(),
     }
 }
 
