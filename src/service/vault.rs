@@ -145,6 +145,38 @@ impl DataKeys {
     }
 }
 
+/// Re-seals every value not sealed with the current key, `batch` rows per
+/// transaction, and returns how many were re-sealed. Servers keep running:
+/// they open values under any listed key, and a row changed by
+/// PutPersonalData meanwhile is left alone (it is already under the current
+/// key). `progress` gets the running total after each batch.
+pub async fn rotate(
+    store: &crate::store::Store,
+    keys: &DataKeys,
+    batch: usize,
+    mut progress: impl FnMut(u64),
+) -> crate::error::Result<u64> {
+    let mut total = 0;
+    loop {
+        let rows = store
+            .sealed_under_other_keys(keys.current(), batch as i64)
+            .await?;
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        let resealed = rows
+            .into_iter()
+            .map(|row| {
+                let value = keys.open(&row.subject_id, &row.field, &row.sealed)?;
+                let sealed = keys.seal(&row.subject_id, &row.field, &value)?;
+                Ok((row, sealed))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        total += store.reseal(&resealed).await?;
+        progress(total);
+    }
+}
+
 /// Length-prefixed, so ("ab", "c") and ("a", "bc") bind differently.
 fn associated_data(subject: &SubjectId, field: &FieldName) -> Vec<u8> {
     let mut aad = b"consentd.v1".to_vec();
@@ -223,37 +255,5 @@ mod tests {
         let error = DataKeys::parse(&long, "keys.txt").unwrap_err().to_string();
         assert!(error.contains("exactly 32 bytes"), "{error}");
         assert!(DataKeys::parse("k1=short\n", "keys.txt").is_err());
-    }
-}
-
-/// Re-seals every value not sealed with the current key, `batch` rows per
-/// transaction, and returns how many were re-sealed. Servers keep running:
-/// they open values under any listed key, and a row changed by
-/// PutPersonalData meanwhile is left alone (it is already under the current
-/// key). `progress` gets the running total after each batch.
-pub async fn rotate(
-    store: &crate::store::Store,
-    keys: &DataKeys,
-    batch: usize,
-    mut progress: impl FnMut(u64),
-) -> crate::error::Result<u64> {
-    let mut total = 0;
-    loop {
-        let rows = store
-            .sealed_under_other_keys(keys.current(), batch as i64)
-            .await?;
-        if rows.is_empty() {
-            return Ok(total);
-        }
-        let resealed = rows
-            .into_iter()
-            .map(|row| {
-                let value = keys.open(&row.subject_id, &row.field, &row.sealed)?;
-                let sealed = keys.seal(&row.subject_id, &row.field, &value)?;
-                Ok((row, sealed))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        total += store.reseal(&resealed).await?;
-        progress(total);
     }
 }

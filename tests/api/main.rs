@@ -5,6 +5,7 @@
 mod browser;
 mod cli;
 mod consent;
+mod disclosure;
 mod feed;
 mod helpers;
 mod import;
