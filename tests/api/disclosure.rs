@@ -419,7 +419,7 @@ async fn an_emergency_is_released_at_once_and_shows_up_as_due_for_review() {
         .await
         .unwrap();
     let old = "01900000-0000-7000-8000-000000000001".to_string();
-    assert_eq!(overdue().await, [old.clone()]);
+    assert_eq!(overdue().await, std::slice::from_ref(&old));
 
     let own = client(&app)
         .review_disclosure(as_actor(
