@@ -51,6 +51,14 @@ pub fn check_policy(file: &Path) -> anyhow::Result<()> {
             fields.join(", ")
         );
     }
+    for recipient in policy.recipients() {
+        println!(
+            "  recipient {} ({}): {}",
+            recipient.id,
+            recipient.category.as_str(),
+            recipient.name
+        );
+    }
     Ok(())
 }
 
