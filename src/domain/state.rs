@@ -37,32 +37,39 @@ impl SubjectState {
         purpose: &PurposeCode,
         field: &FieldName,
     ) -> Option<&StoredChoice> {
-        self.latest_for(purpose, field, None)
+        self.covering(purpose, field)
+            .filter(|c| c.recipient.is_none())
+            .max_by_key(|c| c.sequence)
     }
 
-    /// The newest choice covering the field that is either general or names
-    /// `recipient`: a general refusal after a recipient's permission
-    /// withdraws it, and a permission after a general refusal restores it
-    /// for that recipient only.
-    pub fn latest_for_recipient(
+    /// The choice that decides a disclosure of the field to `recipient`
+    /// (R5): the newest permission naming the recipient, unless a general
+    /// refusal came after it. A general grant names no recipient, so it
+    /// neither gives nor withdraws a recipient's permission.
+    pub fn permission_for_recipient(
         &self,
         purpose: &PurposeCode,
         field: &FieldName,
         recipient: &RecipientId,
     ) -> Option<&StoredChoice> {
-        self.latest_for(purpose, field, Some(recipient))
+        self.covering(purpose, field)
+            .filter(|c| match &c.recipient {
+                Some(named) => named == recipient,
+                None => c.choice == Choice::Refuse,
+            })
+            .max_by_key(|c| c.sequence)
     }
 
-    fn latest_for(
-        &self,
-        purpose: &PurposeCode,
-        field: &FieldName,
-        recipient: Option<&RecipientId>,
-    ) -> Option<&StoredChoice> {
+    fn covering<'s, 'q>(
+        &'s self,
+        purpose: &'q PurposeCode,
+        field: &'q FieldName,
+    ) -> impl Iterator<Item = &'s StoredChoice> + 'q
+    where
+        's: 'q,
+    {
         self.choices
             .iter()
-            .filter(|c| &c.purpose == purpose && c.field.as_ref().is_none_or(|f| f == field))
-            .filter(|c| c.recipient.is_none() || c.recipient.as_ref() == recipient)
-            .max_by_key(|c| c.sequence)
+            .filter(move |c| &c.purpose == purpose && c.field.as_ref().is_none_or(|f| f == field))
     }
 }

@@ -181,10 +181,10 @@ pub fn decide_disclosure(
                         Err(Reason::FieldNotPermitted)
                     } else {
                         // R5: only a permission that names this recipient.
-                        match state.latest_for_recipient(&purpose.code, field, &recipient.id) {
-                            Some(c) if c.choice == Choice::Refuse => Err(Reason::ConsentRefused),
-                            Some(c) if c.recipient.as_ref() == Some(&recipient.id) => Ok(()),
-                            _ => Err(Reason::NoConsent),
+                        match state.permission_for_recipient(&purpose.code, field, &recipient.id) {
+                            Some(c) if c.choice == Choice::Grant => Ok(()),
+                            Some(_) => Err(Reason::ConsentRefused),
+                            None => Err(Reason::NoConsent),
                         }
                     };
                     match (permitted, stored(field)) {
@@ -523,6 +523,40 @@ fields = ["name", "postal_address"]
                 all_data(1),
                 Denied,
                 vec![withhold(Reason::ConsentRefused)],
+            ),
+            (
+                "R5: a later general grant neither gives nor withdraws the partner's permission",
+                request("travel-partner", purpose("partner_offers"), &["email"], ""),
+                vec![
+                    choice("partner_offers", "travel-partner", Grant, 1),
+                    choice("partner_offers", "", Grant, 2),
+                ],
+                all_data(1),
+                Released,
+                vec![RELEASE],
+            ),
+            (
+                "R5: a general grant after a general refusal does not restore the partner's permission",
+                request("travel-partner", purpose("partner_offers"), &["email"], ""),
+                vec![
+                    choice("partner_offers", "travel-partner", Grant, 1),
+                    choice("partner_offers", "", Refuse, 2),
+                    choice("partner_offers", "", Grant, 3),
+                ],
+                all_data(1),
+                Denied,
+                vec![withhold(Reason::ConsentRefused)],
+            ),
+            (
+                "R5: a permission given again after a refusal serves the partner again",
+                request("travel-partner", purpose("partner_offers"), &["email"], ""),
+                vec![
+                    choice("partner_offers", "", Refuse, 1),
+                    choice("partner_offers", "travel-partner", Grant, 2),
+                ],
+                all_data(1),
+                Released,
+                vec![RELEASE],
             ),
             (
                 "R5: a field the purpose does not use is not permitted",

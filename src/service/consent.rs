@@ -234,12 +234,28 @@ impl ConsentService {
         // Registered a moment ago but the state read raced a deletion: there
         // is no deletion of subjects, so an empty state is the honest answer.
         let state = states.remove(subject_id).unwrap_or_default();
+        // The same inputs as a Check, so each decision is what a Check says.
+        let data = self
+            .store
+            .field_data_for(&[subject_id])
+            .await?
+            .remove(subject_id)
+            .unwrap_or_default();
+        let now = chrono::Utc::now();
         let mut decisions = Vec::new();
         for purpose in self.policy.purposes() {
             for field in self.policy.fields() {
                 if purpose.permits(&field.name) {
-                    let decision = decide(&self.policy, Some(&state), &purpose.code, &field.name)
-                        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+                    let stored = data.iter().find(|d| d.field == field.name);
+                    let decision = decide_with_data(
+                        &self.policy,
+                        Some(&state),
+                        &purpose.code,
+                        &field.name,
+                        stored,
+                        now,
+                    )
+                    .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
                     decisions.push((purpose.code.clone(), field.name.clone(), decision));
                 }
             }

@@ -196,6 +196,7 @@ impl DisclosureService {
                 legal_basis,
                 reference: request.reference.clone(),
                 justification: request.justification.clone(),
+                requested: request.fields.clone(),
                 fields,
                 withheld: withheld
                     .iter()

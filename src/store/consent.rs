@@ -214,23 +214,23 @@ impl Store {
             // written after it; with the row lock above that cannot happen, but
             // the state must not depend on it.
             tx.execute(
-            "INSERT INTO consent_state (subject_id, purpose, field, choice, record_id, sequence, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (subject_id, purpose, field) DO UPDATE
-                SET choice = EXCLUDED.choice, record_id = EXCLUDED.record_id,
-                    sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at
-              WHERE consent_state.sequence < EXCLUDED.sequence",
-            &[
-                &new.subject_id.as_str(),
-                &new.purpose.as_str(),
-                &field,
-                &new.choice.as_str(),
-                &record.record_id,
-                &record.sequence,
-                &record.recorded_at,
-            ],
-        )
-        .await?;
+                "INSERT INTO consent_state (subject_id, purpose, field, choice, record_id, sequence, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (subject_id, purpose, field) DO UPDATE
+                    SET choice = EXCLUDED.choice, record_id = EXCLUDED.record_id,
+                        sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at
+                  WHERE consent_state.sequence < EXCLUDED.sequence",
+                &[
+                    &new.subject_id.as_str(),
+                    &new.purpose.as_str(),
+                    &field,
+                    &new.choice.as_str(),
+                    &record.record_id,
+                    &record.sequence,
+                    &record.recorded_at,
+                ],
+            )
+            .await?;
         }
         if let Some(request_id) = &new.request_id {
             idempotency::settle(&tx, request_id, &record.record_id.to_string()).await?;

@@ -32,6 +32,9 @@ pub struct NewDisclosure {
     pub legal_basis: Option<LegalBasis>,
     pub reference: Option<Reference>,
     pub justification: Option<Justification>,
+    /// The fields asked for, in request order: part of the idempotency
+    /// digest, which must not depend on what was decided.
+    pub requested: Vec<FieldName>,
     pub fields: Vec<FieldName>,
     pub withheld: Vec<Withheld>,
     pub status: DisclosureStatus,
@@ -476,8 +479,8 @@ impl Store {
 }
 
 fn disclosure_digest(new: &NewDisclosure) -> RequestDigest {
-    let fields: Vec<&str> = new.fields.iter().map(|f| f.as_str()).collect();
-    let joined = fields.join(",");
+    let requested: Vec<&str> = new.requested.iter().map(|f| f.as_str()).collect();
+    let joined = requested.join(",");
     RequestDigest::of(
         "RequestDisclosure",
         &[

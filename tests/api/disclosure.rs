@@ -688,6 +688,71 @@ async fn check_flags_stale_data_and_verification_makes_it_fresh_again() {
 }
 
 #[tokio::test]
+async fn stale_data_is_denied_where_the_purpose_requires_fresh_data() {
+    let app = spawn_app().await;
+    customer(&app, "C-55").await;
+    let mut permission = record_request("C-55", "partner_offers", "", Choice::Grant);
+    permission.recipient = "travel-partner".into();
+    app.client.clone().record_consent(permission).await.unwrap();
+    app.record("C-55", "partner_offers", "", Choice::Grant)
+        .await;
+
+    // partner_offers allows email verified within 730 days, and requires it.
+    app.db
+        .execute(
+            "UPDATE personal_data SET collected_at = now() - interval '800 days'
+              WHERE subject_id = 'C-55'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let check = app.check("C-55", "partner_offers", "email").await;
+    assert_eq!(
+        (check.decision(), check.reason(), check.needs_verification),
+        (Decision::Deny, Reason::StaleData, true)
+    );
+    let answer = client(&app)
+        .request_disclosure(pb::RequestDisclosureRequest {
+            subject_id: "C-55".into(),
+            recipient_id: "travel-partner".into(),
+            purpose: "partner_offers".into(),
+            fields: vec!["name".into(), "email".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status(), DisclosureStatus::Partial);
+    assert_eq!(released(&answer.released), [("name", NAME)]);
+    assert_eq!(answer.withheld[0].reason(), Reason::StaleData);
+}
+
+#[tokio::test]
+async fn a_retried_disclosure_request_is_answered_once_and_recorded_once() {
+    let app = spawn_app().await;
+    customer(&app, "C-56").await;
+    let mut request = courier_request("C-56", &["name", "postal_address", "phone"]);
+    request.request_id = "ship-7781-1".into();
+    let first = client(&app)
+        .request_disclosure(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let retry = client(&app)
+        .request_disclosure(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry, first);
+    assert_eq!(app.count("disclosures").await, 1);
+
+    request.fields.pop();
+    let reused = client(&app).request_disclosure(request).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists);
+    assert_eq!(app.count("disclosures").await, 1);
+}
+
+#[tokio::test]
 async fn a_new_value_replaces_the_old_but_every_collection_is_kept() {
     let app = spawn_app().await;
     app.register("C-60").await;
