@@ -88,7 +88,9 @@ CREATE TABLE disclosures (
     PRIMARY KEY (subject_id, disclosure_id)
 );
 
--- GetDisclosure and ApproveDisclosure name a disclosure by id alone.
+-- GetDisclosure and ApproveDisclosure name a disclosure by id alone. (When
+-- the tables are distributed by subject, this index becomes a small
+-- reference table from disclosure_id to subject_id.)
 CREATE UNIQUE INDEX disclosures_disclosure_id ON disclosures (disclosure_id);
 -- ListDisclosures with overdue reviews looks across subjects.
 CREATE INDEX disclosures_review_due ON disclosures (review_due) WHERE review_due IS NOT NULL;
