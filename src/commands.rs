@@ -1,4 +1,5 @@
-//! The one-shot subcommands (`migrate`, `policy check`, `import-refusals`):
+//! The one-shot subcommands (`migrate`, `policy check`, `import-refusals`,
+//! `keys rotate`):
 //! what they print and how they report progress. `serve` lives in `startup`.
 
 use std::{
@@ -18,8 +19,11 @@ use crate::{
     domain::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode},
     error::Error,
     policy::Policy,
-    service::import::{self, ImportOptions, ImportProgress},
-    settings::{DatabaseArgs, ImportArgs},
+    service::{
+        import::{self, ImportOptions, ImportProgress},
+        vault::{self, DataKeys},
+    },
+    settings::{DatabaseArgs, ImportArgs, RotateArgs},
     startup::Database,
     store::RefusalImport,
 };
@@ -45,6 +49,14 @@ pub fn check_policy(file: &Path) -> anyhow::Result<()> {
             purpose.code,
             purpose.basis,
             fields.join(", ")
+        );
+    }
+    for recipient in policy.recipients() {
+        println!(
+            "  recipient {} ({}): {}",
+            recipient.id,
+            recipient.category.as_str(),
+            recipient.name
         );
     }
     Ok(())
@@ -107,6 +119,23 @@ pub async fn import_refusals(args: &ImportArgs) -> anyhow::Result<()> {
     } else {
         let _ = std::fs::remove_file(&reject_path);
     }
+    Ok(())
+}
+
+pub async fn rotate_keys(args: &RotateArgs) -> anyhow::Result<()> {
+    let keys = DataKeys::load(&args.data_keys_file)?;
+    let database = Database::open(&args.database).await?;
+    if database.is_default {
+        database.store.migrate().await?;
+    }
+    let rotated = vault::rotate(&database.store, &keys, args.batch_size as usize, |n| {
+        eprintln!("keys rotate: {n} value(s) re-encrypted so far");
+    })
+    .await?;
+    println!(
+        "re-encrypted {rotated} value(s) under key `{}`; every stored value now uses it",
+        keys.current()
+    );
     Ok(())
 }
 

@@ -18,10 +18,20 @@ pub enum Error {
         name: String,
     },
 
-    /// FAILED_PRECONDITION: the request is valid but the resource is not in
-    /// a state that allows it (resolving a resolved concern).
+    /// FAILED_PRECONDITION with `google.rpc.PreconditionFailure`: the
+    /// request is well formed but the resource is not in a state that
+    /// allows it (approving a disclosure that is not pending).
+    #[error("{description}")]
+    FailedPrecondition {
+        violation_type: &'static str,
+        subject: String,
+        description: String,
+    },
+
+    /// PERMISSION_DENIED: this actor may not do this (approving their own
+    /// disclosure request).
     #[error("{0}")]
-    FailedPrecondition(String),
+    PermissionDenied(String),
 
     /// ALREADY_EXISTS: the `request_id` was first used for a different
     /// request. Retrying cannot help; the caller must pick a new id.

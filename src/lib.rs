@@ -3,16 +3,19 @@
 //! # Layout
 //!
 //! - [`domain`]: validated newtypes and plain records; no IO.
-//! - [`policy`]: the policy file and `decide`, the pure rules.
+//! - [`policy`]: the policy file (purposes, recipients, disclosure rules) and
+//!   the pure rules: `decide` for checks, `decide_disclosure` for releases.
 //! - [`store`]: PostgreSQL — the pool, migrations, every SQL statement, and
 //!   the private fallback cluster.
-//! - [`service`]: the use cases, joining policy and store.
+//! - [`service`]: the use cases, joining policy and store; `service::vault`
+//!   holds the data keys and is the only code that sees plaintext values.
 //! - [`grpc`]: the tonic adapter; the only place prost types live.
 //! - [`http`]: probes and the one-click unsubscribe pages (axum).
 //! - [`error`]: the one error enum; `grpc` maps it to `Status`.
 //! - [`startup`]: builds and runs the whole server (`Application`).
 //! - [`settings`]: command line and environment.
-//! - [`commands`]: the one-shot subcommands (migrate, policy check, import).
+//! - [`commands`]: the one-shot subcommands (migrate, policy check, import,
+//!   keys rotate).
 //! - [`telemetry`]: logs, OpenTelemetry traces, subject pseudonyms.
 //! - [`metrics`]: the Prometheus metrics and their names.
 

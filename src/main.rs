@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use consentd::{
     commands,
-    settings::{Cli, Command, PolicyCommand},
+    settings::{Cli, Command, KeysCommand, PolicyCommand},
     startup::{self, Application},
     telemetry,
 };
@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => commands::migrate(&args).await,
         Command::Policy(PolicyCommand::Check { file }) => commands::check_policy(&file),
         Command::ImportRefusals(args) => commands::import_refusals(&args).await,
+        Command::Keys(KeysCommand::Rotate(args)) => commands::rotate_keys(&args).await,
     };
     telemetry.shutdown();
     match result {

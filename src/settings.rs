@@ -48,6 +48,32 @@ pub enum Command {
     /// an interrupted run can simply be run again. Malformed lines are
     /// written, with their line number and reason, to the reject file.
     ImportRefusals(ImportArgs),
+    /// Work with the data keys that encrypt personal data at rest.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-encrypt every stored value under the first key of the data keys
+    /// file, in batches, while servers keep running. Put the new key first
+    /// and keep the old ones listed (so running servers still read old
+    /// values) until this finishes; then the old keys can be removed.
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RotateArgs {
+    /// The data keys file (`key-id=base64-key` lines, 32-byte keys).
+    #[arg(long, env = "CONSENTD_DATA_KEYS_FILE")]
+    pub data_keys_file: PathBuf,
+
+    /// Values re-encrypted per transaction.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub batch_size: u64,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -180,6 +206,13 @@ pub struct ServeArgs {
     /// refs change at every restart.
     #[arg(long, env = "CONSENTD_SUBJECT_REF_KEY_FILE")]
     pub subject_ref_key_file: Option<PathBuf>,
+    /// File of data keys that encrypt personal data at rest (AES-256-GCM),
+    /// one `key-id=base64-key` line per 32-byte key. The first encrypts new
+    /// values; all decrypt, so keys rotate by adding a new first line and
+    /// running `consentd keys rotate`. Without it a random key is made at
+    /// start and stored values are unreadable after a restart.
+    #[arg(long, env = "CONSENTD_DATA_KEYS_FILE")]
+    pub data_keys_file: Option<PathBuf>,
 
     /// After the drain, how long in-flight calls and open connections get
     /// to finish before the server exits anyway.

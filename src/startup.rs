@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
-    grpc::{ConcernGrpc, ConsentGrpc, pb},
+    grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, pb},
     http::{self, HttpState},
     policy::Policy,
     service::{
-        ConsentService,
+        ConsentService, DisclosureService,
         concern::ConcernService,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
+        vault::DataKeys,
     },
     settings::{DatabaseArgs, ServeArgs},
     store::{
@@ -131,6 +132,8 @@ pub struct Application {
     shutdown_timeout: Duration,
     unsubscribe_keys: Arc<UnsubscribeKeys>,
     subject_refs: SubjectRefs,
+    /// Encrypt personal data at rest (R8).
+    data_keys: Arc<DataKeys>,
     public_url: String,
 }
 
@@ -177,6 +180,16 @@ impl Application {
             Some(path) => SubjectRefs::load(path)?,
             None => SubjectRefs::ephemeral(),
         };
+        let data_keys = match &args.data_keys_file {
+            Some(path) => DataKeys::load(path)?,
+            None => {
+                tracing::warn!(
+                    "no --data-keys-file: encrypting personal data with a random key; \
+                     every value stored now is UNREADABLE after this process stops"
+                );
+                DataKeys::ephemeral()
+            }
+        };
         let http_addr = http_listener.local_addr()?;
         let public_url = args
             .public_url
@@ -191,6 +204,7 @@ impl Application {
             shutdown_timeout: args.shutdown_timeout(),
             unsubscribe_keys: Arc::new(unsubscribe_keys),
             subject_refs,
+            data_keys: Arc::new(data_keys),
             public_url,
         })
     }
@@ -227,6 +241,7 @@ impl Application {
             shutdown_timeout,
             unsubscribe_keys,
             subject_refs,
+            data_keys,
             public_url,
         } = self;
         // Install the recorder before anything records.
@@ -234,13 +249,7 @@ impl Application {
         let store = database.store.clone();
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<pb::consent_service_server::ConsentServiceServer<ConsentGrpc>>()
-            .await;
-        health
-            .set_serving::<pb::concern_service_server::ConcernServiceServer<ConcernGrpc>>()
-            .await;
-        health.set_service_status("", ServingStatus::Serving).await;
+        report_health(&health, ServingStatus::Serving).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -253,6 +262,12 @@ impl Application {
         let concerns =
             ConcernGrpc::new(ConcernService::new(store.clone(), policy.clone())).into_server();
         let concern_deadlines = policy.concern_deadlines();
+        let disclosure = DisclosureGrpc::new(DisclosureService::new(
+            store.clone(),
+            policy.clone(),
+            data_keys,
+        ))
+        .into_server();
         let consent = ConsentGrpc::new(
             ConsentService::new(store.clone(), policy, wake, stop.clone()),
             unsubscribes.clone(),
@@ -265,6 +280,7 @@ impl Application {
             .add_service(reflection)
             .add_service(consent)
             .add_service(concerns)
+            .add_service(disclosure)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 stop.clone().cancelled_owned(),
@@ -289,15 +305,7 @@ impl Application {
         }
 
         tracing::info!(drain = ?drain, "shutting down: reporting NOT_SERVING, then finishing in-flight calls");
-        health
-            .set_not_serving::<pb::consent_service_server::ConsentServiceServer<ConsentGrpc>>()
-            .await;
-        health
-            .set_not_serving::<pb::concern_service_server::ConcernServiceServer<ConcernGrpc>>()
-            .await;
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        report_health(&health, ServingStatus::NotServing).await;
         tokio::time::sleep(drain).await;
         stop.cancel();
         let finished = tokio::time::timeout(shutdown_timeout, async {
@@ -318,6 +326,19 @@ impl Application {
         }
         tracing::info!("consentd stopped");
         Ok(())
+    }
+}
+
+/// Sets the health of the server as a whole ("") and of every service.
+async fn report_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    use tonic::server::NamedService;
+    for service in [
+        "",
+        pb::consent_service_server::ConsentServiceServer::<ConsentGrpc>::NAME,
+        pb::concern_service_server::ConcernServiceServer::<ConcernGrpc>::NAME,
+        pb::disclosure_service_server::DisclosureServiceServer::<DisclosureGrpc>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
     }
 }
 

@@ -110,6 +110,24 @@ text_newtype!(
     |v| printable(v, 128)
 );
 
+text_newtype!(
+    /// A recipient id declared in the policy (`express-courier`).
+    RecipientId,
+    code
+);
+text_newtype!(
+    /// What a disclosure is about, as the requester names it: an order
+    /// number, a case or notice number.
+    Reference,
+    |v| printable(v, 256)
+);
+text_newtype!(
+    /// Why a disclosure on a legal basis is needed, for the approver and the
+    /// record. Must not contain personal data beyond what the case needs.
+    Justification,
+    |v| printable(v, 2000)
+);
+
 impl Actor {
     /// The actor of a call that names none.
     pub fn anonymous() -> Self {
@@ -145,6 +163,50 @@ impl Evidence {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// A personal data value. It is the one thing R8 protects, so its `Debug`
+/// prints nothing of it, and it is never put in a log, a span or an error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PersonalValue(String);
+
+impl PersonalValue {
+    pub const MAX_CHARS: usize = 4096;
+
+    pub fn parse(value: impl Into<String>) -> Result<Self, String> {
+        let value = value.into();
+        let chars = value.chars().count();
+        if value.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        if chars > Self::MAX_CHARS {
+            return Err(format!(
+                "must be at most {} characters (got {chars})",
+                Self::MAX_CHARS
+            ));
+        }
+        if value
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err("must not contain control characters other than newline and tab".into());
+        }
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for PersonalValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PersonalValue(<redacted>)")
     }
 }
 
@@ -187,6 +249,14 @@ mod tests {
         assert!(Evidence::parse("form 12\ncall 9").is_ok());
         assert!(Evidence::parse("x".repeat(1025)).is_err());
         assert!(Evidence::parse("bell\u{7}").is_err());
+    }
+
+    #[test]
+    fn a_personal_value_never_shows_in_debug_output() {
+        let value = PersonalValue::parse("1 Secret Road").unwrap();
+        assert!(!format!("{value:?}").contains("Secret"));
+        assert!(PersonalValue::parse("  ").is_err());
+        assert!(PersonalValue::parse("line 1\nline 2").is_ok());
     }
 
     proptest! {

@@ -26,6 +26,7 @@ macro_rules! stored_enum {
 }
 
 mod concern;
+mod disclosure;
 mod ids;
 mod record;
 mod state;
@@ -33,7 +34,14 @@ mod state;
 pub use concern::{
     Concern, ConcernCategory, ConcernEvent, ConcernOutcome, ConcernStatus, NewConcern, Text,
 };
-pub use ids::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, RequestId, SubjectId};
+pub use disclosure::{
+    Disclosure, DisclosureStatus, FieldData, LegalBasis, NewPersonalData, ReleasedField,
+    SealedValue, Withheld,
+};
+pub use ids::{
+    Actor, Evidence, FieldName, Justification, NoticeVersion, PersonalValue, PurposeCode,
+    RecipientId, Reference, RequestId, SubjectId,
+};
 pub use record::{
     Channel, Choice, ConsentRecord, NewConsentRecord, Subject, SubjectKind, SubjectRegistration,
 };

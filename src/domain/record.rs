@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, RequestId, SubjectId};
+use super::{
+    Actor, Evidence, FieldName, NoticeVersion, PurposeCode, RecipientId, RequestId, SubjectId,
+};
 
 stored_enum!(
     /// R1: "you" means a company or an individual.
@@ -59,6 +61,10 @@ pub struct NewConsentRecord {
     pub evidence: Evidence,
     pub actor: Actor,
     pub request_id: Option<RequestId>,
+    /// A permission that names one recipient (R5, PIPL Art. 23 "separate
+    /// consent"). It only ever decides disclosures to that recipient, never
+    /// a Check.
+    pub recipient: Option<RecipientId>,
 }
 
 /// A stored consent record. Never changed once written.

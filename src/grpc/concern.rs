@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{
     convert::{self, optional, required_enum},
     observe::observe,
-    page_token,
+    page::PageToken,
     pb::{self, concern_service_server::ConcernService as Rpc},
 };
 use crate::{
@@ -251,7 +251,7 @@ impl ConcernGrpc {
         } else {
             v.check(
                 "page_token",
-                page_token::decode(&r.page_token, &scope).and_then(|p| position(&p)),
+                PageToken::decode(&r.page_token, &scope).and_then(|p| position(&p)),
             )
             .map(Some)
         };
@@ -270,7 +270,7 @@ impl ConcernGrpc {
                 .collect(),
             next_page_token: page
                 .next_after
-                .map(|(at, id)| page_token::encode(&format!("{}|{id}", at.to_rfc3339()), &scope))
+                .map(|(at, id)| PageToken::encode(&format!("{}|{id}", at.to_rfc3339()), &scope))
                 .unwrap_or_default(),
         }))
     }

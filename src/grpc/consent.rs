@@ -7,13 +7,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use super::{
     convert::{self, optional, required_enum},
     observe::observe,
-    page_token,
+    page::PageToken,
     pb::{self, consent_service_server::ConsentService as Rpc},
 };
 use crate::{
     domain::{
-        Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode, RequestId, SubjectId,
-        SubjectRegistration, Violations,
+        Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode, RecipientId, RequestId,
+        SubjectId, SubjectRegistration, Violations,
     },
     error::Error,
     policy::Decision,
@@ -283,6 +283,7 @@ impl ConsentGrpc {
         let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
         let evidence = v.check("evidence", Evidence::parse(r.evidence));
         let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
+        let recipient = optional(&mut v, "recipient", r.recipient, RecipientId::parse);
         let (
             Some(actor),
             Some(subject_id),
@@ -293,6 +294,7 @@ impl ConsentGrpc {
             Some(notice_version),
             Some(evidence),
             Some(request_id),
+            Some(recipient),
         ) = (
             actor,
             subject_id,
@@ -303,6 +305,7 @@ impl ConsentGrpc {
             notice_version,
             evidence,
             request_id,
+            recipient,
         )
         else {
             return Err(Error::from(v).into());
@@ -319,6 +322,7 @@ impl ConsentGrpc {
                 evidence,
                 actor,
                 request_id,
+                recipient,
             })
             .await?;
         Ok(Response::new(pb::RecordConsentResponse {
@@ -343,6 +347,7 @@ impl ConsentGrpc {
             reason: convert::reason_to_pb(decision.reason).into(),
             record_id: convert::record_id(&decision),
             policy_version: self.service.policy().version().to_string(),
+            needs_verification: decision.needs_verification,
         }))
     }
 
@@ -402,6 +407,7 @@ impl ConsentGrpc {
                 decision: convert::decision_to_pb(decision.outcome).into(),
                 reason: convert::reason_to_pb(decision.reason).into(),
                 record_id: convert::record_id(decision),
+                needs_verification: decision.needs_verification,
             })
             .collect();
         Ok(Response::new(pb::BatchCheckResponse {
@@ -457,11 +463,7 @@ impl ConsentGrpc {
         let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
         let page_size = v.check(
             "page_size",
-            match r.page_size {
-                0 => Ok(DEFAULT_PAGE_SIZE),
-                n @ 1..=1000 => Ok(n as usize),
-                n => Err(format!("must be between 0 and 1000 (got {n})")),
-            },
+            PageToken::page_size(r.page_size, DEFAULT_PAGE_SIZE, 1000),
         );
         let (Some(subject_id), Some(page_size)) = (subject_id, page_size) else {
             return Err(Error::from(v).into());
@@ -469,12 +471,12 @@ impl ConsentGrpc {
         let after = if r.page_token.is_empty() {
             0
         } else {
-            page_token::decode(&r.page_token, subject_id.as_str())
-                .and_then(|p| {
-                    p.parse()
-                        .map_err(|_| "is not a token this service issued".to_string())
+            PageToken::decode(&r.page_token, subject_id.as_str())
+                .and_then(|c| {
+                    c.parse()
+                        .map_err(|_| "is not a token this service issued".into())
                 })
-                .map_err(|e| Error::invalid("page_token", e))?
+                .map_err(|e: String| Error::invalid("page_token", e))?
         };
         let page = self.service.history(&subject_id, after, page_size).await?;
         Ok(Response::new(pb::ListConsentHistoryResponse {
@@ -485,7 +487,7 @@ impl ConsentGrpc {
                 .collect(),
             next_page_token: page
                 .next_after
-                .map(|after| page_token::encode(&after.to_string(), subject_id.as_str()))
+                .map(|after| PageToken::encode(&after.to_string(), subject_id.as_str()))
                 .unwrap_or_default(),
         }))
     }

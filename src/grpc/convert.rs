@@ -127,6 +127,8 @@ pub fn reason_to_pb(reason: Reason) -> pb::Reason {
         Reason::ConsentRefused => pb::Reason::ConsentRefused,
         Reason::OptedOut => pb::Reason::OptedOut,
         Reason::NotOptedOut => pb::Reason::NotOptedOut,
+        Reason::StaleData => pb::Reason::StaleData,
+        Reason::NotCollected => pb::Reason::NotCollected,
     }
 }
 
@@ -163,5 +165,6 @@ pub fn record_to_pb(record: domain::ConsentRecord) -> pb::ConsentRecord {
         recorded_at: timestamp(record.recorded_at),
         actor: c.actor.to_string(),
         request_id: c.request_id.map(|r| r.to_string()).unwrap_or_default(),
+        recipient: c.recipient.map(|r| r.to_string()).unwrap_or_default(),
     }
 }

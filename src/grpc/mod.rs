@@ -5,12 +5,14 @@
 mod concern;
 mod consent;
 mod convert;
+mod disclosure;
 mod observe;
-mod page_token;
+mod page;
 mod status;
 
 pub use concern::ConcernGrpc;
 pub use consent::ConsentGrpc;
+pub use disclosure::DisclosureGrpc;
 
 /// The generated `consent.v1` types and service traits. Generated code is
 /// not ours to lint: proto comments are prose, not rustdoc.

@@ -3,7 +3,7 @@
 use std::error::Error as _;
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
+use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt as _};
 
 use crate::error::Error;
 
@@ -28,7 +28,20 @@ impl From<Error> for Status {
                 format!("{resource_type} `{name}` not found"),
                 ErrorDetails::with_resource_info(resource_type, name, "", "not found"),
             ),
-            Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::FailedPrecondition {
+                violation_type,
+                subject,
+                description,
+            } => Status::with_error_details(
+                Code::FailedPrecondition,
+                description.clone(),
+                ErrorDetails::with_precondition_failure(vec![PreconditionViolation::new(
+                    violation_type,
+                    subject,
+                    description,
+                )]),
+            ),
+            Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::RequestIdReused => Status::already_exists(
                 "request_id was already used for a different request; use a new request_id",
             ),

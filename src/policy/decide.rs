@@ -2,8 +2,10 @@
 
 use uuid::Uuid;
 
-use super::{Basis, Policy};
-use crate::domain::{Choice, FieldName, PurposeCode, SubjectState};
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::{Basis, Policy, Purpose};
+use crate::domain::{Choice, FieldData, FieldName, PurposeCode, SubjectState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -32,6 +34,12 @@ pub enum Reason {
     ConsentRefused,
     OptedOut,
     NotOptedOut,
+    /// DENY: the data is older than the purpose allows and the purpose
+    /// requires fresh data (R3).
+    StaleData,
+    /// Withheld: no value is stored, or it was not collected for this
+    /// purpose (R2).
+    NotCollected,
 }
 
 impl Reason {
@@ -46,7 +54,27 @@ impl Reason {
             Reason::ConsentRefused => "consent_refused",
             Reason::OptedOut => "opted_out",
             Reason::NotOptedOut => "not_opted_out",
+            Reason::StaleData => "stale_data",
+            Reason::NotCollected => "not_collected",
         }
+    }
+
+    pub const ALL: &'static [Reason] = &[
+        Reason::SubjectUnknown,
+        Reason::FieldNotPermitted,
+        Reason::Contract,
+        Reason::ConsentGranted,
+        Reason::NoConsent,
+        Reason::ConsentRefused,
+        Reason::OptedOut,
+        Reason::NotOptedOut,
+        Reason::StaleData,
+        Reason::NotCollected,
+    ];
+
+    /// The inverse of [`Reason::as_str`], for reasons read back from storage.
+    pub fn from_stored(text: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.as_str() == text)
     }
 }
 
@@ -56,6 +84,9 @@ pub struct Decision {
     pub reason: Reason,
     /// The consent record that decided it, when one did.
     pub record_id: Option<Uuid>,
+    /// R3: allowed, but the stored value is older than the purpose allows;
+    /// the caller should ask the person to confirm it.
+    pub needs_verification: bool,
 }
 
 /// The request names something the policy does not declare: a caller bug,
@@ -84,11 +115,13 @@ pub fn decide(
         outcome: Outcome::Deny,
         reason,
         record_id,
+        needs_verification: false,
     };
     let allow = |reason, record_id| Decision {
         outcome: Outcome::Allow,
         reason,
         record_id,
+        needs_verification: false,
     };
 
     let Some(state) = subject else {
@@ -108,6 +141,46 @@ pub fn decide(
         (Basis::OptOut, Some((Choice::Grant, id))) => allow(Reason::NotOptedOut, Some(id)),
         (Basis::OptOut, None) => allow(Reason::NotOptedOut, None),
     })
+}
+
+/// [`decide`], then R3 on the stored field's age: an allowed use of stale
+/// data carries `needs_verification`, or is a DENY with `StaleData` when the
+/// purpose sets `require_fresh`. `data` is `None` when no value is stored;
+/// a Check then says nothing about freshness.
+pub fn decide_with_data(
+    policy: &Policy,
+    subject: Option<&SubjectState>,
+    purpose: &PurposeCode,
+    field: &FieldName,
+    data: Option<&FieldData>,
+    now: DateTime<Utc>,
+) -> Result<Decision, Undeclared> {
+    let decision = decide(policy, subject, purpose, field)?;
+    let purpose_def = policy.purpose(purpose).ok_or(Undeclared::Purpose)?;
+    if decision.outcome == Outcome::Deny || !data.is_some_and(|d| is_stale(purpose_def, d, now)) {
+        return Ok(decision);
+    }
+    Ok(if purpose_def.require_fresh {
+        Decision {
+            outcome: Outcome::Deny,
+            reason: Reason::StaleData,
+            record_id: None,
+            needs_verification: true,
+        }
+    } else {
+        Decision {
+            needs_verification: true,
+            ..decision
+        }
+    })
+}
+
+/// R3: is `data` older than `purpose` allows for its field?
+pub fn is_stale(purpose: &Purpose, data: &FieldData, now: DateTime<Utc>) -> bool {
+    purpose
+        .max_age_days
+        .get(&data.field)
+        .is_some_and(|days| data.checked_at() + TimeDelta::days(i64::from(*days)) < now)
 }
 
 #[cfg(test)]
@@ -163,6 +236,7 @@ refusal_instructions = "Unsubscribe."
             record_id: Uuid::from_u128(sequence as u128),
             sequence,
             recorded_at: chrono::DateTime::UNIX_EPOCH,
+            recipient: None,
         }
     }
 
@@ -392,6 +466,142 @@ refusal_instructions = "Unsubscribe."
                 (outcome, reason, record),
                 "{name}"
             );
+        }
+    }
+
+    const FRESH_POLICY: &str = r#"
+version = "test-1"
+[[fields]]
+id = "name"
+[[fields]]
+id = "postal_address"
+[[purposes]]
+id = "delivery"
+basis = "contract"
+fields = ["name", "postal_address"]
+max_age_days = { postal_address = 365 }
+[[purposes]]
+id = "strict"
+basis = "contract"
+fields = ["name", "postal_address"]
+max_age_days = { postal_address = 30 }
+require_fresh = true
+"#;
+
+    fn data(field: &str, collected_days_ago: i64, verified_days_ago: Option<i64>) -> FieldData {
+        let now = now();
+        FieldData {
+            field: f(field),
+            collected_for: vec![p("delivery")],
+            collected_at: now - TimeDelta::days(collected_days_ago),
+            verified_at: verified_days_ago.map(|d| now - TimeDelta::days(d)),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::UNIX_EPOCH + TimeDelta::days(20_000)
+    }
+
+    #[test]
+    fn checks_flag_stale_data_and_deny_it_where_the_purpose_requires_fresh_data() {
+        let policy = Policy::parse(Path::new("fresh.toml"), FRESH_POLICY).unwrap();
+        let known = state(vec![]);
+        type Row = (
+            &'static str,
+            &'static str,
+            Option<FieldData>,
+            Outcome,
+            Reason,
+            bool,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "delivery",
+                "postal_address",
+                None,
+                Allow,
+                Reason::Contract,
+                false,
+            ),
+            (
+                "delivery",
+                "postal_address",
+                Some(data("postal_address", 10, None)),
+                Allow,
+                Reason::Contract,
+                false,
+            ),
+            (
+                "delivery",
+                "postal_address",
+                Some(data("postal_address", 400, None)),
+                Allow,
+                Reason::Contract,
+                true,
+            ),
+            (
+                "delivery",
+                "postal_address",
+                Some(data("postal_address", 400, Some(3))),
+                Allow,
+                Reason::Contract,
+                false,
+            ),
+            (
+                "delivery",
+                "postal_address",
+                Some(data("postal_address", 400, Some(366))),
+                Allow,
+                Reason::Contract,
+                true,
+            ),
+            (
+                "delivery",
+                "name",
+                Some(data("name", 4000, None)),
+                Allow,
+                Reason::Contract,
+                false,
+            ),
+            (
+                "strict",
+                "postal_address",
+                Some(data("postal_address", 31, None)),
+                Deny,
+                Reason::StaleData,
+                true,
+            ),
+            (
+                "strict",
+                "postal_address",
+                Some(data("postal_address", 29, None)),
+                Allow,
+                Reason::Contract,
+                false,
+            ),
+        ];
+        for (purpose, field, stored, outcome, reason, needs) in rows {
+            let d = decide_with_data(
+                &policy,
+                Some(&known),
+                &p(purpose),
+                &f(field),
+                stored.as_ref(),
+                now(),
+            )
+            .unwrap();
+            assert_eq!(
+                (d.outcome, d.reason, d.needs_verification),
+                (outcome, reason, needs),
+                "{purpose}/{field}/{stored:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_round_trip_through_their_stored_text() {
+        for reason in Reason::ALL {
+            assert_eq!(Reason::from_stored(reason.as_str()), Some(*reason));
         }
     }
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::concern::ConcernDeadlines;
-use crate::domain::{FieldName, PurposeCode};
+use crate::domain::{FieldName, PurposeCode, RecipientId};
 
 /// The legal basis of a purpose, which decides how choices are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -48,12 +48,63 @@ pub struct Purpose {
     /// Chinese versions for the unsubscribe page; English is the fallback.
     pub description_zh: Option<String>,
     pub refusal_instructions_zh: Option<String>,
+    /// R3: the oldest a field's last verification may be for this purpose.
+    /// Fields not listed have no limit.
+    pub max_age_days: BTreeMap<FieldName, u32>,
+    /// Turns data older than `max_age_days` from a warning
+    /// (`needs_verification`) into a DENY with `REASON_STALE_DATA`.
+    pub require_fresh: bool,
 }
 
 impl Purpose {
     pub fn permits(&self, field: &FieldName) -> bool {
         self.fields.contains(field)
     }
+}
+
+/// What kind of third party a recipient is. The rules differ by kind: a
+/// courier may get delivery data (R6), an authority only on a legal basis
+/// (R7), and everyone else needs the person's permission (R5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Courier,
+    Processor,
+    Partner,
+    Authority,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Courier => "courier",
+            Category::Processor => "processor",
+            Category::Partner => "partner",
+            Category::Authority => "authority",
+        }
+    }
+}
+
+/// A third party the policy names. PIPL Art. 23 requires the notice to name
+/// each recipient and how to reach it, so `name` and `contact` are required.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipient {
+    pub id: RecipientId,
+    pub name: String,
+    pub category: Category,
+    pub contact: String,
+    /// The purposes this recipient receives data for, in file order.
+    pub purposes: Vec<PurposeCode>,
+}
+
+/// R6: what recipients of one category may receive for one contract
+/// purpose without the person's permission, when the request names the
+/// transaction (`reference`, e.g. the order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisclosureRule {
+    pub category: Category,
+    pub purpose: PurposeCode,
+    pub fields: Vec<FieldName>,
 }
 
 /// A loaded, validated policy.
@@ -63,6 +114,8 @@ pub struct Policy {
     concern_deadlines: ConcernDeadlines,
     fields: BTreeMap<FieldName, FieldDef>,
     purposes: BTreeMap<PurposeCode, Purpose>,
+    recipients: BTreeMap<RecipientId, Recipient>,
+    disclosure_rules: Vec<DisclosureRule>,
 }
 
 impl Policy {
@@ -117,6 +170,25 @@ impl Policy {
     pub fn fields(&self) -> impl Iterator<Item = &FieldDef> {
         self.fields.values()
     }
+
+    pub fn recipient(&self, id: &RecipientId) -> Option<&Recipient> {
+        self.recipients.get(id)
+    }
+
+    pub fn recipients(&self) -> impl Iterator<Item = &Recipient> {
+        self.recipients.values()
+    }
+
+    /// The R6 rule for recipients of `category` and `purpose`, if any.
+    pub fn disclosure_rule(
+        &self,
+        category: Category,
+        purpose: &PurposeCode,
+    ) -> Option<&DisclosureRule> {
+        self.disclosure_rules
+            .iter()
+            .find(|r| r.category == category && &r.purpose == purpose)
+    }
 }
 
 /// Why a policy file was refused: every problem found, with its line.
@@ -163,6 +235,10 @@ struct RawPolicy {
     #[serde(default)]
     purposes: Vec<RawPurpose>,
     concerns: Option<Spanned<RawConcerns>>,
+    #[serde(default)]
+    recipients: Vec<RawRecipient>,
+    #[serde(default)]
+    disclosure_rules: Vec<RawRule>,
 }
 
 /// `[concerns]`: deadlines, in days from filing.
@@ -171,6 +247,27 @@ struct RawPolicy {
 struct RawConcerns {
     acknowledge_within_days: u32,
     resolve_within_days: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecipient {
+    id: Spanned<String>,
+    #[serde(default)]
+    name: String,
+    category: Spanned<String>,
+    #[serde(default)]
+    contact: String,
+    #[serde(default)]
+    purposes: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    category: Spanned<String>,
+    purpose: Spanned<String>,
+    fields: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +289,22 @@ struct RawPurpose {
     refusal_instructions: Option<Spanned<String>>,
     description_zh: Option<String>,
     refusal_instructions_zh: Option<String>,
+    #[serde(default)]
+    max_age_days: Option<Spanned<BTreeMap<String, u32>>>,
+    #[serde(default)]
+    require_fresh: Option<Spanned<bool>>,
+}
+
+/// The category names the file may use, parsed by hand (not by serde) so
+/// that an unknown one is reported with its line like every other problem.
+fn category(text: &str) -> Option<Category> {
+    match text {
+        "courier" => Some(Category::Courier),
+        "processor" => Some(Category::Processor),
+        "partner" => Some(Category::Partner),
+        "authority" => Some(Category::Authority),
+        _ => None,
+    }
 }
 
 impl RawPolicy {
@@ -294,6 +407,42 @@ impl RawPolicy {
                     ),
                 );
             }
+            let mut max_age_days = BTreeMap::new();
+            if let Some(ages) = &raw.max_age_days {
+                for (field, days) in ages.get_ref() {
+                    match FieldName::parse(field.clone()) {
+                        Ok(name) if purpose_fields.contains(&name) => {
+                            if *days == 0 {
+                                problem(
+                                    ages.span(),
+                                    format!(
+                                        "purpose `{code}`: max_age_days for `{name}` must be at least 1"
+                                    ),
+                                );
+                            }
+                            max_age_days.insert(name, *days);
+                        }
+                        _ => problem(
+                            ages.span(),
+                            format!(
+                                "purpose `{code}` sets max_age_days for `{field}`, which is not one of its fields"
+                            ),
+                        ),
+                    }
+                }
+            }
+            let require_fresh = raw.require_fresh.as_ref().is_some_and(|r| *r.get_ref());
+            if let Some(flag) = &raw.require_fresh
+                && *flag.get_ref()
+                && max_age_days.is_empty()
+            {
+                problem(
+                    flag.span(),
+                    format!(
+                        "purpose `{code}` sets require_fresh but no max_age_days: nothing could ever be stale"
+                    ),
+                );
+            }
             purposes.insert(
                 code.clone(),
                 Purpose {
@@ -307,8 +456,151 @@ impl RawPolicy {
                         .refusal_instructions_zh
                         .map(|s| s.trim().to_string())
                         .filter(|s| !s.is_empty()),
+                    max_age_days,
+                    require_fresh,
                 },
             );
+        }
+
+        let mut recipients = BTreeMap::new();
+        let mut recipient_lines = HashMap::new();
+        for raw in self.recipients {
+            let id_text = raw.id.get_ref().clone();
+            let id = match RecipientId::parse(id_text.clone()) {
+                Ok(id) => id,
+                Err(why) => {
+                    problem(raw.id.span(), format!("recipient id `{id_text}` {why}"));
+                    continue;
+                }
+            };
+            let line = lines.line_of(raw.id.span().start);
+            if let Some(first) = recipient_lines.insert(id.clone(), line) {
+                problem(
+                    raw.id.span(),
+                    format!("duplicate recipient id `{id}` (first declared on line {first})"),
+                );
+                continue;
+            }
+            // PIPL Art. 23: the notice must name the recipient and its contact.
+            if raw.name.trim().is_empty() {
+                problem(raw.id.span(), format!("recipient `{id}` has no name"));
+            }
+            if raw.contact.trim().is_empty() {
+                problem(raw.id.span(), format!("recipient `{id}` has no contact"));
+            }
+            let Some(kind) = category(raw.category.get_ref()) else {
+                problem(
+                    raw.category.span(),
+                    format!(
+                        "recipient `{id}` has unknown category `{}` (known: courier, processor, partner, authority)",
+                        raw.category.get_ref()
+                    ),
+                );
+                continue;
+            };
+            let mut recipient_purposes = Vec::new();
+            for purpose in &raw.purposes {
+                match PurposeCode::parse(purpose.get_ref().clone()) {
+                    Ok(code) if purposes.contains_key(&code) => recipient_purposes.push(code),
+                    _ => problem(
+                        purpose.span(),
+                        format!(
+                            "recipient `{id}` lists purpose `{}`, which is not declared under [[purposes]]",
+                            purpose.get_ref()
+                        ),
+                    ),
+                }
+            }
+            recipients.insert(
+                id.clone(),
+                Recipient {
+                    id,
+                    name: raw.name.trim().to_string(),
+                    category: kind,
+                    contact: raw.contact.trim().to_string(),
+                    purposes: recipient_purposes,
+                },
+            );
+        }
+
+        let mut disclosure_rules: Vec<DisclosureRule> = Vec::new();
+        for raw in self.disclosure_rules {
+            let Some(kind) = category(raw.category.get_ref()) else {
+                problem(
+                    raw.category.span(),
+                    format!(
+                        "disclosure rule has unknown category `{}` (known: courier, processor, partner, authority)",
+                        raw.category.get_ref()
+                    ),
+                );
+                continue;
+            };
+            let purpose = match PurposeCode::parse(raw.purpose.get_ref().clone()) {
+                Ok(code) => match purposes.get(&code) {
+                    Some(p) if p.basis == Basis::Contract => p,
+                    Some(_) => {
+                        problem(
+                            raw.purpose.span(),
+                            format!(
+                                "disclosure rule names purpose `{code}`, but only a contract purpose \
+                                 may release data without the person's permission"
+                            ),
+                        );
+                        continue;
+                    }
+                    None => {
+                        problem(
+                            raw.purpose.span(),
+                            format!(
+                                "disclosure rule names purpose `{code}`, which is not declared under [[purposes]]"
+                            ),
+                        );
+                        continue;
+                    }
+                },
+                Err(why) => {
+                    problem(
+                        raw.purpose.span(),
+                        format!("disclosure rule purpose `{}` {why}", raw.purpose.get_ref()),
+                    );
+                    continue;
+                }
+            };
+            if disclosure_rules
+                .iter()
+                .any(|r| r.category == kind && r.purpose == purpose.code)
+            {
+                problem(
+                    raw.category.span(),
+                    format!(
+                        "duplicate disclosure rule for category `{}` and purpose `{}`",
+                        kind.as_str(),
+                        purpose.code
+                    ),
+                );
+                continue;
+            }
+            let mut rule_fields = Vec::new();
+            for field in &raw.fields {
+                match FieldName::parse(field.get_ref().clone()) {
+                    Ok(name) if purpose.permits(&name) && !rule_fields.contains(&name) => {
+                        rule_fields.push(name)
+                    }
+                    _ => problem(
+                        field.span(),
+                        format!(
+                            "disclosure rule lists field `{}`, which purpose `{}` does not use (or lists twice)",
+                            field.get_ref(),
+                            purpose.code
+                        ),
+                    ),
+                }
+            }
+            disclosure_rules.push(DisclosureRule {
+                category: kind,
+                purpose: purpose.code.clone(),
+                fields: rule_fields,
+            });
         }
 
         let mut concern_deadlines = ConcernDeadlines::default();
@@ -338,6 +630,8 @@ impl RawPolicy {
                 concern_deadlines,
                 fields,
                 purposes,
+                recipients,
+                disclosure_rules,
             })
         } else {
             problems.sort_by_key(|p| p.line);
@@ -411,6 +705,131 @@ refusal_instructions = "Click unsubscribe."
         assert_eq!(basis("partner_offers"), Some(Basis::Consent));
         let fields: Vec<_> = policy.fields().map(|f| f.name.to_string()).collect();
         assert_eq!(fields, ["email", "name", "phone", "postal_address"]);
+        let recipients: Vec<_> = policy
+            .recipients()
+            .map(|r| (r.id.to_string(), r.category))
+            .collect();
+        assert_eq!(
+            recipients,
+            [
+                ("express-courier".to_string(), Category::Courier),
+                ("public-security".to_string(), Category::Authority),
+                ("travel-partner".to_string(), Category::Partner),
+            ]
+        );
+        let delivery = PurposeCode::parse("order_delivery").unwrap();
+        let rule = policy
+            .disclosure_rule(Category::Courier, &delivery)
+            .expect("the courier rule");
+        let fields: Vec<_> = rule.fields.iter().map(|f| f.as_str()).collect();
+        assert_eq!(fields, ["name", "postal_address"]);
+        let purpose = policy.purpose(&delivery).unwrap();
+        assert_eq!(
+            purpose
+                .max_age_days
+                .get(&FieldName::parse("postal_address").unwrap()),
+            Some(&365)
+        );
+    }
+
+    const RECIPIENTS: &str = r#"
+[[recipients]]
+id = "courier-a"
+name = "A"
+category = "courier"
+contact = "a@example.com"
+
+[[disclosure_rules]]
+category = "courier"
+purpose = "delivery"
+fields = ["name"]
+"#;
+
+    fn with_delivery() -> String {
+        format!(
+            "{GOOD}\n[[purposes]]\nid = \"delivery\"\nbasis = \"contract\"\nfields = [\"name\"]\n{RECIPIENTS}"
+        )
+    }
+
+    #[test]
+    fn recipients_and_a_courier_rule_load() {
+        let policy = parse(&with_delivery()).unwrap_or_else(|e| panic!("{e}"));
+        let courier = policy
+            .recipient(&RecipientId::parse("courier-a").unwrap())
+            .unwrap();
+        assert_eq!(
+            (courier.name.as_str(), courier.category),
+            ("A", Category::Courier)
+        );
+    }
+
+    #[test]
+    fn bad_recipients_are_refused_with_their_lines() {
+        let text = with_delivery();
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+
+        let unknown = text.replace(
+            "category = \"courier\"\ncontact",
+            "category = \"carrier\"\ncontact",
+        );
+        let found = problems(&unknown);
+        let line = unknown.lines().position(|l| l.contains("carrier")).unwrap() + 1;
+        assert_eq!(found[0].0, Some(line));
+        assert!(
+            found[0].1.contains("unknown category `carrier`"),
+            "{}",
+            found[0].1
+        );
+
+        let duplicate = format!(
+            "{text}\n[[recipients]]\nid = \"courier-a\"\nname = \"B\"\ncategory = \"partner\"\ncontact = \"b\"\n"
+        );
+        let found = problems(&duplicate);
+        let first = line_of("id = \"courier-a\"");
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].1.contains(&format!(
+                "duplicate recipient id `courier-a` (first declared on line {first})"
+            )),
+            "{}",
+            found[0].1
+        );
+
+        let nameless = text.replace("name = \"A\"\n", "");
+        let found = problems(&nameless);
+        assert_eq!(found[0].0, Some(first));
+        assert!(found[0].1.contains("recipient `courier-a` has no name"));
+
+        let bad_rule = text.replace(
+            "purpose = \"delivery\"\nfields = [\"name\"]",
+            "purpose = \"delivery\"\nfields = [\"email\"]",
+        );
+        let found = problems(&bad_rule);
+        assert!(
+            found[0].1.contains("disclosure rule lists field `email`"),
+            "{}",
+            found[0].1
+        );
+    }
+
+    #[test]
+    fn require_fresh_without_a_maximum_age_is_refused() {
+        let text = GOOD.replace(
+            "refusal_instructions = \"Click unsubscribe.\"\n",
+            "refusal_instructions = \"Click unsubscribe.\"\nrequire_fresh = true\n",
+        );
+        let found = problems(&text);
+        assert_eq!(found[0].0, Some(14));
+        assert!(
+            found[0].1.contains("require_fresh but no max_age_days"),
+            "{}",
+            found[0].1
+        );
+        let text = GOOD.replace(
+            "refusal_instructions = \"Click unsubscribe.\"\n",
+            "refusal_instructions = \"Click unsubscribe.\"\nmax_age_days = { phone = 3 }\n",
+        );
+        assert!(problems(&text)[0].1.contains("max_age_days for `phone`"));
     }
 
     #[test]

@@ -5,7 +5,14 @@
 
 pub mod concern;
 mod decide;
+mod disclose;
 mod file;
 
-pub use decide::{Decision, Outcome, Reason, Undeclared, decide};
-pub use file::{Basis, FieldDef, Policy, PolicyError, Purpose};
+pub use decide::{Decision, Outcome, Reason, Undeclared, decide, decide_with_data, is_stale};
+pub use disclose::{
+    DisclosureDecision, DisclosureFacts, DisclosureRequest, EMERGENCY_REVIEW_HOURS, FieldOutcome,
+    Ground, Invalid, decide_disclosure,
+};
+pub use file::{
+    Basis, Category, DisclosureRule, FieldDef, Policy, PolicyError, Purpose, Recipient,
+};

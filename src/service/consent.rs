@@ -11,7 +11,7 @@ use crate::{
         SubjectId, SubjectRegistration, Violations,
     },
     error::{Error, Result},
-    policy::{Decision, Policy, Undeclared, decide},
+    policy::{Decision, Policy, Undeclared, decide, decide_with_data},
     service::feed,
     store::{HistoryPage, Store},
 };
@@ -128,6 +128,25 @@ impl ConsentService {
                 }
             }
         }
+        if let Some(recipient) = &new.recipient {
+            match self.policy.recipient(recipient) {
+                None => violations.push(
+                    "recipient",
+                    format!(
+                        "`{recipient}` is not a recipient of policy {}",
+                        self.policy.version()
+                    ),
+                ),
+                Some(r) if !r.purposes.contains(&new.purpose) => violations.push(
+                    "recipient",
+                    format!(
+                        "recipient `{recipient}` does not receive data for purpose `{}`",
+                        new.purpose
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
         if !violations.is_empty() {
             return Err(violations.into());
         }
@@ -183,14 +202,22 @@ impl ConsentService {
         }
         let ids: Vec<&SubjectId> = queries.iter().map(|q| &q.subject_id).collect();
         let states = self.store.current_state_for(&ids).await?;
+        // R3: the stored fields' ages, never their values.
+        let data = self.store.field_data_for(&ids).await?;
+        let now = chrono::Utc::now();
         queries
             .iter()
             .map(|q| {
-                let decision = decide(
+                let stored = data
+                    .get(&q.subject_id)
+                    .and_then(|fields| fields.iter().find(|d| d.field == q.field));
+                let decision = decide_with_data(
                     &self.policy,
                     states.get(&q.subject_id),
                     &q.purpose,
                     &q.field,
+                    stored,
+                    now,
                 )
                 .map_err(|e| {
                     Error::Internal(anyhow::anyhow!("undeclared after validation: {e}"))
@@ -217,12 +244,28 @@ impl ConsentService {
         // Registered a moment ago but the state read raced a deletion: there
         // is no deletion of subjects, so an empty state is the honest answer.
         let state = states.remove(subject_id).unwrap_or_default();
+        // The same inputs as a Check, so each decision is what a Check says.
+        let data = self
+            .store
+            .field_data_for(&[subject_id])
+            .await?
+            .remove(subject_id)
+            .unwrap_or_default();
+        let now = chrono::Utc::now();
         let mut decisions = Vec::new();
         for purpose in self.policy.purposes() {
             for field in self.policy.fields() {
                 if purpose.permits(&field.name) {
-                    let decision = decide(&self.policy, Some(&state), &purpose.code, &field.name)
-                        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+                    let stored = data.iter().find(|d| d.field == field.name);
+                    let decision = decide_with_data(
+                        &self.policy,
+                        Some(&state),
+                        &purpose.code,
+                        &field.name,
+                        stored,
+                        now,
+                    )
+                    .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
                     decisions.push((purpose.code.clone(), field.name.clone(), decision));
                 }
             }

@@ -4,8 +4,11 @@
 
 pub mod concern;
 mod consent;
+pub mod disclosure;
 pub mod feed;
 pub mod import;
 pub mod unsubscribe;
+pub mod vault;
 
 pub use consent::{CheckQuery, ConsentOverview, ConsentService, MAX_BATCH, MAX_PAGE_SIZE};
+pub use disclosure::{DisclosureAnswer, DisclosureService};

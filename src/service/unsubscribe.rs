@@ -50,44 +50,10 @@ impl std::fmt::Debug for UnsubscribeKeys {
 }
 
 impl UnsubscribeKeys {
-    /// Parses `kid=base64key` lines (`#` starts a comment). The first key
-    /// signs new links. Keys must be at least 32 bytes.
+    /// Parses `kid=base64key` lines (see [`parse_key_lines`]). The first key
+    /// signs new links.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
-        let mut signing = None;
-        let mut keys = HashMap::new();
-        for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let at = format!("{origin}:{}", index + 1);
-            let Some((kid, key)) = line.split_once('=') else {
-                bail!("{at}: expected `key-id=base64-key`");
-            };
-            let kid = kid.trim();
-            if kid.is_empty()
-                || kid.len() > 32
-                || !kid
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                bail!("{at}: the key id must be 1-32 characters of A-Z, a-z, 0-9, '-' and '_'");
-            }
-            let key = STANDARD
-                .decode(key.trim())
-                .with_context(|| format!("{at}: the key is not valid base64"))?;
-            if key.len() < 32 {
-                bail!(
-                    "{at}: the key must be at least 32 bytes (got {})",
-                    key.len()
-                );
-            }
-            if keys.insert(kid.to_string(), key).is_some() {
-                bail!("{at}: duplicate key id `{kid}`");
-            }
-            signing.get_or_insert_with(|| kid.to_string());
-        }
-        let signing = signing.with_context(|| format!("{origin}: no keys"))?;
+        let (signing, keys) = parse_key_lines(text, origin)?;
         Ok(Self { signing, keys })
     }
 
@@ -112,6 +78,52 @@ impl UnsubscribeKeys {
         let key = self.keys.get(kid)?;
         Some(HmacSha256::new_from_slice(key).expect("HMAC takes any key length"))
     }
+}
+
+/// Parses a key file: `kid=base64key` lines, `#` starts a comment, keys of
+/// at least 32 bytes. Returns the first key id (the one that signs or
+/// encrypts new data) and every key by id. Shared by the unsubscribe signing
+/// keys and the vault's data keys, so both files read the same way.
+pub(crate) fn parse_key_lines(
+    text: &str,
+    origin: &str,
+) -> anyhow::Result<(String, HashMap<String, Vec<u8>>)> {
+    let mut signing = None;
+    let mut keys = HashMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = format!("{origin}:{}", index + 1);
+        let Some((kid, key)) = line.split_once('=') else {
+            bail!("{at}: expected `key-id=base64-key`");
+        };
+        let kid = kid.trim();
+        if kid.is_empty()
+            || kid.len() > 32
+            || !kid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!("{at}: the key id must be 1-32 characters of A-Z, a-z, 0-9, '-' and '_'");
+        }
+        let key = STANDARD
+            .decode(key.trim())
+            .with_context(|| format!("{at}: the key is not valid base64"))?;
+        if key.len() < 32 {
+            bail!(
+                "{at}: the key must be at least 32 bytes (got {})",
+                key.len()
+            );
+        }
+        if keys.insert(kid.to_string(), key).is_some() {
+            bail!("{at}: duplicate key id `{kid}`");
+        }
+        signing.get_or_insert_with(|| kid.to_string());
+    }
+    let signing = signing.with_context(|| format!("{origin}: no keys"))?;
+    Ok((signing, keys))
 }
 
 /// What a token says.
@@ -508,6 +520,7 @@ impl Unsubscribes {
                 evidence,
                 actor: Actor::parse("unsubscribe-link").expect("a valid actor"),
                 request_id: None,
+                recipient: None,
             })
             .await?;
         if created {

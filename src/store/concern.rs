@@ -123,7 +123,11 @@ impl Store {
             .await?
             .ok_or_else(|| concern_not_found(concern_id))?;
         let step = next_step(current.status(), change).map_err(|e| match e {
-            ConcernChangeError::AlreadyResolved => Error::FailedPrecondition(e.to_string()),
+            ConcernChangeError::AlreadyResolved => Error::FailedPrecondition {
+                violation_type: "STATUS",
+                subject: format!("consent.v1.Concern/{concern_id}"),
+                description: e.to_string(),
+            },
         })?;
         let Some((status, outcome, resolution)) = step else {
             return Ok(current);

@@ -13,8 +13,8 @@ use super::{
 use crate::{
     domain::{
         Actor, Channel, Choice, ConsentRecord, Evidence, FieldName, NewConsentRecord,
-        NoticeVersion, PurposeCode, RequestId, StoredChoice, Subject, SubjectId, SubjectKind,
-        SubjectRegistration, SubjectState,
+        NoticeVersion, PurposeCode, RecipientId, RequestId, StoredChoice, Subject, SubjectId,
+        SubjectKind, SubjectRegistration, SubjectState,
     },
     error::{Error, Result},
 };
@@ -29,7 +29,7 @@ pub struct HistoryPage {
 
 pub(super) const RECORD_COLUMNS: &str =
     "subject_id, sequence, record_id, purpose, field, choice, channel,
-     notice_version, evidence, actor, request_id, recorded_at";
+     notice_version, evidence, actor, request_id, recorded_at, recipient";
 
 impl Store {
     /// Inserts the subject, or updates its kind, notice and channel. Returns
@@ -179,8 +179,8 @@ impl Store {
             .query_one(
                 &format!(
                     "INSERT INTO consent_records (subject_id, record_id, purpose, field, choice,
-                         channel, notice_version, evidence, actor, request_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                         channel, notice_version, evidence, actor, request_id, recipient)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      RETURNING {RECORD_COLUMNS}"
                 ),
                 &[
@@ -194,31 +194,37 @@ impl Store {
                     &new.evidence.as_str(),
                     &new.actor.as_str(),
                     &new.request_id.as_ref().map(|r| r.as_str()),
+                    &new.recipient.as_ref().map_or("", |r| r.as_str()),
                 ],
             )
             .await?;
         let record = record_from_row(&row)?;
-        // The WHERE keeps the newest record even if an older one were ever
-        // written after it; with the row lock above that cannot happen, but
-        // the state must not depend on it.
-        tx.execute(
-            "INSERT INTO consent_state (subject_id, purpose, field, choice, record_id, sequence, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (subject_id, purpose, field) DO UPDATE
-                SET choice = EXCLUDED.choice, record_id = EXCLUDED.record_id,
-                    sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at
-              WHERE consent_state.sequence < EXCLUDED.sequence",
-            &[
-                &new.subject_id.as_str(),
-                &new.purpose.as_str(),
-                &field,
-                &new.choice.as_str(),
-                &record.record_id,
-                &record.sequence,
-                &record.recorded_at,
-            ],
-        )
-        .await?;
+        // A permission naming a recipient decides only disclosures to it
+        // (read from the history by `recipient_choices`), never a Check, so
+        // it stays out of the current state.
+        if new.recipient.is_none() {
+            // The WHERE keeps the newest record even if an older one were ever
+            // written after it; with the row lock above that cannot happen, but
+            // the state must not depend on it.
+            tx.execute(
+                "INSERT INTO consent_state (subject_id, purpose, field, choice, record_id, sequence, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (subject_id, purpose, field) DO UPDATE
+                    SET choice = EXCLUDED.choice, record_id = EXCLUDED.record_id,
+                        sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at
+                  WHERE consent_state.sequence < EXCLUDED.sequence",
+                &[
+                    &new.subject_id.as_str(),
+                    &new.purpose.as_str(),
+                    &field,
+                    &new.choice.as_str(),
+                    &record.record_id,
+                    &record.sequence,
+                    &record.recorded_at,
+                ],
+            )
+            .await?;
+        }
         if let Some(request_id) = &new.request_id {
             idempotency::settle(&tx, request_id, &record.record_id.to_string()).await?;
         }
@@ -261,9 +267,45 @@ impl Store {
                 record_id: row.get(4),
                 sequence: row.get(5),
                 recorded_at: row.get(6),
+                recipient: None,
             });
         }
         Ok(states)
+    }
+
+    /// The latest permission naming `recipient` for each purpose and field
+    /// of a subject. They live only in the history (see `append`), and a
+    /// subject has few records, so this reads its history by primary key.
+    #[tracing::instrument(name = "store.recipient_choices", skip_all)]
+    pub async fn recipient_choices(
+        &self,
+        subject_id: &SubjectId,
+        recipient: &RecipientId,
+    ) -> Result<Vec<StoredChoice>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT ON (purpose, field)
+                        purpose, field, choice, record_id, sequence, recorded_at
+                   FROM consent_records
+                  WHERE subject_id = $1 AND recipient = $2
+                  ORDER BY purpose, field, sequence DESC",
+                &[&subject_id.as_str(), &recipient.as_str()],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredChoice {
+                    purpose: stored(PurposeCode::parse(row.get::<_, String>(0)), "purpose")?,
+                    field: optional_field(row.get(1))?,
+                    choice: stored_enum(Choice::from_stored(row.get(2)), "choice")?,
+                    record_id: row.get(3),
+                    sequence: row.get(4),
+                    recorded_at: row.get(5),
+                    recipient: Some(recipient.clone()),
+                })
+            })
+            .collect()
     }
 
     /// The random surrogate keys that unsubscribe tokens use, for the
@@ -342,6 +384,9 @@ impl Store {
 }
 
 fn consent_digest(new: &NewConsentRecord) -> RequestDigest {
+    // The recipient is added only when set, so keys used before recipients
+    // existed keep their digests.
+    let recipient = new.recipient.as_ref().map(|r| r.as_str());
     RequestDigest::of(
         "RecordConsent",
         &[
@@ -353,7 +398,10 @@ fn consent_digest(new: &NewConsentRecord) -> RequestDigest {
             new.notice_version.as_str(),
             new.evidence.as_str(),
             new.actor.as_str(),
-        ],
+        ]
+        .into_iter()
+        .chain(recipient)
+        .collect::<Vec<_>>(),
     )
 }
 
@@ -434,6 +482,10 @@ pub(super) fn record_from_row(row: &Row) -> Result<ConsentRecord> {
                 .get::<_, Option<String>>("request_id")
                 .map(|r| stored(RequestId::parse(r), "request_id"))
                 .transpose()?,
+            recipient: match row.get::<_, String>("recipient") {
+                r if r.is_empty() => None,
+                r => Some(stored(RecipientId::parse(r), "recipient")?),
+            },
         },
     })
 }

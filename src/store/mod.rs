@@ -4,6 +4,7 @@
 
 mod concern;
 mod consent;
+mod disclosure;
 pub mod embedded;
 mod feed;
 mod idempotency;
@@ -18,6 +19,7 @@ use tokio_postgres::NoTls;
 
 pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
 pub use consent::HistoryPage;
+pub use disclosure::{DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, SealedRow};
 pub use feed::FeedRead;
 pub use idempotency::RequestDigest;
 pub use import::{BatchOutcome, RefusalImport};

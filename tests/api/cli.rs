@@ -51,7 +51,7 @@ fn policy_check_accepts_the_shipped_policy() {
     let (ok, stdout, _) = run(&["policy", "check", policy_path().to_str().unwrap()]);
     assert!(ok);
     assert!(
-        stdout.contains("OK, policy version 2026-11-24.1"),
+        stdout.contains("OK, policy version 2026-11-24.2"),
         "{stdout}"
     );
     assert!(

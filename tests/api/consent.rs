@@ -14,7 +14,7 @@ async fn a_registered_subject_gets_promotional_mail_until_they_refuse() {
     let before = app.check("C-1042", "promotional_mail", "email").await;
     assert_eq!(before.decision(), Decision::Allow);
     assert_eq!(before.reason(), Reason::NotOptedOut);
-    assert_eq!(before.policy_version, "2026-11-24.1");
+    assert_eq!(before.policy_version, "2026-11-24.2");
 
     let refusal = app
         .record("C-1042", "promotional_mail", "", Choice::Refuse)
@@ -327,7 +327,7 @@ async fn batch_check_answers_in_order_with_correlation_ids() {
             ("d", Decision::Allow, Reason::Contract),
         ]
     );
-    assert_eq!(response.policy_version, "2026-11-24.1");
+    assert_eq!(response.policy_version, "2026-11-24.2");
 }
 
 #[tokio::test]

@@ -228,6 +228,18 @@ pub fn test_keys_file() -> PathBuf {
     .clone()
 }
 
+/// Data keys the tests encrypt personal data with, as an operator would
+/// provide them.
+pub fn test_data_keys_file() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("consentd-test-data-keys-{}", std::process::id()));
+    std::fs::write(
+        &path,
+        "# test data keys\nd1=dmF1bHQtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZiE=\n",
+    )
+    .unwrap();
+    path
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -253,6 +265,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
         public_url: None,
         unsubscribe_keys_file: Some(test_keys_file()),
         subject_ref_key_file: None,
+        data_keys_file: Some(test_data_keys_file()),
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
@@ -388,6 +401,7 @@ pub fn record_request(
         notice_version: "2026-11".into(),
         evidence: "form-17".into(),
         request_id: String::new(),
+        recipient: String::new(),
     }
 }
 

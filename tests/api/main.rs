@@ -7,6 +7,7 @@ mod cli;
 mod concern;
 mod consent;
 mod deploy;
+mod disclosure;
 mod feed;
 mod helpers;
 mod import;

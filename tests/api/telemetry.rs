@@ -273,7 +273,7 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
     assert_eq!(text(ok, "consent.field"), "email");
     assert_eq!(text(ok, "consent.decision"), "deny");
     assert_eq!(text(ok, "consent.reason"), "opted_out");
-    assert_eq!(text(ok, "consent.policy_version"), "2026-11-24.1");
+    assert_eq!(text(ok, "consent.policy_version"), "2026-11-24.2");
     assert_eq!(text(ok, "consent.subject_ref"), expected_ref);
     let bad = checks
         .iter()

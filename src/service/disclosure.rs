@@ -1,0 +1,392 @@
+//! The vault and disclosures: storing personal data sealed, and releasing it
+//! to recipients exactly as `policy::decide_disclosure` allows, with every
+//! release appended to the history before any value leaves.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        Actor, Disclosure, DisclosureStatus, FieldName, NewPersonalData, PersonalValue,
+        ReleasedField, RequestId, SubjectId, Violations, Withheld,
+    },
+    error::{Error, Result},
+    policy::{
+        DisclosureDecision, DisclosureFacts, DisclosureRequest, FieldOutcome, Ground, Policy,
+        Reason, Recipient, decide_disclosure,
+    },
+    service::vault::DataKeys,
+    store::{DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, Store},
+};
+
+/// The largest page of disclosures.
+pub const MAX_DISCLOSURE_PAGE: usize = 1000;
+
+/// What a disclosure request or approval answers.
+#[derive(Debug, Clone)]
+pub struct DisclosureAnswer {
+    /// `None` for a denial, which releases nothing and so is not recorded.
+    pub disclosure: Option<Disclosure>,
+    pub status: DisclosureStatus,
+    pub released: Vec<ReleasedField>,
+    pub withheld: Vec<(FieldName, Reason)>,
+}
+
+#[derive(Clone)]
+pub struct DisclosureService {
+    store: Store,
+    policy: Arc<Policy>,
+    keys: Arc<DataKeys>,
+}
+
+impl DisclosureService {
+    pub fn new(store: Store, policy: Arc<Policy>, keys: Arc<DataKeys>) -> Self {
+        Self {
+            store,
+            policy,
+            keys,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Seals and stores a value, with its collection record (R2). The field
+    /// must be declared, and each stated purpose must be declared and use
+    /// the field: data is collected only for purposes that may use it.
+    pub async fn put_personal_data(&self, new: &NewPersonalData) -> Result<Uuid> {
+        let mut violations = Violations::new();
+        if !self.policy.declares_field(&new.field) {
+            violations.push("field", self.undeclared_field(&new.field));
+        }
+        if new.collected_for.is_empty() {
+            violations.push(
+                "collected_for",
+                "must name at least one purpose the value was collected for",
+            );
+        }
+        for (i, code) in new.collected_for.iter().enumerate() {
+            let name = format!("collected_for[{i}]");
+            match self.policy.purpose(code) {
+                None => violations.push(
+                    name,
+                    format!(
+                        "`{code}` is not a purpose of policy {}",
+                        self.policy.version()
+                    ),
+                ),
+                Some(p) if !p.permits(&new.field) => violations.push(
+                    name,
+                    format!("purpose `{code}` does not use field `{}`", new.field),
+                ),
+                Some(_) if new.collected_for[..i].contains(code) => {
+                    violations.push(name, format!("`{code}` is listed twice"))
+                }
+                Some(_) => {}
+            }
+        }
+        if !violations.is_empty() {
+            return Err(violations.into());
+        }
+        let sealed = self.keys.seal(&new.subject_id, &new.field, &new.value)?;
+        self.store.put_personal_data(new, &sealed).await
+    }
+
+    /// Notes that the value was confirmed with the person (R3).
+    pub async fn verify_personal_data(
+        &self,
+        subject_id: &SubjectId,
+        field: &FieldName,
+    ) -> Result<chrono::DateTime<Utc>> {
+        if !self.policy.declares_field(field) {
+            return Err(Error::invalid("field", self.undeclared_field(field)));
+        }
+        self.store
+            .verify_personal_data(subject_id, field)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                resource_type: "consent.v1.PersonalData",
+                name: format!("{subject_id}/{field}"),
+            })
+    }
+
+    pub fn recipients(&self) -> impl Iterator<Item = &Recipient> {
+        self.policy.recipients()
+    }
+
+    /// Decides a disclosure; records it unless it is a denial; releases the
+    /// values only once the record is committed.
+    pub async fn request_disclosure(
+        &self,
+        subject_id: &SubjectId,
+        request: &DisclosureRequest,
+        actor: &Actor,
+        request_id: Option<RequestId>,
+    ) -> Result<DisclosureAnswer> {
+        // Caller bugs first, before any IO.
+        let now = Utc::now();
+        let nobody = DisclosureFacts {
+            subject: None,
+            data: &[],
+            now,
+        };
+        if let Err(invalid) = decide_disclosure(&self.policy, nobody, request) {
+            return Err(Error::InvalidArgument(
+                invalid
+                    .into_iter()
+                    .map(|(f, d)| crate::domain::FieldViolation::new(f, d))
+                    .collect(),
+            ));
+        }
+        let mut states = self.store.current_state_for(&[subject_id]).await?;
+        let mut state = states.remove(subject_id);
+        if let Some(state) = &mut state {
+            let named = self
+                .store
+                .recipient_choices(subject_id, &request.recipient)
+                .await?;
+            state.choices.extend(named);
+        }
+        let data = self
+            .store
+            .field_data_for(&[subject_id])
+            .await?
+            .remove(subject_id)
+            .unwrap_or_default();
+        let facts = DisclosureFacts {
+            subject: state.as_ref(),
+            data: &data,
+            now,
+        };
+        let decision = decide_disclosure(&self.policy, facts, request).map_err(|_| {
+            Error::Internal(anyhow::anyhow!("disclosure undecidable after validation"))
+        })?;
+        let withheld = withheld(&decision);
+        if decision.status == DisclosureStatus::Denied {
+            return Ok(DisclosureAnswer {
+                disclosure: None,
+                status: decision.status,
+                released: Vec::new(),
+                withheld,
+            });
+        }
+        let fields: Vec<FieldName> = decision.released().map(|(f, _)| f.clone()).collect();
+        let releases_now = decision.status != DisclosureStatus::PendingApproval;
+        // Opened before the record is written, so a value that cannot be
+        // opened fails the call instead of recording a release that did not
+        // happen; returned only after the record committed.
+        let values = if releases_now {
+            self.open(subject_id, &fields).await?
+        } else {
+            Vec::new()
+        };
+        let (purpose, legal_basis) = match &request.ground {
+            Ground::Purpose(p) => (Some(p.clone()), None),
+            Ground::Legal(b) => (None, Some(*b)),
+        };
+        let disclosure = self
+            .store
+            .append_disclosure(&NewDisclosure {
+                subject_id: subject_id.clone(),
+                recipient_id: request.recipient.clone(),
+                purpose,
+                legal_basis,
+                reference: request.reference.clone(),
+                justification: request.justification.clone(),
+                requested: request.fields.clone(),
+                fields,
+                withheld: withheld
+                    .iter()
+                    .map(|(field, reason)| Withheld {
+                        field: field.clone(),
+                        reason: reason.as_str().to_string(),
+                    })
+                    .collect(),
+                status: decision.status,
+                review_due: decision.review_due,
+                requested_by: actor.clone(),
+                request_id,
+            })
+            .await?;
+        let stale = |field: &FieldName| {
+            decision
+                .released()
+                .any(|(f, needs_verification)| f == field && needs_verification)
+        };
+        // A retry answers from the first record, whose fields may differ
+        // from what was just decided.
+        let values = if values.len() == disclosure.fields.len()
+            && values
+                .iter()
+                .zip(&disclosure.fields)
+                .all(|(v, f)| &v.0 == f)
+        {
+            values
+        } else if is_released(disclosure.status) {
+            self.open(subject_id, &disclosure.fields).await?
+        } else {
+            Vec::new()
+        };
+        Ok(self.answer(disclosure, values, stale))
+    }
+
+    /// Releases a pending legal-basis disclosure. A second person must
+    /// approve (R7): the requester is refused with PERMISSION_DENIED.
+    pub async fn approve_disclosure(
+        &self,
+        disclosure_id: Uuid,
+        actor: &Actor,
+    ) -> Result<DisclosureAnswer> {
+        let disclosure = self.get_disclosure(disclosure_id).await?;
+        if disclosure.status != DisclosureStatus::PendingApproval {
+            return Err(not_pending(&disclosure));
+        }
+        if &disclosure.requested_by == actor {
+            return Err(Error::PermissionDenied(
+                "a disclosure must be approved by someone other than its requester".into(),
+            ));
+        }
+        let values = self
+            .open(&disclosure.subject_id, &disclosure.fields)
+            .await?;
+        let approved = self
+            .store
+            .append_disclosure_event(&disclosure, DisclosureEvent::Approved, actor)
+            .await?
+            .ok_or_else(|| not_pending(&disclosure))?;
+        Ok(self.answer(approved, values, |_| false))
+    }
+
+    /// Closes the review of an emergency release. The reviewer must not be
+    /// the requester, for the same reason as an approval.
+    pub async fn review_disclosure(
+        &self,
+        disclosure_id: Uuid,
+        actor: &Actor,
+    ) -> Result<Disclosure> {
+        let disclosure = self.get_disclosure(disclosure_id).await?;
+        let no_review = || Error::FailedPrecondition {
+            violation_type: "REVIEW",
+            subject: format!("disclosures/{disclosure_id}"),
+            description: "the disclosure has no open review".into(),
+        };
+        if disclosure.review_due.is_none() || disclosure.reviewed_by.is_some() {
+            return Err(no_review());
+        }
+        if &disclosure.requested_by == actor {
+            return Err(Error::PermissionDenied(
+                "a disclosure must be reviewed by someone other than its requester".into(),
+            ));
+        }
+        self.store
+            .append_disclosure_event(&disclosure, DisclosureEvent::Reviewed, actor)
+            .await?
+            .ok_or_else(no_review)
+    }
+
+    pub async fn get_disclosure(&self, disclosure_id: Uuid) -> Result<Disclosure> {
+        self.store
+            .disclosure(disclosure_id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                resource_type: "consent.v1.Disclosure",
+                name: disclosure_id.to_string(),
+            })
+    }
+
+    pub async fn list_disclosures(
+        &self,
+        filter: &DisclosureFilter,
+        after: Option<Uuid>,
+        page_size: usize,
+    ) -> Result<DisclosurePage> {
+        self.store
+            .list_disclosures(filter, after, page_size.clamp(1, MAX_DISCLOSURE_PAGE))
+            .await
+    }
+
+    async fn open(
+        &self,
+        subject_id: &SubjectId,
+        fields: &[FieldName],
+    ) -> Result<Vec<(FieldName, PersonalValue)>> {
+        let sealed = self.store.sealed_values(subject_id, fields).await?;
+        fields
+            .iter()
+            .map(|field| {
+                let value = sealed
+                    .get(field)
+                    .ok_or_else(|| anyhow::anyhow!("field `{field}` vanished before release"))
+                    .and_then(|s| self.keys.open(subject_id, field, s))?;
+                Ok((field.clone(), value))
+            })
+            .collect()
+    }
+
+    fn answer(
+        &self,
+        disclosure: Disclosure,
+        values: Vec<(FieldName, PersonalValue)>,
+        stale: impl Fn(&FieldName) -> bool,
+    ) -> DisclosureAnswer {
+        let withheld = disclosure
+            .withheld
+            .iter()
+            .map(|w| {
+                (
+                    w.field.clone(),
+                    Reason::from_stored(&w.reason).unwrap_or(Reason::FieldNotPermitted),
+                )
+            })
+            .collect();
+        DisclosureAnswer {
+            status: disclosure.status,
+            released: values
+                .into_iter()
+                .map(|(field, value)| ReleasedField {
+                    needs_verification: stale(&field),
+                    field,
+                    value,
+                })
+                .collect(),
+            withheld,
+            disclosure: Some(disclosure),
+        }
+    }
+
+    fn undeclared_field(&self, field: &FieldName) -> String {
+        format!(
+            "`{field}` is not a field of policy {}",
+            self.policy.version()
+        )
+    }
+}
+
+fn withheld(decision: &DisclosureDecision) -> Vec<(FieldName, Reason)> {
+    decision
+        .fields
+        .iter()
+        .filter_map(|(f, o)| match o {
+            FieldOutcome::Withhold(reason) => Some((f.clone(), *reason)),
+            FieldOutcome::Release { .. } => None,
+        })
+        .collect()
+}
+
+fn is_released(status: DisclosureStatus) -> bool {
+    matches!(
+        status,
+        DisclosureStatus::Released | DisclosureStatus::Partial
+    )
+}
+
+fn not_pending(disclosure: &Disclosure) -> Error {
+    Error::FailedPrecondition {
+        violation_type: "STATUS",
+        subject: format!("disclosures/{}", disclosure.disclosure_id),
+        description: "the disclosure is not pending approval".into(),
+    }
+}
