@@ -17,6 +17,9 @@ pub const FEED_LAG: &str = "consentd_change_feed_lag_seconds";
 pub const POOL_CONNECTIONS: &str = "consentd_db_pool_connections";
 pub const POOL_WAITING: &str = "consentd_db_pool_waiting";
 pub const CONCERNS_OVERDUE: &str = "consentd_concerns_overdue";
+pub const DISCLOSURES: &str = "consentd_disclosures_total";
+pub const REVIEWS_OPEN: &str = "consentd_disclosure_reviews_open";
+pub const REVIEWS_OVERDUE: &str = "consentd_disclosure_reviews_overdue";
 
 /// The process-wide recorder. Installed once; every server in the process
 /// (tests run several) shares it.

@@ -262,11 +262,10 @@ impl Application {
         let concerns =
             ConcernGrpc::new(ConcernService::new(store.clone(), policy.clone())).into_server();
         let concern_deadlines = policy.concern_deadlines();
-        let disclosure = DisclosureGrpc::new(DisclosureService::new(
-            store.clone(),
-            policy.clone(),
-            data_keys,
-        ))
+        let disclosure = DisclosureGrpc::new(
+            DisclosureService::new(store.clone(), policy.clone(), data_keys),
+            subject_refs.clone(),
+        )
         .into_server();
         let consent = ConsentGrpc::new(
             ConsentService::new(store.clone(), policy, wake, stop.clone()),

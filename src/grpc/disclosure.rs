@@ -4,8 +4,11 @@ use chrono::Utc;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
 use super::{
     convert::{self, optional, required_enum},
+    observe::observe,
     page::PageToken,
     pb::{self, disclosure_service_server::DisclosureService as Rpc},
 };
@@ -18,6 +21,7 @@ use crate::{
     policy::{Category, DisclosureRequest, Ground, Reason},
     service::{DisclosureAnswer, DisclosureService, disclosure::MAX_DISCLOSURE_PAGE},
     store::DisclosureFilter,
+    telemetry::SubjectRefs,
 };
 
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -26,11 +30,44 @@ const DEFAULT_PAGE_SIZE: usize = 100;
 #[derive(Clone)]
 pub struct DisclosureGrpc {
     service: DisclosureService,
+    /// Pseudonyms for subjects in spans: never the external id (R8).
+    refs: SubjectRefs,
 }
 
+const SERVICE: &str = "consent.v1.DisclosureService";
+
 impl DisclosureGrpc {
-    pub fn new(service: DisclosureService) -> Self {
-        Self { service }
+    pub fn new(service: DisclosureService, refs: SubjectRefs) -> Self {
+        Self { service, refs }
+    }
+
+    /// Span attributes and the disclosures counter for one decision. Field
+    /// names and counts only: never a value, and the subject only as its
+    /// pseudonym.
+    fn observe_answer(
+        &self,
+        subject_id: &SubjectId,
+        recipient: &str,
+        basis: &'static str,
+        purpose: Option<&str>,
+        answer: &DisclosureAnswer,
+    ) {
+        let span = tracing::Span::current();
+        span.set_attribute("consent.subject_ref", self.refs.of(subject_id));
+        span.set_attribute(
+            "consent.policy_version",
+            self.service.policy().version().to_string(),
+        );
+        if let Some(purpose) = purpose {
+            span.set_attribute("consent.purpose", purpose.to_string());
+        }
+        span.set_attribute("disclosure.recipient", recipient.to_string());
+        span.set_attribute("disclosure.basis", basis);
+        span.set_attribute("disclosure.status", answer.status.as_str());
+        span.set_attribute("disclosure.fields_released", answer.released.len() as i64);
+        span.set_attribute("disclosure.fields_withheld", answer.withheld.len() as i64);
+        metrics::counter!(crate::metrics::DISCLOSURES, "basis" => basis, "status" => answer.status.as_str())
+            .increment(1);
     }
 
     pub fn into_server(self) -> pb::disclosure_service_server::DisclosureServiceServer<Self> {
@@ -40,7 +77,89 @@ impl DisclosureGrpc {
 
 #[tonic::async_trait]
 impl Rpc for DisclosureGrpc {
+    async fn list_recipients(
+        &self,
+        request: Request<pb::ListRecipientsRequest>,
+    ) -> Result<Response<pb::ListRecipientsResponse>, Status> {
+        observe(SERVICE, "ListRecipients", request, |r| {
+            self.list_recipients_rpc(r)
+        })
+        .await
+    }
+
     async fn put_personal_data(
+        &self,
+        request: Request<pb::PutPersonalDataRequest>,
+    ) -> Result<Response<pb::PutPersonalDataResponse>, Status> {
+        observe(SERVICE, "PutPersonalData", request, |r| {
+            self.put_personal_data_rpc(r)
+        })
+        .await
+    }
+
+    async fn verify_personal_data(
+        &self,
+        request: Request<pb::VerifyPersonalDataRequest>,
+    ) -> Result<Response<pb::VerifyPersonalDataResponse>, Status> {
+        observe(SERVICE, "VerifyPersonalData", request, |r| {
+            self.verify_personal_data_rpc(r)
+        })
+        .await
+    }
+
+    async fn request_disclosure(
+        &self,
+        request: Request<pb::RequestDisclosureRequest>,
+    ) -> Result<Response<pb::RequestDisclosureResponse>, Status> {
+        observe(SERVICE, "RequestDisclosure", request, |r| {
+            self.request_disclosure_rpc(r)
+        })
+        .await
+    }
+
+    async fn approve_disclosure(
+        &self,
+        request: Request<pb::ApproveDisclosureRequest>,
+    ) -> Result<Response<pb::ApproveDisclosureResponse>, Status> {
+        observe(SERVICE, "ApproveDisclosure", request, |r| {
+            self.approve_disclosure_rpc(r)
+        })
+        .await
+    }
+
+    async fn review_disclosure(
+        &self,
+        request: Request<pb::ReviewDisclosureRequest>,
+    ) -> Result<Response<pb::ReviewDisclosureResponse>, Status> {
+        observe(SERVICE, "ReviewDisclosure", request, |r| {
+            self.review_disclosure_rpc(r)
+        })
+        .await
+    }
+
+    async fn list_disclosures(
+        &self,
+        request: Request<pb::ListDisclosuresRequest>,
+    ) -> Result<Response<pb::ListDisclosuresResponse>, Status> {
+        observe(SERVICE, "ListDisclosures", request, |r| {
+            self.list_disclosures_rpc(r)
+        })
+        .await
+    }
+
+    async fn get_disclosure(
+        &self,
+        request: Request<pb::GetDisclosureRequest>,
+    ) -> Result<Response<pb::GetDisclosureResponse>, Status> {
+        observe(SERVICE, "GetDisclosure", request, |r| {
+            self.get_disclosure_rpc(r)
+        })
+        .await
+    }
+}
+
+impl DisclosureGrpc {
+    async fn put_personal_data_rpc(
         &self,
         request: Request<pb::PutPersonalDataRequest>,
     ) -> Result<Response<pb::PutPersonalDataResponse>, Status> {
@@ -106,7 +225,7 @@ impl Rpc for DisclosureGrpc {
         }))
     }
 
-    async fn verify_personal_data(
+    async fn verify_personal_data_rpc(
         &self,
         request: Request<pb::VerifyPersonalDataRequest>,
     ) -> Result<Response<pb::VerifyPersonalDataResponse>, Status> {
@@ -126,7 +245,7 @@ impl Rpc for DisclosureGrpc {
         }))
     }
 
-    async fn list_recipients(
+    async fn list_recipients_rpc(
         &self,
         _request: Request<pb::ListRecipientsRequest>,
     ) -> Result<Response<pb::ListRecipientsResponse>, Status> {
@@ -147,7 +266,7 @@ impl Rpc for DisclosureGrpc {
         }))
     }
 
-    async fn request_disclosure(
+    async fn request_disclosure_rpc(
         &self,
         request: Request<pb::RequestDisclosureRequest>,
     ) -> Result<Response<pb::RequestDisclosureResponse>, Status> {
@@ -217,6 +336,11 @@ impl Rpc for DisclosureGrpc {
         else {
             return Err(Error::from(v).into());
         };
+        let (basis, purpose) = match &ground {
+            Ground::Legal(basis) => (basis.as_str(), None),
+            Ground::Purpose(purpose) => ("purpose", Some(purpose.to_string())),
+        };
+        let recipient_name = recipient.to_string();
         let answer = self
             .service
             .request_disclosure(
@@ -232,6 +356,13 @@ impl Rpc for DisclosureGrpc {
                 request_id,
             )
             .await?;
+        self.observe_answer(
+            &subject_id,
+            &recipient_name,
+            basis,
+            purpose.as_deref(),
+            &answer,
+        );
         let (disclosure_id, status, released, withheld) = answer_to_pb(answer);
         Ok(Response::new(pb::RequestDisclosureResponse {
             disclosure_id,
@@ -241,7 +372,7 @@ impl Rpc for DisclosureGrpc {
         }))
     }
 
-    async fn approve_disclosure(
+    async fn approve_disclosure_rpc(
         &self,
         request: Request<pb::ApproveDisclosureRequest>,
     ) -> Result<Response<pb::ApproveDisclosureResponse>, Status> {
@@ -255,6 +386,17 @@ impl Rpc for DisclosureGrpc {
             return Err(Error::from(v).into());
         };
         let answer = self.service.approve_disclosure(id, &actor).await?;
+        if let Some(d) = &answer.disclosure {
+            let basis = d.legal_basis.map_or("purpose", |b| b.as_str());
+            let purpose = d.purpose.as_ref().map(ToString::to_string);
+            self.observe_answer(
+                &d.subject_id,
+                d.recipient_id.as_str(),
+                basis,
+                purpose.as_deref(),
+                &answer,
+            );
+        }
         let (disclosure_id, status, released, withheld) = answer_to_pb(answer);
         Ok(Response::new(pb::ApproveDisclosureResponse {
             disclosure_id,
@@ -264,7 +406,7 @@ impl Rpc for DisclosureGrpc {
         }))
     }
 
-    async fn review_disclosure(
+    async fn review_disclosure_rpc(
         &self,
         request: Request<pb::ReviewDisclosureRequest>,
     ) -> Result<Response<pb::ReviewDisclosureResponse>, Status> {
@@ -283,7 +425,7 @@ impl Rpc for DisclosureGrpc {
         }))
     }
 
-    async fn list_disclosures(
+    async fn list_disclosures_rpc(
         &self,
         request: Request<pb::ListDisclosuresRequest>,
     ) -> Result<Response<pb::ListDisclosuresResponse>, Status> {
@@ -335,7 +477,7 @@ impl Rpc for DisclosureGrpc {
         }))
     }
 
-    async fn get_disclosure(
+    async fn get_disclosure_rpc(
         &self,
         request: Request<pb::GetDisclosureRequest>,
     ) -> Result<Response<pb::GetDisclosureResponse>, Status> {

@@ -57,6 +57,15 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             let _ = tonic::Status::from(e);
         }
     }
+    match state.store.count_open_reviews().await {
+        Ok((open, overdue)) => {
+            metrics::gauge!(crate::metrics::REVIEWS_OPEN).set(open as f64);
+            metrics::gauge!(crate::metrics::REVIEWS_OVERDUE).set(overdue as f64);
+        }
+        Err(e) => {
+            let _ = tonic::Status::from(e);
+        }
+    }
     let mut response = crate::metrics::render(&state.store).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

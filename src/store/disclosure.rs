@@ -97,10 +97,30 @@ const DISCLOSURE_SELECT: &str = "
            AND r.disclosure_id = d.disclosure_id AND r.kind = 'reviewed'";
 
 impl Store {
+    /// Emergency disclosures whose review is not closed: all of them, and
+    /// those past their deadline. For the metrics.
+    #[tracing::instrument(name = "store.count_open_reviews", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "count_open_reviews"))]
+    pub async fn count_open_reviews(&self) -> Result<(i64, i64)> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE d.review_due < now())
+                   FROM disclosures d
+                  WHERE d.review_due IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM disclosure_events e
+                                     WHERE e.subject_id = d.subject_id
+                                       AND e.disclosure_id = d.disclosure_id
+                                       AND e.kind = 'reviewed')",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     /// Stores a new sealed value for a field (replacing the old one, whose
     /// verification no longer applies) and appends its collection record,
     /// in one transaction. Returns the collection record's id.
-    #[tracing::instrument(name = "store.put_personal_data", skip_all)]
+    #[tracing::instrument(name = "store.put_personal_data", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "put_personal_data"))]
     pub async fn put_personal_data(
         &self,
         new: &NewPersonalData,
@@ -184,7 +204,7 @@ impl Store {
 
     /// Notes that the field's value was confirmed now (R3). `None` when no
     /// value is stored.
-    #[tracing::instrument(name = "store.verify_personal_data", skip_all)]
+    #[tracing::instrument(name = "store.verify_personal_data", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "verify_personal_data"))]
     pub async fn verify_personal_data(
         &self,
         subject_id: &SubjectId,
@@ -203,7 +223,7 @@ impl Store {
     }
 
     /// What is stored for each given subject, without the values.
-    #[tracing::instrument(name = "store.field_data_for", skip_all, fields(subjects = ids.len()))]
+    #[tracing::instrument(name = "store.field_data_for", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "field_data_for", subjects = ids.len()))]
     pub async fn field_data_for(
         &self,
         ids: &[&SubjectId],
@@ -238,7 +258,7 @@ impl Store {
 
     /// The sealed values of some fields of one subject; absent fields are
     /// left out.
-    #[tracing::instrument(name = "store.sealed_values", skip_all)]
+    #[tracing::instrument(name = "store.sealed_values", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "sealed_values"))]
     pub async fn sealed_values(
         &self,
         subject_id: &SubjectId,
@@ -269,7 +289,7 @@ impl Store {
 
     /// Appends a disclosure to the history. With a `request_id` already used
     /// for the same request, returns the first disclosure instead.
-    #[tracing::instrument(name = "store.append_disclosure", skip_all)]
+    #[tracing::instrument(name = "store.append_disclosure", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "append_disclosure"))]
     pub async fn append_disclosure(&self, new: &NewDisclosure) -> Result<Disclosure> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -331,7 +351,7 @@ impl Store {
         Ok(disclosure)
     }
 
-    #[tracing::instrument(name = "store.disclosure", skip_all)]
+    #[tracing::instrument(name = "store.disclosure", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "disclosure"))]
     pub async fn disclosure(&self, disclosure_id: Uuid) -> Result<Option<Disclosure>> {
         let client = self.pool.get().await?;
         let row = client
@@ -346,7 +366,7 @@ impl Store {
     /// Appends an approval or review. Returns `None` when the disclosure
     /// already has one of this kind (a concurrent second approver loses on
     /// the primary key instead of being recorded too).
-    #[tracing::instrument(name = "store.append_disclosure_event", skip_all)]
+    #[tracing::instrument(name = "store.append_disclosure_event", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "append_disclosure_event"))]
     pub async fn append_disclosure_event(
         &self,
         disclosure: &Disclosure,
@@ -376,7 +396,7 @@ impl Store {
     }
 
     /// Up to `limit` disclosures after `after`, oldest first.
-    #[tracing::instrument(name = "store.list_disclosures", skip_all, fields(limit))]
+    #[tracing::instrument(name = "store.list_disclosures", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "list_disclosures", limit))]
     pub async fn list_disclosures(
         &self,
         filter: &DisclosureFilter,
@@ -419,7 +439,7 @@ impl Store {
     }
 
     /// Up to `limit` values sealed with a key other than `current`.
-    #[tracing::instrument(name = "store.sealed_under_other_keys", skip_all, fields(limit))]
+    #[tracing::instrument(name = "store.sealed_under_other_keys", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "sealed_under_other_keys", limit))]
     pub async fn sealed_under_other_keys(
         &self,
         current: &str,
@@ -451,7 +471,7 @@ impl Store {
     /// Replaces sealed values in one transaction, each only if the row
     /// still holds the value that was read (a concurrent PutPersonalData
     /// wins). Returns how many rows were replaced.
-    #[tracing::instrument(name = "store.reseal", skip_all, fields(rows = rows.len()))]
+    #[tracing::instrument(name = "store.reseal", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "reseal", rows = rows.len()))]
     pub async fn reseal(&self, rows: &[(SealedRow, SealedValue)]) -> Result<u64> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;

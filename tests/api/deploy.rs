@@ -347,6 +347,19 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exposed_by_metrics() {
         .await
         .unwrap()
         .into_inner();
+    let mut disclosures =
+        pb::disclosure_service_client::DisclosureServiceClient::new(app.channel.clone());
+    disclosures
+        .request_disclosure(pb::RequestDisclosureRequest {
+            subject_id: "C-1".into(),
+            recipient_id: "express-courier".into(),
+            purpose: "order_delivery".into(),
+            fields: vec!["name".into()],
+            reference: "order-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (_, body) = http_get(app.http_addr, "/metrics").await;
     let exposed: BTreeSet<String> = body

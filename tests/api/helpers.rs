@@ -231,13 +231,19 @@ pub fn test_keys_file() -> PathBuf {
 /// Data keys the tests encrypt personal data with, as an operator would
 /// provide them.
 pub fn test_data_keys_file() -> PathBuf {
-    let path = std::env::temp_dir().join(format!("consentd-test-data-keys-{}", std::process::id()));
-    std::fs::write(
-        &path,
-        "# test data keys\nd1=dmF1bHQtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZiE=\n",
-    )
-    .unwrap();
-    path
+    // Once per process, for the same reason as `test_keys_file`.
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("consentd-test-data-keys-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "# test data keys\nd1=dmF1bHQtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZiE=\n",
+        )
+        .unwrap();
+        path
+    })
+    .clone()
 }
 
 pub async fn spawn_app() -> TestApp {

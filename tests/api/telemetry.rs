@@ -5,7 +5,10 @@ use std::{collections::HashMap, sync::Arc};
 
 use consentd::{
     domain::SubjectId,
-    grpc::pb::{self, consent_service_client::ConsentServiceClient},
+    grpc::pb::{
+        self, consent_service_client::ConsentServiceClient,
+        disclosure_service_client::DisclosureServiceClient,
+    },
     telemetry::SubjectRefs,
 };
 use opentelemetry_proto::tonic::{
@@ -104,6 +107,9 @@ fn with_traceparent<T>(message: T, traceparent: &str) -> Request<T> {
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const SUBJECT: &str = "C-7781-secret";
+const NAME: &str = "Wang Xiaoming-unique";
+const ADDRESS: &str = "88 Huaihai Road, Shanghai-unique";
+const PHONE: &str = "+86 21 5555 0199";
 
 #[tokio::test]
 async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_personal_data() {
@@ -185,6 +191,52 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
         ))
         .await
         .unwrap();
+    // Personal data, and a courier disclosure that releases part of it.
+    let mut disclosures = DisclosureServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    for (field, value) in [
+        ("name", NAME),
+        ("postal_address", ADDRESS),
+        ("phone", PHONE),
+    ] {
+        disclosures
+            .put_personal_data(with_traceparent(
+                pb::PutPersonalDataRequest {
+                    subject_id: SUBJECT.into(),
+                    field: field.into(),
+                    value: value.into(),
+                    collected_for: vec!["order_delivery".into()],
+                    channel: pb::Channel::Web.into(),
+                    notice_version: "2026-11".into(),
+                    request_id: String::new(),
+                },
+                &traceparent,
+            ))
+            .await
+            .unwrap();
+    }
+    let released = disclosures
+        .request_disclosure(with_traceparent(
+            pb::RequestDisclosureRequest {
+                subject_id: SUBJECT.into(),
+                recipient_id: "express-courier".into(),
+                purpose: "order_delivery".into(),
+                fields: vec!["name".into(), "postal_address".into(), "phone".into()],
+                reference: "order-7781".into(),
+                ..Default::default()
+            },
+            &traceparent,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        released.released.len(),
+        2,
+        "the test really moved values through the server"
+    );
+    drop(disclosures);
     let bad = pb::CheckRequest {
         subject_id: SUBJECT.into(),
         purpose: "nope".into(),
@@ -240,7 +292,7 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
         .collect();
     assert_eq!(
         rpc_spans.len(),
-        5,
+        9,
         "{:?}",
         spans.iter().map(|s| &s.name).collect::<Vec<_>>()
     );
@@ -254,7 +306,12 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
         assert_eq!(hex(&span.parent_span_id), CALLER_SPAN, "{}", span.name);
         assert_eq!(span.kind, 2, "server kind");
         assert_eq!(text(span, "rpc.system"), "grpc");
-        assert_eq!(text(span, "rpc.service"), "consent.v1.ConsentService");
+        assert!(
+            span.name
+                .starts_with(&format!("{}/", text(span, "rpc.service"))),
+            "{}",
+            span.name
+        );
     }
 
     let expected_ref = SubjectRefs::load(&key_file)
@@ -293,6 +350,26 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
     assert_eq!(text(store, "db.system"), "postgresql");
     assert_eq!(text(store, "db.operation.name"), "current_state_for");
     assert_eq!(store.kind, 3, "client kind");
+
+    let disclosure = rpc_spans
+        .iter()
+        .find(|s| text(s, "rpc.method") == "RequestDisclosure")
+        .unwrap();
+    assert_eq!(
+        disclosure.name,
+        "consent.v1.DisclosureService/RequestDisclosure"
+    );
+    assert_eq!(
+        text(disclosure, "rpc.service"),
+        "consent.v1.DisclosureService"
+    );
+    assert_eq!(text(disclosure, "disclosure.recipient"), "express-courier");
+    assert_eq!(text(disclosure, "disclosure.basis"), "purpose");
+    assert_eq!(text(disclosure, "disclosure.status"), "partial");
+    assert_eq!(text(disclosure, "consent.purpose"), "order_delivery");
+    assert_eq!(int(disclosure, "disclosure.fields_released"), 2);
+    assert_eq!(int(disclosure, "disclosure.fields_withheld"), 1);
+    assert_eq!(text(disclosure, "consent.subject_ref"), expected_ref);
 
     let batch = rpc_spans
         .iter()
@@ -404,6 +481,42 @@ async fn metrics_count_decisions_latency_unsubscribes_and_the_pool() {
     assert_eq!(response.status, 200);
     client.check(check("C-1")).await.unwrap();
 
+    let mut disclosures = DisclosureServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    disclosures
+        .put_personal_data(pb::PutPersonalDataRequest {
+            subject_id: "C-2".into(),
+            field: "name".into(),
+            value: "Li Lei".into(),
+            collected_for: vec!["order_delivery".into()],
+            channel: pb::Channel::Web.into(),
+            notice_version: "v".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let courier = pb::RequestDisclosureRequest {
+        subject_id: "C-2".into(),
+        recipient_id: "express-courier".into(),
+        purpose: "order_delivery".into(),
+        fields: vec!["name".into(), "phone".into()],
+        reference: "order-1".into(),
+        ..Default::default()
+    };
+    disclosures.request_disclosure(courier).await.unwrap();
+    let emergency = pb::RequestDisclosureRequest {
+        subject_id: "C-2".into(),
+        recipient_id: "public-security".into(),
+        fields: vec!["name".into()],
+        legal_basis: pb::LegalBasis::EmergencySafety.into(),
+        reference: "case 1".into(),
+        justification: "a person is in danger".into(),
+        ..Default::default()
+    };
+    disclosures.request_disclosure(emergency).await.unwrap();
+    drop(disclosures);
+
     let (status, body) = http_get(http, "/metrics").await;
     assert_eq!(status, 200);
     let m = samples(&body);
@@ -466,7 +579,34 @@ async fn metrics_count_decisions_latency_unsubscribes_and_the_pool() {
         Some(0.0)
     );
     assert_eq!(get(&m, "consentd_db_pool_waiting", &[]), Some(0.0));
-    assert!(!body.contains("C-1"), "no subject in metrics");
+    let disclosed = "consentd_disclosures_total";
+    assert_eq!(
+        get(
+            &m,
+            disclosed,
+            &[("basis", "purpose"), ("status", "partial")]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        get(
+            &m,
+            disclosed,
+            &[("basis", "emergency_safety"), ("status", "released")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(get(&m, "consentd_disclosure_reviews_open", &[]), Some(1.0));
+    assert_eq!(
+        get(&m, "consentd_disclosure_reviews_overdue", &[]),
+        Some(0.0)
+    );
+    assert_eq!(get(&m, "consentd_concerns_overdue", &[]), Some(0.0));
+    assert!(
+        !body.contains("C-1") && !body.contains("Li Lei"),
+        "no subject or value in metrics"
+    );
     drop(client);
     terminate_and_wait(served.child, &served.logs).await;
 }
