@@ -16,14 +16,15 @@ use std::{
 use anyhow::{Context as _, anyhow};
 
 use crate::{
-    domain::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode},
+    domain::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, SubjectId},
     error::Error,
     policy::Policy,
     service::{
+        export::Exporter,
         import::{self, ImportOptions, ImportProgress},
         vault::{self, DataKeys},
     },
-    settings::{DatabaseArgs, ImportArgs, RotateArgs},
+    settings::{DatabaseArgs, ExportArgs, ImportArgs, RotateArgs},
     startup::Database,
     store::RefusalImport,
 };
@@ -136,6 +137,34 @@ pub async fn rotate_keys(args: &RotateArgs) -> anyhow::Result<()> {
         "re-encrypted {rotated} value(s) under key `{}`; every stored value now uses it",
         keys.current()
     );
+    Ok(())
+}
+
+pub async fn export_subject(args: &ExportArgs) -> anyhow::Result<()> {
+    let subject_id =
+        SubjectId::parse(args.subject_id.clone()).map_err(|e| anyhow!("SUBJECT_ID {e}"))?;
+    let policy = Policy::load(&args.policy)?;
+    let keys = DataKeys::load(&args.data_keys_file)?;
+    let database = Database::open(&args.database).await?;
+    let export = Exporter::new(database.store.clone(), Arc::new(keys))
+        .export(&subject_id)
+        .await
+        .map_err(|e| match e {
+            Error::NotFound { .. } => anyhow!("no subject is registered under that id"),
+            other => anyhow!(other),
+        })?;
+    let json = crate::grpc::export_to_json(&crate::grpc::export_to_pb(
+        export,
+        policy.concern_deadlines(),
+    ))?;
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => println!("{json}"),
+    }
     Ok(())
 }
 

@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => commands::migrate(&args).await,
         Command::Policy(PolicyCommand::Check { file }) => commands::check_policy(&file),
         Command::ImportRefusals(args) => commands::import_refusals(&args).await,
+        Command::ExportSubject(args) => commands::export_subject(&args).await,
         Command::Keys(KeysCommand::Rotate(args)) => commands::rotate_keys(&args).await,
     };
     telemetry.shutdown();

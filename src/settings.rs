@@ -51,6 +51,31 @@ pub enum Command {
     /// Work with the data keys that encrypt personal data at rest.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Write everything held about one subject as JSON (the right of access):
+    /// the subject, its personal data decrypted, collection records, consent
+    /// history, current choices, disclosures and concerns.
+    ExportSubject(ExportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The subject's external id.
+    pub subject_id: String,
+
+    /// Write the JSON here instead of to standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+
+    /// The data keys file, to decrypt the subject's personal data.
+    #[arg(long, env = "CONSENTD_DATA_KEYS_FILE")]
+    pub data_keys_file: PathBuf,
+
+    /// The policy file (for the concern deadlines shown in the export).
+    #[arg(long, env = "CONSENTD_POLICY", default_value = "deploy/policy.toml")]
+    pub policy: PathBuf,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Subcommand)]

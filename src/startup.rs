@@ -15,12 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
-    grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, pb},
+    grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, pb},
     http::{self, HttpState},
     policy::Policy,
     service::{
         ConsentService, DisclosureService,
         concern::ConcernService,
+        export::Exporter,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
     },
@@ -262,6 +263,11 @@ impl Application {
         let concerns =
             ConcernGrpc::new(ConcernService::new(store.clone(), policy.clone())).into_server();
         let concern_deadlines = policy.concern_deadlines();
+        let rights = SubjectRightsGrpc::new(
+            Exporter::new(store.clone(), data_keys.clone()),
+            policy.concern_deadlines(),
+        )
+        .into_server();
         let disclosure = DisclosureGrpc::new(
             DisclosureService::new(store.clone(), policy.clone(), data_keys),
             subject_refs.clone(),
@@ -280,6 +286,7 @@ impl Application {
             .add_service(consent)
             .add_service(concerns)
             .add_service(disclosure)
+            .add_service(rights)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 stop.clone().cancelled_owned(),
@@ -336,6 +343,7 @@ async fn report_health(health: &tonic_health::server::HealthReporter, status: Se
         pb::consent_service_server::ConsentServiceServer::<ConsentGrpc>::NAME,
         pb::concern_service_server::ConcernServiceServer::<ConcernGrpc>::NAME,
         pb::disclosure_service_server::DisclosureServiceServer::<DisclosureGrpc>::NAME,
+        pb::subject_rights_service_server::SubjectRightsServiceServer::<SubjectRightsGrpc>::NAME,
     ] {
         health.set_service_status(service, status).await;
     }

@@ -426,14 +426,7 @@ impl ConsentGrpc {
         let choices = overview
             .choices
             .into_iter()
-            .map(|c| pb::ConsentChoice {
-                purpose: c.purpose.to_string(),
-                field: c.field.map(|f| f.to_string()).unwrap_or_default(),
-                choice: convert::choice_to_pb(c.choice).into(),
-                record_id: c.record_id.to_string(),
-                sequence: c.sequence,
-                recorded_at: convert::timestamp(c.recorded_at),
-            })
+            .map(convert::choice_state_to_pb)
             .collect();
         let decisions = overview
             .decisions

@@ -168,3 +168,14 @@ pub fn record_to_pb(record: domain::ConsentRecord) -> pb::ConsentRecord {
         recipient: c.recipient.map(|r| r.to_string()).unwrap_or_default(),
     }
 }
+
+pub fn choice_state_to_pb(c: domain::StoredChoice) -> pb::ConsentChoice {
+    pb::ConsentChoice {
+        purpose: c.purpose.to_string(),
+        field: c.field.map(|f| f.to_string()).unwrap_or_default(),
+        choice: choice_to_pb(c.choice).into(),
+        record_id: c.record_id.to_string(),
+        sequence: c.sequence,
+        recorded_at: timestamp(c.recorded_at),
+    }
+}

@@ -563,7 +563,7 @@ fn answer_to_pb(answer: DisclosureAnswer) -> AnswerParts {
     )
 }
 
-fn disclosure_to_pb(d: domain::Disclosure) -> pb::Disclosure {
+pub(super) fn disclosure_to_pb(d: domain::Disclosure) -> pb::Disclosure {
     pb::Disclosure {
         disclosure_id: d.disclosure_id.to_string(),
         subject_id: d.subject_id.to_string(),

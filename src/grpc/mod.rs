@@ -6,13 +6,17 @@ mod concern;
 mod consent;
 mod convert;
 mod disclosure;
+mod export;
 mod observe;
 mod page;
+mod rights;
 mod status;
 
 pub use concern::ConcernGrpc;
 pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
+pub use export::{export_to_pb, to_json as export_to_json};
+pub use rights::SubjectRightsGrpc;
 
 /// The generated `consent.v1` types and service traits. Generated code is
 /// not ours to lint: proto comments are prose, not rustdoc.

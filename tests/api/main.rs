@@ -11,6 +11,7 @@ mod disclosure;
 mod feed;
 mod helpers;
 mod import;
+mod rights;
 mod server;
 mod telemetry;
 mod unsubscribe;

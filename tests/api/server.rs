@@ -67,6 +67,7 @@ async fn reflection_lists_every_service_and_describes_the_contract() {
             "consent.v1.ConcernService",
             "consent.v1.ConsentService",
             "consent.v1.DisclosureService",
+            "consent.v1.SubjectRightsService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection"
         ]

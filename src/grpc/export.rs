@@ -1,0 +1,75 @@
+//! The subject export as protobuf, shared by the ExportSubject RPC and the
+//! `export-subject` command (which prints it as proto-JSON).
+
+use chrono::Utc;
+use prost::Message as _;
+
+use super::{concern::concern_to_pb, convert, disclosure::disclosure_to_pb, pb};
+use crate::{policy::concern::ConcernDeadlines, service::export::SubjectExport};
+
+pub fn export_to_pb(
+    export: SubjectExport,
+    deadlines: ConcernDeadlines,
+) -> pb::ExportSubjectResponse {
+    let now = Utc::now();
+    pb::ExportSubjectResponse {
+        subject: Some(convert::subject_to_pb(export.subject)),
+        personal_data: export
+            .personal_data
+            .into_iter()
+            .map(|f| pb::ExportedPersonalData {
+                field: f.field.to_string(),
+                value: f.value.into_string(),
+                collected_for: f.collected_for,
+                collected_at: convert::timestamp(f.collected_at),
+                verified_at: f.verified_at.and_then(convert::timestamp),
+            })
+            .collect(),
+        collections: export
+            .collections
+            .into_iter()
+            .map(|c| pb::CollectionRecord {
+                collection_id: c.collection_id.to_string(),
+                field: c.field.to_string(),
+                collected_for: c.collected_for,
+                channel: convert::channel_to_pb(c.channel).into(),
+                notice_version: c.notice_version,
+                actor: c.actor.to_string(),
+                collected_at: convert::timestamp(c.collected_at),
+            })
+            .collect(),
+        consent_history: export
+            .consent_history
+            .into_iter()
+            .map(convert::record_to_pb)
+            .collect(),
+        current_choices: export
+            .current_choices
+            .into_iter()
+            .map(convert::choice_state_to_pb)
+            .collect(),
+        disclosures: export
+            .disclosures
+            .into_iter()
+            .map(disclosure_to_pb)
+            .collect(),
+        concerns: export
+            .concerns
+            .into_iter()
+            .map(|c| concern_to_pb(c, deadlines, now, true))
+            .collect(),
+        exported_at: convert::timestamp(export.exported_at),
+    }
+}
+
+/// Canonical proto-JSON (field names in lowerCamelCase, enums by name,
+/// timestamps in RFC 3339), pretty-printed.
+pub fn to_json(export: &pb::ExportSubjectResponse) -> anyhow::Result<String> {
+    let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)?;
+    let descriptor = pool
+        .get_message_by_name("consent.v1.ExportSubjectResponse")
+        .ok_or_else(|| anyhow::anyhow!("the descriptor set lacks ExportSubjectResponse"))?;
+    let message =
+        prost_reflect::DynamicMessage::decode(descriptor, export.encode_to_vec().as_slice())?;
+    Ok(serde_json::to_string_pretty(&message)?)
+}
