@@ -21,6 +21,7 @@ use crate::{
     service::{
         ConsentService, DisclosureService,
         concern::ConcernService,
+        erasure::Eraser,
         export::Exporter,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
@@ -179,7 +180,13 @@ impl Application {
         };
         let subject_refs = match &args.subject_ref_key_file {
             Some(path) => SubjectRefs::load(path)?,
-            None => SubjectRefs::ephemeral(),
+            None => {
+                tracing::warn!(
+                    "no --subject-ref-key-file: subject pseudonyms use a random key; trace refs \
+                     change, and erased ids are no longer recognised, after this process stops"
+                );
+                SubjectRefs::ephemeral()
+            }
         };
         let data_keys = match &args.data_keys_file {
             Some(path) => DataKeys::load(path)?,
@@ -265,6 +272,7 @@ impl Application {
         let concern_deadlines = policy.concern_deadlines();
         let rights = SubjectRightsGrpc::new(
             Exporter::new(store.clone(), data_keys.clone()),
+            Eraser::new(store.clone(), subject_refs.clone()),
             policy.concern_deadlines(),
         )
         .into_server();
@@ -274,7 +282,13 @@ impl Application {
         )
         .into_server();
         let consent = ConsentGrpc::new(
-            ConsentService::new(store.clone(), policy, wake, stop.clone()),
+            ConsentService::new(
+                store.clone(),
+                policy,
+                wake,
+                stop.clone(),
+                subject_refs.clone(),
+            ),
             unsubscribes.clone(),
             subject_refs,
         )

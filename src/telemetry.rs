@@ -152,15 +152,37 @@ impl SubjectRefs {
         Self { key }
     }
 
-    /// The pseudonym of a subject: 16 hex digits of HMAC-SHA256.
-    pub fn of(&self, subject: &SubjectId) -> String {
+    /// HMAC-SHA256 of the id, under a domain tag so that the derived values
+    /// below cannot be matched with each other.
+    fn mac(&self, domain: &str, subject: &SubjectId) -> Vec<u8> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(domain.as_bytes());
         mac.update(subject.as_str().as_bytes());
-        mac.finalize().into_bytes()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        mac.finalize().into_bytes().to_vec()
     }
+
+    /// The pseudonym of a subject in traces: 16 hex digits.
+    pub fn of(&self, subject: &SubjectId) -> String {
+        hex(&self.mac("", subject)[..8])
+    }
+
+    /// The suppression-list hash of an erased external id.
+    pub fn erasure_hash(&self, subject: &SubjectId) -> Vec<u8> {
+        self.mac("erasure:", subject)
+    }
+
+    /// The id an erased subject's history carries instead of its own.
+    pub fn erased_pseudonym(&self, subject: &SubjectId) -> SubjectId {
+        SubjectId::parse(format!(
+            "erased-{}",
+            hex(&self.mac("pseudonym:", subject)[..12])
+        ))
+        .expect("a valid subject id")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -174,6 +196,13 @@ mod tests {
         assert_eq!(refs.of(&id), refs.of(&id));
         assert_eq!(refs.of(&id).len(), 16);
         assert!(!refs.of(&id).contains("1042"));
+        assert_ne!(
+            hex(&refs.erasure_hash(&id)[..8]),
+            refs.of(&id),
+            "derived apart"
+        );
+        assert!(refs.erased_pseudonym(&id).as_str().starts_with("erased-"));
+        assert_eq!(refs.erased_pseudonym(&id), refs.erased_pseudonym(&id));
         assert_ne!(refs.of(&id), SubjectRefs { key: vec![8; 32] }.of(&id));
         assert_ne!(refs.of(&id), refs.of(&SubjectId::parse("C-1043").unwrap()));
     }

@@ -26,6 +26,9 @@ pub struct StoredChoice {
 pub struct SubjectState {
     /// Current choices; may hold other purposes' choices too.
     pub choices: Vec<StoredChoice>,
+    /// The subject was erased and has not registered again: it has no
+    /// choices, and no purpose may use it.
+    pub erased: bool,
 }
 
 impl SubjectState {

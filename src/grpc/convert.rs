@@ -120,6 +120,7 @@ pub fn decision_to_pb(outcome: Outcome) -> pb::Decision {
 pub fn reason_to_pb(reason: Reason) -> pb::Reason {
     match reason {
         Reason::SubjectUnknown => pb::Reason::SubjectUnknown,
+        Reason::SubjectErased => pb::Reason::SubjectErased,
         Reason::FieldNotPermitted => pb::Reason::FieldNotPermitted,
         Reason::Contract => pb::Reason::Contract,
         Reason::ConsentGranted => pb::Reason::ConsentGranted,

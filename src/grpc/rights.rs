@@ -1,14 +1,19 @@
-//! `consent.v1.SubjectRightsService`: the person's right of access.
+//! `consent.v1.SubjectRightsService`: the person's rights of access and
+//! erasure.
 
 use tonic::{Request, Response, Status};
 
 use super::{
+    convert,
     export::export_to_pb,
     observe::observe,
     pb::{self, subject_rights_service_server::SubjectRightsService as Rpc},
 };
 use crate::{
-    domain::SubjectId, error::Error, policy::concern::ConcernDeadlines, service::export::Exporter,
+    domain::{RequestId, SubjectId, Violations},
+    error::Error,
+    policy::concern::ConcernDeadlines,
+    service::{erasure::Eraser, export::Exporter},
 };
 
 const SERVICE: &str = "consent.v1.SubjectRightsService";
@@ -17,13 +22,15 @@ const SERVICE: &str = "consent.v1.SubjectRightsService";
 #[derive(Clone)]
 pub struct SubjectRightsGrpc {
     exporter: Exporter,
+    eraser: Eraser,
     deadlines: ConcernDeadlines,
 }
 
 impl SubjectRightsGrpc {
-    pub fn new(exporter: Exporter, deadlines: ConcernDeadlines) -> Self {
+    pub fn new(exporter: Exporter, eraser: Eraser, deadlines: ConcernDeadlines) -> Self {
         Self {
             exporter,
+            eraser,
             deadlines,
         }
     }
@@ -43,6 +50,26 @@ impl SubjectRightsGrpc {
         let export = self.exporter.export(&subject_id).await?;
         Ok(Response::new(export_to_pb(export, self.deadlines)))
     }
+
+    async fn erase_subject_rpc(
+        &self,
+        request: Request<pb::EraseSubjectRequest>,
+    ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
+        let mut v = Violations::new();
+        let actor = convert::actor(&request, &mut v);
+        let r = request.into_inner();
+        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+        let request_id = convert::optional(&mut v, "request_id", r.request_id, RequestId::parse);
+        let (Some(actor), Some(subject_id), Some(_)) = (actor, subject_id, request_id) else {
+            return Err(Error::from(v).into());
+        };
+        let erased = self.eraser.erase(&subject_id, &actor).await?;
+        Ok(Response::new(pb::EraseSubjectResponse {
+            pseudonym: erased.pseudonym.to_string(),
+            erased_at: convert::timestamp(erased.erased_at),
+            already_erased: erased.already,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -53,6 +80,16 @@ impl Rpc for SubjectRightsGrpc {
     ) -> Result<Response<pb::ExportSubjectResponse>, Status> {
         observe(SERVICE, "ExportSubject", request, |r| {
             self.export_subject_rpc(r)
+        })
+        .await
+    }
+
+    async fn erase_subject(
+        &self,
+        request: Request<pb::EraseSubjectRequest>,
+    ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
+        observe(SERVICE, "EraseSubject", request, |r| {
+            self.erase_subject_rpc(r)
         })
         .await
     }

@@ -27,6 +27,7 @@ impl Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     SubjectUnknown,
+    SubjectErased,
     FieldNotPermitted,
     Contract,
     ConsentGranted,
@@ -47,6 +48,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::SubjectUnknown => "subject_unknown",
+            Reason::SubjectErased => "subject_erased",
             Reason::FieldNotPermitted => "field_not_permitted",
             Reason::Contract => "contract",
             Reason::ConsentGranted => "consent_granted",
@@ -127,6 +129,9 @@ pub fn decide(
     let Some(state) = subject else {
         return Ok(deny(Reason::SubjectUnknown, None));
     };
+    if state.erased {
+        return Ok(deny(Reason::SubjectErased, None));
+    }
     if !purpose_def.permits(field) {
         return Ok(deny(Reason::FieldNotPermitted, None));
     }
@@ -241,7 +246,10 @@ refusal_instructions = "Unsubscribe."
     }
 
     fn state(choices: Vec<StoredChoice>) -> SubjectState {
-        SubjectState { choices }
+        SubjectState {
+            choices,
+            ..Default::default()
+        }
     }
 
     fn check(
@@ -272,6 +280,20 @@ refusal_instructions = "Unsubscribe."
             decide(&policy(), None, &p("nope"), &f("name")),
             Err(Undeclared::Purpose)
         );
+    }
+
+    #[test]
+    fn an_erased_subject_is_denied_for_every_basis_whatever_it_chose() {
+        let erased = SubjectState {
+            choices: vec![choice("partners", "", Grant, 1)],
+            erased: true,
+        };
+        for purpose in ["delivery", "partners", "promo"] {
+            assert_eq!(
+                check(Some(&erased), purpose, "name"),
+                (Deny, Reason::SubjectErased, None)
+            );
+        }
     }
 
     #[test]

@@ -646,7 +646,10 @@ fields = ["name", "postal_address"]
             ),
         ];
         for (name, req, choices, data, status, outcomes) in rows {
-            let state = SubjectState { choices };
+            let state = SubjectState {
+                choices,
+                ..Default::default()
+            };
             let facts = DisclosureFacts {
                 subject: Some(&state),
                 data: &data,

@@ -8,12 +8,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     domain::{
         Actor, ConsentRecord, FieldName, NewConsentRecord, PurposeCode, StoredChoice, Subject,
-        SubjectId, SubjectRegistration, Violations,
+        SubjectId, SubjectRegistration, SubjectState, Violations,
     },
     error::{Error, Result},
     policy::{Decision, Policy, Undeclared, decide, decide_with_data},
     service::feed,
     store::{HistoryPage, Store},
+    telemetry::SubjectRefs,
 };
 
 /// The most items one BatchCheck may carry.
@@ -46,6 +47,8 @@ pub struct ConsentService {
     wake: watch::Receiver<u64>,
     /// Cancelled at shutdown, so change streams end and the server can stop.
     stop: CancellationToken,
+    /// Keyed hashes for the erasure suppression list.
+    refs: SubjectRefs,
 }
 
 impl ConsentService {
@@ -54,12 +57,14 @@ impl ConsentService {
         policy: Arc<Policy>,
         wake: watch::Receiver<u64>,
         stop: CancellationToken,
+        refs: SubjectRefs,
     ) -> Self {
         Self {
             store,
             policy,
             wake,
             stop,
+            refs,
         }
     }
 
@@ -102,7 +107,9 @@ impl ConsentService {
         reg: &SubjectRegistration,
         actor: &Actor,
     ) -> Result<(Subject, bool)> {
-        self.store.register_subject(reg, actor).await
+        self.store
+            .register_subject(reg, actor, &self.refs.erasure_hash(&reg.subject_id))
+            .await
     }
 
     /// Appends a choice after checking that the policy knows its purpose and
@@ -201,7 +208,8 @@ impl ConsentService {
             return Err(violations.into());
         }
         let ids: Vec<&SubjectId> = queries.iter().map(|q| &q.subject_id).collect();
-        let states = self.store.current_state_for(&ids).await?;
+        let mut states = self.store.current_state_for(&ids).await?;
+        self.mark_erased(&ids, &mut states).await?;
         // R3: the stored fields' ages, never their values.
         let data = self.store.field_data_for(&ids).await?;
         let now = chrono::Utc::now();
@@ -232,6 +240,41 @@ impl ConsentService {
                 Ok(decision)
             })
             .collect()
+    }
+
+    /// Adds an erased state for each unregistered id on the suppression
+    /// list, so `decide` answers REASON_SUBJECT_ERASED for it. Costs a query
+    /// only when some ids are not registered.
+    async fn mark_erased(
+        &self,
+        ids: &[&SubjectId],
+        states: &mut std::collections::HashMap<SubjectId, SubjectState>,
+    ) -> Result<()> {
+        let unknown: Vec<&SubjectId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !states.contains_key(*id))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let hashes: Vec<Vec<u8>> = unknown
+            .iter()
+            .map(|id| self.refs.erasure_hash(id))
+            .collect();
+        let erased = self.store.erased_among(&hashes).await?;
+        for (id, hash) in unknown.into_iter().zip(hashes) {
+            if erased.contains(&hash) {
+                states.insert(
+                    id.clone(),
+                    SubjectState {
+                        erased: true,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 
     pub async fn consent_state(&self, subject_id: &SubjectId) -> Result<ConsentOverview> {

@@ -5,6 +5,7 @@
 pub mod concern;
 mod consent;
 pub mod disclosure;
+pub mod erasure;
 pub mod export;
 pub mod feed;
 pub mod import;

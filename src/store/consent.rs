@@ -39,6 +39,7 @@ impl Store {
         &self,
         reg: &SubjectRegistration,
         actor: &Actor,
+        erasure_hash: &[u8],
     ) -> Result<(Subject, bool)> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -83,6 +84,10 @@ impl Store {
             )
             .await?;
         let created = row.is_some_and(|r| r.get::<_, bool>(0));
+        if created {
+            // An id that was erased before: its refusals still hold.
+            super::erasure::carry_refusals(&tx, &reg.subject_id, erasure_hash).await?;
+        }
         let subject = subject_in(&tx, &reg.subject_id)
             .await?
             .ok_or_else(|| anyhow!("subject vanished inside its own transaction"))?;

@@ -8,6 +8,7 @@ mod concern;
 mod consent;
 mod deploy;
 mod disclosure;
+mod erasure;
 mod feed;
 mod helpers;
 mod import;
