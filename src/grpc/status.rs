@@ -76,3 +76,9 @@ fn error_message(violations: &[crate::domain::FieldViolation]) -> String {
     let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
     format!("invalid request: check {}", fields.join(", "))
 }
+
+/// Logs an error exactly as an RPC failing with it would (internal causes
+/// in full, never values), for callers outside gRPC such as the HTTP side.
+pub fn log_error(error: Error) {
+    let _ = Status::from(error);
+}

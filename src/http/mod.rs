@@ -53,18 +53,14 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         .await
     {
         Ok(overdue) => metrics::gauge!(crate::metrics::CONCERNS_OVERDUE).set(overdue as f64),
-        Err(e) => {
-            let _ = tonic::Status::from(e);
-        }
+        Err(e) => crate::grpc::log_error(e),
     }
     match state.store.count_open_reviews().await {
         Ok((open, overdue)) => {
             metrics::gauge!(crate::metrics::REVIEWS_OPEN).set(open as f64);
             metrics::gauge!(crate::metrics::REVIEWS_OVERDUE).set(overdue as f64);
         }
-        Err(e) => {
-            let _ = tonic::Status::from(e);
-        }
+        Err(e) => crate::grpc::log_error(e),
     }
     let mut response = crate::metrics::render(&state.store).into_response();
     response.headers_mut().insert(
@@ -115,8 +111,7 @@ async fn unsubscribe(
 fn link_error(lang: Lang, error: LinkError) -> Response {
     match error {
         LinkError::Service(e) => {
-            // Logged through the one place that logs internal errors.
-            let _ = tonic::Status::from(e);
+            crate::grpc::log_error(e);
             html(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 lang,
