@@ -376,15 +376,7 @@ impl DisclosureGrpc {
         &self,
         request: Request<pb::ApproveDisclosureRequest>,
     ) -> Result<Response<pb::ApproveDisclosureResponse>, Status> {
-        let mut v = Violations::new();
-        let actor = convert::actor(&request, &mut v);
-        let id = v.check(
-            "disclosure_id",
-            disclosure_id(&request.get_ref().disclosure_id),
-        );
-        let (Some(actor), Some(id)) = (actor, id) else {
-            return Err(Error::from(v).into());
-        };
+        let (actor, id) = actor_and_disclosure(&request, &request.get_ref().disclosure_id)?;
         let answer = self.service.approve_disclosure(id, &actor).await?;
         if let Some(d) = &answer.disclosure {
             let basis = d.legal_basis.map_or("purpose", |b| b.as_str());
@@ -410,15 +402,7 @@ impl DisclosureGrpc {
         &self,
         request: Request<pb::ReviewDisclosureRequest>,
     ) -> Result<Response<pb::ReviewDisclosureResponse>, Status> {
-        let mut v = Violations::new();
-        let actor = convert::actor(&request, &mut v);
-        let id = v.check(
-            "disclosure_id",
-            disclosure_id(&request.get_ref().disclosure_id),
-        );
-        let (Some(actor), Some(id)) = (actor, id) else {
-            return Err(Error::from(v).into());
-        };
+        let (actor, id) = actor_and_disclosure(&request, &request.get_ref().disclosure_id)?;
         let disclosure = self.service.review_disclosure(id, &actor).await?;
         Ok(Response::new(pb::ReviewDisclosureResponse {
             disclosure: Some(disclosure_to_pb(disclosure)),
@@ -487,6 +471,20 @@ impl DisclosureGrpc {
         Ok(Response::new(pb::GetDisclosureResponse {
             disclosure: Some(disclosure_to_pb(disclosure)),
         }))
+    }
+}
+
+/// The caller and the disclosure a follow-up call (approve, review) names.
+fn actor_and_disclosure<T>(
+    request: &Request<T>,
+    raw_id: &str,
+) -> Result<(domain::Actor, Uuid), Error> {
+    let mut v = Violations::new();
+    let actor = convert::actor(request, &mut v);
+    let id = v.check("disclosure_id", disclosure_id(raw_id));
+    match (actor, id) {
+        (Some(actor), Some(id)) => Ok((actor, id)),
+        _ => Err(Error::from(v)),
     }
 }
 
