@@ -21,6 +21,89 @@ pub const DISCLOSURES: &str = "consentd_disclosures_total";
 pub const REVIEWS_OPEN: &str = "consentd_disclosure_reviews_open";
 pub const REVIEWS_OVERDUE: &str = "consentd_disclosure_reviews_overdue";
 
+#[derive(Clone, Copy)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One exposed metric with the help text Prometheus shows for it.
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+}
+
+const fn metric(name: &'static str, kind: Kind, help: &'static str) -> Metric {
+    Metric {
+        name,
+        kind,
+        unit: None,
+        help,
+    }
+}
+
+/// Every metric, each with its help: a name missing here has none, and the
+/// test below fails.
+pub const ALL: &[Metric] = &[
+    metric(
+        DECISIONS,
+        Kind::Counter,
+        "Check and BatchCheck decisions, by purpose, decision and reason.",
+    ),
+    Metric {
+        unit: Some(Unit::Seconds),
+        ..metric(
+            RPC_DURATION,
+            Kind::Histogram,
+            "gRPC call latency, by method and status code.",
+        )
+    },
+    metric(
+        UNSUBSCRIBES,
+        Kind::Counter,
+        "Refusals recorded through unsubscribe links, by purpose.",
+    ),
+    metric(FEED_SUBSCRIBERS, Kind::Gauge, "Open WatchChanges streams."),
+    metric(
+        FEED_LAG,
+        Kind::Gauge,
+        "Age of the newest record a change stream sent, when sent.",
+    ),
+    metric(
+        POOL_CONNECTIONS,
+        Kind::Gauge,
+        "Database connections, by state (in_use, idle).",
+    ),
+    metric(
+        POOL_WAITING,
+        Kind::Gauge,
+        "Calls waiting for a database connection.",
+    ),
+    metric(
+        CONCERNS_OVERDUE,
+        Kind::Gauge,
+        "Concerns past their acknowledge or resolve deadline.",
+    ),
+    metric(
+        DISCLOSURES,
+        Kind::Counter,
+        "Disclosure requests decided, by legal basis and resulting status.",
+    ),
+    metric(
+        REVIEWS_OPEN,
+        Kind::Gauge,
+        "Emergency disclosures released and not yet reviewed.",
+    ),
+    metric(
+        REVIEWS_OVERDUE,
+        Kind::Gauge,
+        "Emergency disclosures past their review deadline.",
+    ),
+];
+
 /// The process-wide recorder. Installed once; every server in the process
 /// (tests run several) shares it.
 pub fn handle() -> &'static PrometheusHandle {
@@ -36,33 +119,15 @@ pub fn handle() -> &'static PrometheusHandle {
             .expect("buckets are not empty")
             .install_recorder()
             .expect("no other metrics recorder is installed");
-        describe_counter!(
-            DECISIONS,
-            "Check and BatchCheck decisions, by purpose, decision and reason."
-        );
-        describe_histogram!(
-            RPC_DURATION,
-            Unit::Seconds,
-            "gRPC call latency, by method and status code."
-        );
-        describe_counter!(
-            UNSUBSCRIBES,
-            "Refusals recorded through unsubscribe links, by purpose."
-        );
-        describe_gauge!(FEED_SUBSCRIBERS, "Open WatchChanges streams.");
-        describe_gauge!(
-            FEED_LAG,
-            "Age of the newest record a change stream sent, when sent."
-        );
-        describe_gauge!(
-            POOL_CONNECTIONS,
-            "Database connections, by state (in_use, idle)."
-        );
-        describe_gauge!(POOL_WAITING, "Calls waiting for a database connection.");
-        describe_gauge!(
-            CONCERNS_OVERDUE,
-            "Concerns past their acknowledge or resolve deadline."
-        );
+        for metric in ALL {
+            let (name, help) = (metric.name, metric.help);
+            match (metric.kind, metric.unit) {
+                (Kind::Counter, _) => describe_counter!(name, help),
+                (Kind::Gauge, _) => describe_gauge!(name, help),
+                (Kind::Histogram, Some(unit)) => describe_histogram!(name, unit, help),
+                (Kind::Histogram, None) => describe_histogram!(name, help),
+            }
+        }
         handle
     })
 }
@@ -77,4 +142,27 @@ pub fn render(store: &Store) -> String {
     metrics::gauge!(POOL_WAITING).set(status.waiting as f64);
     handle.run_upkeep();
     handle.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `consentd_*` name declared in this file is in `ALL`, so it is
+    /// described, and no help text is empty.
+    #[test]
+    fn every_metric_has_help_text() {
+        let source = include_str!("metrics.rs");
+        let declared: Vec<&str> = source
+            .lines()
+            .filter(|line| line.starts_with("pub const ") && line.contains("\"consentd_"))
+            .filter_map(|line| line.split('"').nth(1))
+            .collect();
+        assert_eq!(declared.len(), 11, "{declared:?}");
+        for name in declared {
+            let metric = ALL.iter().find(|m| m.name == name);
+            assert!(metric.is_some(), "{name} has no help text");
+            assert!(!metric.unwrap().help.trim().is_empty(), "{name}");
+        }
+    }
 }
