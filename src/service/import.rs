@@ -6,6 +6,8 @@
 //! the reject file with its line number and reason, and changes nothing.
 
 use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
     hash::{Hash as _, Hasher as _},
     io::{Read, Write},
 };
@@ -65,6 +67,68 @@ pub fn validate(policy: &Policy, spec: &RefusalImport) -> Result<()> {
     Ok(())
 }
 
+/// Numbers lines from byte offsets. The csv crate's own line count is one
+/// short for a record that follows a blank line, and a reject must name the
+/// line an operator sees in an editor. A record's reported offset is where
+/// the reader started, before any blank lines it skipped, so those are
+/// stepped over here. Only the line breaks of the reader's look-ahead are
+/// kept, so memory stays flat.
+struct LineCounter<R> {
+    inner: R,
+    /// Bytes read so far: the offset of the next byte.
+    offset: u64,
+    /// Offsets of the `\r` and `\n` bytes read but not yet passed.
+    breaks: RefCell<VecDeque<(u64, u8)>>,
+    /// Newlines before the last record asked about.
+    passed: Cell<u64>,
+}
+
+impl<R> LineCounter<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            offset: 0,
+            breaks: RefCell::new(VecDeque::new()),
+            passed: Cell::new(0),
+        }
+    }
+
+    /// The 1-based line where the record read from `offset` starts.
+    /// Offsets must not go back.
+    fn line_at(&self, offset: u64) -> u64 {
+        let mut breaks = self.breaks.borrow_mut();
+        let mut start = offset;
+        while let Some(&(at, byte)) = breaks.front() {
+            if at > start {
+                break;
+            }
+            if at == start {
+                // A blank line the reader skipped: the record starts after it.
+                start += 1;
+            }
+            if byte == b'\n' {
+                self.passed.set(self.passed.get() + 1);
+            }
+            breaks.pop_front();
+        }
+        self.passed.get() + 1
+    }
+}
+
+impl<R: Read> Read for LineCounter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let breaks = self.breaks.get_mut();
+        for (i, &byte) in buf[..n].iter().enumerate() {
+            if byte == b'\n' || byte == b'\r' {
+                breaks.push_back((self.offset + i as u64, byte));
+            }
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
 /// How an import runs.
 #[derive(Debug, Clone, Copy)]
 pub struct ImportOptions {
@@ -89,7 +153,7 @@ pub async fn import_refusals(
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(input);
+        .from_reader(LineCounter::new(input));
     let mut rejects = csv::Writer::from_writer(rejects);
     rejects
         .write_record(["line", "reason", "content"])
@@ -100,12 +164,21 @@ pub async fn import_refusals(
     let mut partitions: Vec<Vec<SubjectId>> = vec![Vec::with_capacity(batch_size); workers.len()];
     let mut first = true;
 
-    for item in reader.byte_records() {
+    let mut record = csv::ByteRecord::new();
+    loop {
+        let item = reader.read_byte_record(&mut record);
+        if matches!(item, Ok(false)) {
+            break;
+        }
         progress.lines += 1;
-        let record = match item {
-            Ok(record) => record,
+        let read = progress.lines;
+        let line_of = |position: Option<&csv::Position>| {
+            position.map_or(read, |p| reader.get_ref().line_at(p.byte()))
+        };
+        match item {
+            Ok(_) => {}
             Err(e) => {
-                let line = e.position().map_or(progress.lines, |p| p.line());
+                let line = line_of(e.position());
                 reject(
                     &mut rejects,
                     &mut progress,
@@ -116,7 +189,7 @@ pub async fn import_refusals(
                 continue;
             }
         };
-        let line = record.position().map_or(progress.lines, |p| p.line());
+        let line = line_of(record.position());
         let raw = record.get(0).unwrap_or_default();
         let is_first = std::mem::take(&mut first);
         let Ok(text) = std::str::from_utf8(raw) else {
@@ -256,4 +329,37 @@ fn reject(
     rejects
         .write_record([line.to_string().as_bytes(), reason.as_bytes(), raw])
         .map_err(|e| Error::Internal(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of_records(text: &str) -> Vec<(String, u64)> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(LineCounter::new(text.as_bytes()));
+        let mut record = csv::ByteRecord::new();
+        let mut found = Vec::new();
+        while reader.read_byte_record(&mut record).unwrap() {
+            let line = reader.get_ref().line_at(record.position().unwrap().byte());
+            found.push((String::from_utf8_lossy(&record[0]).into_owned(), line));
+        }
+        found
+    }
+
+    #[test]
+    fn a_record_after_blank_lines_gets_the_line_an_editor_shows() {
+        let found = lines_of_records("C-1\n\nbad id\r\n\n\n\"C-2\nstill C-2\"\nC-3");
+        assert_eq!(
+            found,
+            [
+                ("C-1".to_string(), 1),
+                ("bad id".to_string(), 3),
+                ("C-2\nstill C-2".to_string(), 6),
+                ("C-3".to_string(), 8),
+            ]
+        );
+    }
 }

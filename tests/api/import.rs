@@ -249,3 +249,27 @@ async fn bad_flags_name_the_flag_and_write_nothing() {
     assert_eq!(app.counts().await, [0, 0, 0, 0]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_bad_line_after_a_blank_line_is_reported_at_its_own_line() {
+    let app = spawn_app().await;
+    let dir = tempdir();
+    let file = write(&dir, "list.csv", "C-1\n\n,no id\nC-2\n\n\n  C-3\n");
+
+    let run = import(app.db_url(), &file, &[]);
+    assert!(run.ok, "{}", run.stderr);
+    for (line, reason) in [
+        (3, "subject id must not be empty"),
+        (7, "subject id must not start or end with white space"),
+    ] {
+        let shown = format!("{}:{line}: {reason}", file.display());
+        assert!(run.stderr.contains(&shown), "{shown} in {}", run.stderr);
+    }
+    let rejects = std::fs::read_to_string(dir.join("list.csv.rejects.csv")).unwrap();
+    let lines: Vec<&str> = rejects.lines().collect();
+    assert_eq!(lines[1], "3,subject id must not be empty,");
+    assert!(lines[2].starts_with("7,"), "{}", lines[2]);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(app.count("consent_records").await, 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
