@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use super::{
     Store,
-    consent::{stored, stored_enum},
     idempotency::{self, Claim, RequestDigest},
+    rows::{stored, stored_enum},
 };
 use crate::{
     domain::{
