@@ -11,6 +11,7 @@ mod export;
 mod feed;
 mod idempotency;
 mod import;
+mod personal_data;
 mod rows;
 
 use std::{str::FromStr, time::Duration};
@@ -22,12 +23,13 @@ use tokio_postgres::NoTls;
 
 pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
 pub use consent::HistoryPage;
-pub use disclosure::{DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, SealedRow};
+pub use disclosure::{DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure};
 pub use erasure::Erased;
 pub use export::{CollectionRecord, EXPORTED_TABLES, StoredField};
 pub use feed::FeedRead;
 pub use idempotency::RequestDigest;
 pub use import::{BatchOutcome, RefusalImport};
+pub use personal_data::SealedRow;
 
 mod migrations {
     refinery::embed_migrations!("src/store/migrations");
