@@ -1,6 +1,6 @@
-//! PostgreSQL: the only module with SQL in it. It owns the connection pool,
-//! the embedded migrations, the private fallback cluster and one function per
-//! query, named after what it does. It knows nothing of gRPC or of the policy.
+//! PostgreSQL: the only module with SQL in it. It owns the choice of database,
+//! the connection pool, the embedded migrations, the private fallback cluster
+//! and one function per query, named after what it does. It knows nothing of gRPC or of the policy.
 
 mod concern;
 mod consent;
@@ -11,6 +11,7 @@ mod export;
 mod feed;
 mod idempotency;
 mod import;
+mod locate;
 mod personal_data;
 mod rows;
 
@@ -29,6 +30,7 @@ pub use export::{CollectionRecord, EXPORTED_TABLES, StoredField};
 pub use feed::FeedRead;
 pub use idempotency::RequestDigest;
 pub use import::{BatchOutcome, RefusalImport};
+pub use locate::{DEFAULT_DATABASE, Database};
 pub use personal_data::SealedRow;
 
 mod migrations {
