@@ -1,6 +1,6 @@
 //! Which database to use: `--database-url`, else the default database on the
 //! local server (created if missing), else a private cluster started for the
-//! purpose. Also what the log may say about a connection string.
+//! purpose.
 
 use std::path::PathBuf;
 
@@ -9,7 +9,9 @@ use anyhow::Context as _;
 use super::{
     Store, admin_connect,
     embedded::{Durability, EmbeddedPostgres},
-    ensure_database, with_database,
+    ensure_database,
+    redact::redact,
+    with_database,
 };
 use crate::settings::DatabaseArgs;
 
@@ -89,30 +91,4 @@ fn default_data_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("consentd/pgdata")
-}
-
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_the_log() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
-    }
 }

@@ -13,6 +13,7 @@ mod idempotency;
 mod import;
 mod locate;
 mod personal_data;
+mod redact;
 mod rows;
 
 use std::{str::FromStr, time::Duration};
