@@ -56,10 +56,7 @@ impl Application {
             "policy loaded"
         );
         let database = Database::open(&args.database).await?;
-        if args.migrate || database.is_default {
-            let applied = database.store.migrate().await?;
-            tracing::info!(applied, "database migrations are up to date");
-        }
+        database.prepare_schema(args.migrate).await?;
         Self::with_database(args, database, policy).await
     }
 

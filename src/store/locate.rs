@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
 use super::{
     Store, admin_connect,
@@ -79,6 +79,25 @@ impl Database {
             is_default: true,
             embedded,
         })
+    }
+
+    /// Applies pending migrations when asked to, and always to the default
+    /// database. Otherwise a database that lacks one is refused at start:
+    /// served, it would fail every call on a missing table.
+    pub async fn prepare_schema(&self, migrate: bool) -> anyhow::Result<()> {
+        if migrate || self.is_default {
+            let applied = self.store.migrate().await?;
+            tracing::info!(applied, "database migrations are up to date");
+            return Ok(());
+        }
+        let pending = self.store.pending_migrations().await?;
+        if pending > 0 {
+            bail!(
+                "the database lacks {pending} of consentd's migrations; \
+                 run `consentd migrate`, or serve with --migrate"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -103,6 +103,39 @@ impl Store {
         Ok(report?.applied_migrations().len())
     }
 
+    /// How many of the embedded migrations the database has not applied.
+    #[tracing::instrument(name = "store.pending_migrations", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "pending_migrations"))]
+    pub async fn pending_migrations(&self) -> anyhow::Result<usize> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .context("cannot connect to read the schema version")?;
+        let runner = migrations::migrations::runner();
+        // refinery creates its history table on the first run; reading it
+        // before then is an error, not an empty history.
+        let has_history: bool = client
+            .query_one(
+                "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+                &[],
+            )
+            .await?
+            .get(0);
+        let applied = if has_history {
+            runner
+                .get_applied_migrations_async(&mut **client)
+                .await
+                .context("cannot read the applied migrations")?
+        } else {
+            Vec::new()
+        };
+        Ok(runner
+            .get_migrations()
+            .iter()
+            .filter(|m| !applied.iter().any(|a| a.version() == m.version()))
+            .count())
+    }
+
     /// The pool's state, for health and metrics.
     pub fn pool_status(&self) -> deadpool_postgres::Status {
         self.pool.status()
