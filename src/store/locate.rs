@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 
 use super::{
-    Store, admin_connect,
+    Store,
     embedded::{Durability, EmbeddedPostgres},
-    ensure_database,
     redact::redact,
-    with_database,
+    server::{admin_connect, ensure_database, with_database},
 };
 use crate::settings::DatabaseArgs;
 
