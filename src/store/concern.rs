@@ -26,7 +26,8 @@ pub const MAX_TEXT_CHARS: usize = 10_000;
 pub struct ConcernFilter {
     pub status: Option<ConcernStatus>,
     pub overdue_only: bool,
-    /// The policy's deadlines, counted from filing.
+    /// The policy's deadlines, counted from filing: past the first an
+    /// unacknowledged concern is overdue, past the second an unresolved one.
     pub acknowledge_within: Duration,
     pub resolve_within: Duration,
 }
