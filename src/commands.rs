@@ -25,8 +25,7 @@ use crate::{
         vault::{self, DataKeys},
     },
     settings::{DatabaseArgs, ExportArgs, ImportArgs, RotateArgs},
-    startup::Database,
-    store::RefusalImport,
+    store::{Database, RefusalImport},
 };
 
 pub async fn migrate(args: &DatabaseArgs) -> anyhow::Result<()> {

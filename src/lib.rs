@@ -5,8 +5,8 @@
 //! - [`domain`]: validated newtypes and plain records; no IO.
 //! - [`policy`]: the policy file (purposes, recipients, disclosure rules) and
 //!   the pure rules: `decide` for checks, `decide_disclosure` for releases.
-//! - [`store`]: PostgreSQL — the pool, migrations, every SQL statement, and
-//!   the private fallback cluster.
+//! - [`store`]: PostgreSQL — which database to use, the pool, migrations,
+//!   every SQL statement, and the private fallback cluster.
 //! - [`service`]: the use cases, joining policy and store; `service::vault`
 //!   holds the data keys and is the only code that sees plaintext values.
 //! - [`grpc`]: the tonic adapter; the only place prost types live.

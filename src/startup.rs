@@ -6,7 +6,7 @@
 //! shuts down gracefully: health turns NOT_SERVING, listeners close, and
 //! in-flight calls finish.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -26,103 +26,10 @@ use crate::{
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
     },
-    settings::{DatabaseArgs, ServeArgs},
-    store::{
-        self, Store,
-        embedded::{Durability, EmbeddedPostgres},
-    },
+    settings::ServeArgs,
+    store::{Database, Store},
     telemetry::SubjectRefs,
 };
-
-/// The database the default setup uses when no URL is given.
-pub const DEFAULT_DATABASE: &str = "consentd";
-
-/// A connected database, and the private cluster behind it if one had to be
-/// started (stopped when this is dropped).
-pub struct Database {
-    pub store: Store,
-    /// True when the default database was used, which is always migrated.
-    pub is_default: bool,
-    pub embedded: Option<EmbeddedPostgres>,
-}
-
-impl Database {
-    /// Connects to `--database-url`, or to the default local database,
-    /// creating it, or to a private cluster started for the purpose.
-    pub async fn open(args: &DatabaseArgs) -> anyhow::Result<Self> {
-        if let Some(url) = &args.database_url {
-            let store = Store::connect(url, args.max_connections)?;
-            store.ping().await?;
-            tracing::info!(database = %redact(url), "using the configured PostgreSQL");
-            return Ok(Self {
-                store,
-                is_default: false,
-                embedded: None,
-            });
-        }
-        let (server_url, embedded) = match store::admin_connect(&args.local_server_url).await {
-            Ok(_) => {
-                tracing::info!(
-                    server = %redact(&args.local_server_url),
-                    "using the local PostgreSQL, database `{DEFAULT_DATABASE}`"
-                );
-                (args.local_server_url.clone(), None)
-            }
-            Err(e) => {
-                let data_dir = args.pg_data_dir.clone().unwrap_or_else(default_data_dir);
-                tracing::info!(
-                    reason = format!("{e:#}"),
-                    data_dir = %data_dir.display(),
-                    "no local PostgreSQL answers; starting a private PostgreSQL cluster"
-                );
-                let cluster = EmbeddedPostgres::start(&data_dir, Durability::Durable)
-                    .await
-                    .context("cannot start the private PostgreSQL cluster")?;
-                tracing::info!(
-                    port = cluster.port(),
-                    data_dir = %cluster.data_dir().display(),
-                    "private PostgreSQL cluster is up on 127.0.0.1:{}, database `{DEFAULT_DATABASE}`",
-                    cluster.port()
-                );
-                (cluster.admin_url(), Some(cluster))
-            }
-        };
-        if store::ensure_database(&server_url, DEFAULT_DATABASE).await? {
-            tracing::info!("created database `{DEFAULT_DATABASE}`");
-        }
-        let url = store::with_database(&server_url, DEFAULT_DATABASE)?;
-        let store = Store::connect(&url, args.max_connections)?;
-        store.ping().await?;
-        Ok(Self {
-            store,
-            is_default: true,
-            embedded,
-        })
-    }
-}
-
-fn default_data_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/consentd/pgdata");
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("consentd/pgdata")
-}
-
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
 
 /// A built server, ready to run.
 pub struct Application {
@@ -149,10 +56,7 @@ impl Application {
             "policy loaded"
         );
         let database = Database::open(&args.database).await?;
-        if args.migrate || database.is_default {
-            let applied = database.store.migrate().await?;
-            tracing::info!(applied, "database migrations are up to date");
-        }
+        database.prepare_schema(args.migrate).await?;
         Self::with_database(args, database, policy).await
     }
 
@@ -379,19 +283,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("received SIGINT"),
         () = term => tracing::info!("received SIGTERM"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_the_log() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     }
 }

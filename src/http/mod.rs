@@ -49,7 +49,10 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     // Read at scrape time: overdue-ness changes with the clock, not with calls.
     match state
         .store
-        .count_overdue_concerns(&state.concern_deadlines)
+        .count_overdue_concerns(
+            state.concern_deadlines.acknowledge,
+            state.concern_deadlines.resolve,
+        )
         .await
     {
         Ok(overdue) => metrics::gauge!(crate::metrics::CONCERNS_OVERDUE).set(overdue as f64),

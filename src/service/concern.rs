@@ -10,7 +10,7 @@ use crate::{
     error::{Error, Result},
     policy::{
         Policy,
-        concern::{ConcernChange, ConcernDeadlines},
+        concern::{ConcernChange, ConcernChangeError, ConcernDeadlines, next_step},
     },
     store::{ConcernFilter, ConcernPage, Store},
 };
@@ -35,8 +35,7 @@ impl ConcernService {
     }
 
     pub async fn acknowledge(&self, concern_id: Uuid, actor: &Actor) -> Result<Concern> {
-        self.store
-            .change_concern(concern_id, &ConcernChange::Acknowledge, actor)
+        self.change(concern_id, ConcernChange::Acknowledge, actor)
             .await
     }
 
@@ -57,16 +56,35 @@ impl ConcernService {
             };
             return Err(Error::invalid("resolution", why));
         }
-        self.store
-            .change_concern(
-                concern_id,
-                &ConcernChange::Resolve {
-                    outcome,
-                    resolution,
+        self.change(
+            concern_id,
+            ConcernChange::Resolve {
+                outcome,
+                resolution,
+            },
+            actor,
+        )
+        .await
+    }
+
+    /// The store applies the policy's rule under the concern's lock, so the
+    /// status it judges is the one the new event follows.
+    async fn change(
+        &self,
+        concern_id: Uuid,
+        change: ConcernChange,
+        actor: &Actor,
+    ) -> Result<Concern> {
+        let step = move |current| {
+            next_step(current, &change).map_err(|e| match e {
+                ConcernChangeError::AlreadyResolved => Error::FailedPrecondition {
+                    violation_type: "STATUS",
+                    subject: format!("consent.v1.Concern/{concern_id}"),
+                    description: e.to_string(),
                 },
-                actor,
-            )
-            .await
+            })
+        };
+        self.store.change_concern(concern_id, step, actor).await
     }
 
     pub async fn get(&self, concern_id: Uuid) -> Result<Concern> {
@@ -86,10 +104,12 @@ impl ConcernService {
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: usize,
     ) -> Result<ConcernPage> {
+        let deadlines = self.deadlines();
         let filter = ConcernFilter {
             status,
             overdue_only,
-            deadlines: self.deadlines(),
+            acknowledge_within: deadlines.acknowledge,
+            resolve_within: deadlines.resolve,
         };
         self.store.list_concerns(&filter, after, limit).await
     }

@@ -1,13 +1,13 @@
 //! Concerns and their append-only event history.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{
     Store,
-    consent::{stored, stored_enum},
     idempotency::{self, Claim, RequestDigest},
+    rows::{stored, stored_enum},
 };
 use crate::{
     domain::{
@@ -15,7 +15,6 @@ use crate::{
         SubjectId, Text,
     },
     error::{Error, Result},
-    policy::concern::{ConcernChange, ConcernChangeError, ConcernDeadlines, next_step},
 };
 
 /// The longest free texts a concern holds.
@@ -27,7 +26,10 @@ pub const MAX_TEXT_CHARS: usize = 10_000;
 pub struct ConcernFilter {
     pub status: Option<ConcernStatus>,
     pub overdue_only: bool,
-    pub deadlines: ConcernDeadlines,
+    /// The policy's deadlines, counted from filing: past the first an
+    /// unacknowledged concern is overdue, past the second an unresolved one.
+    pub acknowledge_within: Duration,
+    pub resolve_within: Duration,
 }
 
 /// One page of concerns, and where the next starts.
@@ -100,12 +102,17 @@ impl Store {
     }
 
     /// Applies a status change under the concern's row lock, so two agents
-    /// acting at once cannot both resolve it.
+    /// acting at once cannot both resolve it. `step` is the policy's
+    /// transition rule, given the current status under that lock: the event
+    /// to append (status, outcome, resolution), or `None` to change nothing.
     #[tracing::instrument(name = "store.change_concern", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "change_concern"))]
     pub async fn change_concern(
         &self,
         concern_id: Uuid,
-        change: &ConcernChange,
+        step: impl FnOnce(
+            ConcernStatus,
+        ) -> Result<Option<(ConcernStatus, Option<ConcernOutcome>, String)>>
+        + Send,
         actor: &Actor,
     ) -> Result<Concern> {
         let mut client = self.pool.get().await?;
@@ -122,14 +129,7 @@ impl Store {
         let current = concern_in(&tx, concern_id)
             .await?
             .ok_or_else(|| concern_not_found(concern_id))?;
-        let step = next_step(current.status(), change).map_err(|e| match e {
-            ConcernChangeError::AlreadyResolved => Error::FailedPrecondition {
-                violation_type: "STATUS",
-                subject: format!("consent.v1.Concern/{concern_id}"),
-                description: e.to_string(),
-            },
-        })?;
-        let Some((status, outcome, resolution)) = step else {
+        let Some((status, outcome, resolution)) = step(current.status())? else {
             return Ok(current);
         };
         tx.execute(
@@ -175,8 +175,8 @@ impl Store {
                 &[
                     &filter.status.map(|s| s.as_str()),
                     &filter.overdue_only,
-                    &filter.deadlines.acknowledge.num_seconds(),
-                    &filter.deadlines.resolve.num_seconds(),
+                    &filter.acknowledge_within.num_seconds(),
+                    &filter.resolve_within.num_seconds(),
                     &after_time,
                     &after_id,
                     &fetch,
@@ -201,7 +201,11 @@ impl Store {
 
     /// How many concerns are past a deadline, for the metrics.
     #[tracing::instrument(name = "store.count_overdue_concerns", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "count_overdue_concerns"))]
-    pub async fn count_overdue_concerns(&self, deadlines: &ConcernDeadlines) -> Result<i64> {
+    pub async fn count_overdue_concerns(
+        &self,
+        acknowledge_within: Duration,
+        resolve_within: Duration,
+    ) -> Result<i64> {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
@@ -210,8 +214,8 @@ impl Store {
                     overdue("$1", "$2")
                 ),
                 &[
-                    &deadlines.acknowledge.num_seconds(),
-                    &deadlines.resolve.num_seconds(),
+                    &acknowledge_within.num_seconds(),
+                    &resolve_within.num_seconds(),
                 ],
             )
             .await?;

@@ -9,12 +9,13 @@ use uuid::Uuid;
 use super::{
     Store,
     idempotency::{self, Claim, RequestDigest},
+    rows::{RECORD_COLUMNS, optional_field, record_from_row, stored, stored_enum},
 };
 use crate::{
     domain::{
-        Actor, Channel, Choice, ConsentRecord, Evidence, FieldName, NewConsentRecord,
-        NoticeVersion, PurposeCode, RecipientId, RequestId, StoredChoice, Subject, SubjectId,
-        SubjectKind, SubjectRegistration, SubjectState,
+        Actor, Channel, Choice, ConsentRecord, NewConsentRecord, NoticeVersion, PurposeCode,
+        RecipientId, StoredChoice, Subject, SubjectId, SubjectKind, SubjectRegistration,
+        SubjectState,
     },
     error::{Error, Result},
 };
@@ -26,10 +27,6 @@ pub struct HistoryPage {
     /// The sequence to continue after, when there are more records.
     pub next_after: Option<i64>,
 }
-
-pub(super) const RECORD_COLUMNS: &str =
-    "subject_id, sequence, record_id, purpose, field, choice, channel,
-     notice_version, evidence, actor, request_id, recorded_at, recipient";
 
 impl Store {
     /// Inserts the subject, or updates its kind, notice and channel. Returns
@@ -425,24 +422,6 @@ async fn subject_in(
     row.map(|r| subject_from_row(&r)).transpose()
 }
 
-/// A stored value that no longer parses means the database was changed
-/// behind the service's back: an internal error, never a caller's.
-pub(super) fn stored<T>(parsed: Result<T, String>, column: &str) -> Result<T> {
-    parsed.map_err(|why| Error::Internal(anyhow!("stored {column} is invalid: {why}")))
-}
-
-pub(super) fn stored_enum<T>(parsed: Option<T>, column: &str) -> Result<T> {
-    parsed.ok_or_else(|| Error::Internal(anyhow!("stored {column} has an unknown value")))
-}
-
-fn optional_field(field: String) -> Result<Option<FieldName>> {
-    if field.is_empty() {
-        Ok(None)
-    } else {
-        stored(FieldName::parse(field), "field").map(Some)
-    }
-}
-
 fn subject_from_row(row: &Row) -> Result<Subject> {
     Ok(Subject {
         subject_id: stored(SubjectId::parse(row.get::<_, String>(0)), "subject_id")?,
@@ -454,43 +433,5 @@ fn subject_from_row(row: &Row) -> Result<Subject> {
         channel: stored_enum(Channel::from_stored(row.get(3)), "channel")?,
         registered_at: row.get(4),
         updated_at: row.get(5),
-    })
-}
-
-pub(super) fn record_from_row(row: &Row) -> Result<ConsentRecord> {
-    Ok(ConsentRecord {
-        sequence: row.get("sequence"),
-        record_id: row.get("record_id"),
-        recorded_at: row.get("recorded_at"),
-        content: NewConsentRecord {
-            subject_id: stored(
-                SubjectId::parse(row.get::<_, String>("subject_id")),
-                "subject_id",
-            )?,
-            purpose: stored(
-                PurposeCode::parse(row.get::<_, String>("purpose")),
-                "purpose",
-            )?,
-            field: optional_field(row.get("field"))?,
-            choice: stored_enum(Choice::from_stored(row.get("choice")), "choice")?,
-            channel: stored_enum(Channel::from_stored(row.get("channel")), "channel")?,
-            notice_version: stored(
-                NoticeVersion::parse(row.get::<_, String>("notice_version")),
-                "notice_version",
-            )?,
-            evidence: stored(
-                Evidence::parse(row.get::<_, String>("evidence")),
-                "evidence",
-            )?,
-            actor: stored(Actor::parse(row.get::<_, String>("actor")), "actor")?,
-            request_id: row
-                .get::<_, Option<String>>("request_id")
-                .map(|r| stored(RequestId::parse(r), "request_id"))
-                .transpose()?,
-            recipient: match row.get::<_, String>("recipient") {
-                r if r.is_empty() => None,
-                r => Some(stored(RecipientId::parse(r), "recipient")?),
-            },
-        },
     })
 }

@@ -1,8 +1,6 @@
-//! The vault (sealed personal data and its collection records) and the
-//! disclosure history with its events. Values arrive and leave sealed: this
-//! module never sees a plaintext value.
-
-use std::collections::HashMap;
+//! The disclosure history: each decision with what was released and
+//! withheld, and the approval and review events after it. It holds field
+//! names, never values.
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
@@ -11,14 +9,13 @@ use uuid::Uuid;
 
 use super::{
     Store,
-    consent::{stored, stored_enum},
     idempotency::{self, Claim, RequestDigest},
+    rows::{stored, stored_enum},
 };
 use crate::{
     domain::{
-        Actor, Disclosure, DisclosureStatus, FieldData, FieldName, Justification, LegalBasis,
-        NewPersonalData, PurposeCode, RecipientId, Reference, RequestId, SealedValue, SubjectId,
-        Withheld,
+        Actor, Disclosure, DisclosureStatus, FieldName, Justification, LegalBasis, PurposeCode,
+        RecipientId, Reference, RequestId, SubjectId, Withheld,
     },
     error::{Error, Result},
 };
@@ -76,14 +73,6 @@ pub struct DisclosurePage {
     pub next_after: Option<Uuid>,
 }
 
-/// A sealed value with the row it belongs to, for key rotation.
-#[derive(Debug, Clone)]
-pub struct SealedRow {
-    pub subject_id: SubjectId,
-    pub field: FieldName,
-    pub sealed: SealedValue,
-}
-
 const DISCLOSURE_SELECT: &str = "
     SELECT d.subject_id, d.disclosure_id, d.recipient_id, d.purpose, d.legal_basis,
            d.reference, d.justification, d.fields, d.withheld, d.status, d.review_due,
@@ -115,176 +104,6 @@ impl Store {
             )
             .await?;
         Ok((row.get(0), row.get(1)))
-    }
-
-    /// Stores a new sealed value for a field (replacing the old one, whose
-    /// verification no longer applies) and appends its collection record,
-    /// in one transaction. Returns the collection record's id.
-    #[tracing::instrument(name = "store.put_personal_data", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "put_personal_data"))]
-    pub async fn put_personal_data(
-        &self,
-        new: &NewPersonalData,
-        sealed: &SealedValue,
-    ) -> Result<Uuid> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let collected_for: Vec<&str> = new.collected_for.iter().map(|p| p.as_str()).collect();
-        if let Some(request_id) = &new.request_id {
-            // The value is left out of the digest: a hash of a phone number
-            // is as good as the number to anyone who can enumerate numbers.
-            let mut parts = vec![
-                new.subject_id.as_str(),
-                new.field.as_str(),
-                new.channel.as_str(),
-                new.notice_version.as_str(),
-                new.actor.as_str(),
-            ];
-            parts.extend(&collected_for);
-            let digest = RequestDigest::of("PutPersonalData", &parts);
-            if let Claim::Replay(id) = idempotency::claim(&tx, request_id, &digest).await? {
-                return id
-                    .parse()
-                    .map_err(|e| Error::Internal(anyhow!("idempotency key holds a bad id: {e}")));
-            }
-        }
-        let locked = tx
-            .query_opt(
-                "SELECT 1 FROM subjects WHERE subject_id = $1 FOR NO KEY UPDATE",
-                &[&new.subject_id.as_str()],
-            )
-            .await?;
-        if locked.is_none() {
-            return Err(Error::subject_not_found(&new.subject_id));
-        }
-        let collection_id = Uuid::now_v7();
-        let row = tx
-            .query_one(
-                "INSERT INTO collection_records (subject_id, collection_id, field, collected_for,
-                     channel, notice_version, actor, request_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 RETURNING collected_at",
-                &[
-                    &new.subject_id.as_str(),
-                    &collection_id,
-                    &new.field.as_str(),
-                    &collected_for,
-                    &new.channel.as_str(),
-                    &new.notice_version.as_str(),
-                    &new.actor.as_str(),
-                    &new.request_id.as_ref().map(|r| r.as_str()),
-                ],
-            )
-            .await?;
-        let collected_at: DateTime<Utc> = row.get(0);
-        tx.execute(
-            "INSERT INTO personal_data (subject_id, field, key_id, nonce, ciphertext,
-                 collected_for, collected_at, verified_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)
-             ON CONFLICT (subject_id, field) DO UPDATE
-                SET key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce,
-                    ciphertext = EXCLUDED.ciphertext, collected_for = EXCLUDED.collected_for,
-                    collected_at = EXCLUDED.collected_at, verified_at = NULL",
-            &[
-                &new.subject_id.as_str(),
-                &new.field.as_str(),
-                &sealed.key_id,
-                &sealed.nonce,
-                &sealed.ciphertext,
-                &collected_for,
-                &collected_at,
-            ],
-        )
-        .await?;
-        if let Some(request_id) = &new.request_id {
-            idempotency::settle(&tx, request_id, &collection_id.to_string()).await?;
-        }
-        tx.commit().await?;
-        Ok(collection_id)
-    }
-
-    /// Notes that the field's value was confirmed now (R3). `None` when no
-    /// value is stored.
-    #[tracing::instrument(name = "store.verify_personal_data", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "verify_personal_data"))]
-    pub async fn verify_personal_data(
-        &self,
-        subject_id: &SubjectId,
-        field: &FieldName,
-    ) -> Result<Option<DateTime<Utc>>> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "UPDATE personal_data SET verified_at = clock_timestamp()
-                  WHERE subject_id = $1 AND field = $2
-                  RETURNING verified_at",
-                &[&subject_id.as_str(), &field.as_str()],
-            )
-            .await?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
-    /// What is stored for each given subject, without the values.
-    #[tracing::instrument(name = "store.field_data_for", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "field_data_for", subjects = ids.len()))]
-    pub async fn field_data_for(
-        &self,
-        ids: &[&SubjectId],
-    ) -> Result<HashMap<SubjectId, Vec<FieldData>>> {
-        let client = self.pool.get().await?;
-        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-        let rows = client
-            .query(
-                "SELECT subject_id, field, collected_for, collected_at, verified_at
-                   FROM personal_data WHERE subject_id = ANY($1)
-                  ORDER BY subject_id, field",
-                &[&ids],
-            )
-            .await?;
-        let mut out: HashMap<SubjectId, Vec<FieldData>> = HashMap::new();
-        for row in rows {
-            let subject = stored(SubjectId::parse(row.get::<_, String>(0)), "subject_id")?;
-            let collected_for = row
-                .get::<_, Vec<String>>(2)
-                .into_iter()
-                .map(|p| stored(PurposeCode::parse(p), "collected_for"))
-                .collect::<Result<_>>()?;
-            out.entry(subject).or_default().push(FieldData {
-                field: stored(FieldName::parse(row.get::<_, String>(1)), "field")?,
-                collected_for,
-                collected_at: row.get(3),
-                verified_at: row.get(4),
-            });
-        }
-        Ok(out)
-    }
-
-    /// The sealed values of some fields of one subject; absent fields are
-    /// left out.
-    #[tracing::instrument(name = "store.sealed_values", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "sealed_values"))]
-    pub async fn sealed_values(
-        &self,
-        subject_id: &SubjectId,
-        fields: &[FieldName],
-    ) -> Result<HashMap<FieldName, SealedValue>> {
-        let client = self.pool.get().await?;
-        let names: Vec<&str> = fields.iter().map(|f| f.as_str()).collect();
-        let rows = client
-            .query(
-                "SELECT field, key_id, nonce, ciphertext FROM personal_data
-                  WHERE subject_id = $1 AND field = ANY($2)",
-                &[&subject_id.as_str(), &names],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    stored(FieldName::parse(row.get::<_, String>(0)), "field")?,
-                    SealedValue {
-                        key_id: row.get(1),
-                        nonce: row.get(2),
-                        ciphertext: row.get(3),
-                    },
-                ))
-            })
-            .collect()
     }
 
     /// Appends a disclosure to the history. With a `request_id` already used
@@ -436,65 +255,6 @@ impl Store {
             disclosures,
             next_after,
         })
-    }
-
-    /// Up to `limit` values sealed with a key other than `current`.
-    #[tracing::instrument(name = "store.sealed_under_other_keys", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "sealed_under_other_keys", limit))]
-    pub async fn sealed_under_other_keys(
-        &self,
-        current: &str,
-        limit: i64,
-    ) -> Result<Vec<SealedRow>> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT subject_id, field, key_id, nonce, ciphertext FROM personal_data
-                  WHERE key_id <> $1 ORDER BY subject_id, field LIMIT $2",
-                &[&current, &limit],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SealedRow {
-                    subject_id: stored(SubjectId::parse(row.get::<_, String>(0)), "subject_id")?,
-                    field: stored(FieldName::parse(row.get::<_, String>(1)), "field")?,
-                    sealed: SealedValue {
-                        key_id: row.get(2),
-                        nonce: row.get(3),
-                        ciphertext: row.get(4),
-                    },
-                })
-            })
-            .collect()
-    }
-
-    /// Replaces sealed values in one transaction, each only if the row
-    /// still holds the value that was read (a concurrent PutPersonalData
-    /// wins). Returns how many rows were replaced.
-    #[tracing::instrument(name = "store.reseal", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "reseal", rows = rows.len()))]
-    pub async fn reseal(&self, rows: &[(SealedRow, SealedValue)]) -> Result<u64> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let mut replaced = 0;
-        for (old, new) in rows {
-            replaced += tx
-                .execute(
-                    "UPDATE personal_data SET key_id = $3, nonce = $4, ciphertext = $5
-                      WHERE subject_id = $1 AND field = $2 AND key_id = $6 AND nonce = $7",
-                    &[
-                        &old.subject_id.as_str(),
-                        &old.field.as_str(),
-                        &new.key_id,
-                        &new.nonce,
-                        &new.ciphertext,
-                        &old.sealed.key_id,
-                        &old.sealed.nonce,
-                    ],
-                )
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(replaced)
     }
 }
 

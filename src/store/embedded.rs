@@ -74,7 +74,10 @@ impl EmbeddedPostgres {
     async fn wait_until_ready(&self, limit: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            if super::admin_connect(&self.admin_url()).await.is_ok() {
+            if super::server::admin_connect(&self.admin_url())
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             let exited = self

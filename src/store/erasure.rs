@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, consent::stored};
+use super::{Store, rows::stored};
 use crate::{
     domain::{Actor, SubjectId},
     error::{Error, Result},

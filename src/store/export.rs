@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{
     Store,
-    consent::{stored, stored_enum},
+    rows::{stored, stored_enum},
 };
 use crate::{
     domain::{Actor, Channel, Concern, FieldName, SealedValue, SubjectId},

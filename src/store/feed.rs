@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Store,
-    consent::{RECORD_COLUMNS, record_from_row},
+    rows::{RECORD_COLUMNS, record_from_row},
 };
 use crate::{domain::ConsentRecord, error::Result};
 

@@ -1,6 +1,6 @@
-//! PostgreSQL: the only module with SQL in it. It owns the connection pool,
-//! the embedded migrations, the private fallback cluster and one function per
-//! query, named after what it does. It knows nothing of gRPC or of the policy.
+//! PostgreSQL: the only module with SQL in it. It owns the choice of database,
+//! the connection pool, the embedded migrations, the private fallback cluster
+//! and one function per query, named after what it does. It knows nothing of gRPC or of the policy.
 
 mod concern;
 mod consent;
@@ -11,6 +11,11 @@ mod export;
 mod feed;
 mod idempotency;
 mod import;
+mod locate;
+mod personal_data;
+mod redact;
+mod rows;
+mod server;
 
 use std::{str::FromStr, time::Duration};
 
@@ -21,12 +26,15 @@ use tokio_postgres::NoTls;
 
 pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
 pub use consent::HistoryPage;
-pub use disclosure::{DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, SealedRow};
+pub use disclosure::{DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure};
 pub use erasure::Erased;
 pub use export::{CollectionRecord, EXPORTED_TABLES, StoredField};
 pub use feed::FeedRead;
 pub use idempotency::RequestDigest;
 pub use import::{BatchOutcome, RefusalImport};
+pub use locate::{DEFAULT_DATABASE, Database};
+pub use personal_data::SealedRow;
+pub use server::{admin_connect, ensure_database, quote_ident, with_database};
 
 mod migrations {
     refinery::embed_migrations!("src/store/migrations");
@@ -97,6 +105,39 @@ impl Store {
         Ok(report?.applied_migrations().len())
     }
 
+    /// How many of the embedded migrations the database has not applied.
+    #[tracing::instrument(name = "store.pending_migrations", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "pending_migrations"))]
+    pub async fn pending_migrations(&self) -> anyhow::Result<usize> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .context("cannot connect to read the schema version")?;
+        let runner = migrations::migrations::runner();
+        // refinery creates its history table on the first run; reading it
+        // before then is an error, not an empty history.
+        let has_history: bool = client
+            .query_one(
+                "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+                &[],
+            )
+            .await?
+            .get(0);
+        let applied = if has_history {
+            runner
+                .get_applied_migrations_async(&mut **client)
+                .await
+                .context("cannot read the applied migrations")?
+        } else {
+            Vec::new()
+        };
+        Ok(runner
+            .get_migrations()
+            .iter()
+            .filter(|m| !applied.iter().any(|a| a.version() == m.version()))
+            .count())
+    }
+
     /// The pool's state, for health and metrics.
     pub fn pool_status(&self) -> deadpool_postgres::Status {
         self.pool.status()
@@ -115,95 +156,4 @@ pub fn migrations_fingerprint() -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Creates database `name` on the server behind `admin_url` unless it exists.
-pub async fn ensure_database(admin_url: &str, name: &str) -> anyhow::Result<bool> {
-    let client = admin_connect(admin_url).await?;
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await?
-        .is_some();
-    if exists {
-        return Ok(false);
-    }
-    match client
-        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
-        .await
-    {
-        Ok(()) => Ok(true),
-        // Another process created it between our look and our create.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
-            Ok(false)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot create database {name}")),
-    }
-}
-
-/// One plain connection for administrative statements (CREATE DATABASE
-/// cannot run inside a pool's transaction-friendly setup).
-pub async fn admin_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) =
-        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls))
-            .await
-            .context("timed out connecting to PostgreSQL")?
-            .context("cannot connect to PostgreSQL")?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "admin connection closed");
-        }
-    });
-    Ok(client)
-}
-
-/// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Replaces the database name in a URL (`postgres://h/db` -> `postgres://h/other`).
-pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let scheme_end = base
-        .find("://")
-        .context("database URL must look like postgres://host/db")?
-        + 3;
-    let path_start = base[scheme_end..].find('/').map(|i| scheme_end + i);
-    let authority = &base[..path_start.unwrap_or(base.len())];
-    let mut out = format!("{authority}/{database}");
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn with_database_swaps_only_the_database_name() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/consentd", "other").unwrap(),
-            "postgres://postgres@127.0.0.1:5432/other"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h/db?sslmode=disable", "x").unwrap(),
-            "postgres://u:p@h/x?sslmode=disable"
-        );
-        assert_eq!(
-            with_database("postgres://h", "x").unwrap(),
-            "postgres://h/x"
-        );
-        assert!(with_database("host=localhost", "x").is_err());
-    }
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-    }
 }

@@ -12,9 +12,9 @@ use consentd::{
     grpc::pb::{self, consent_service_client::ConsentServiceClient},
     policy::Policy,
     settings::{DatabaseArgs, ServeArgs},
-    startup::{Application, Database},
+    startup::Application,
     store::{
-        self, Store,
+        self, Database, Store,
         embedded::{Durability, EmbeddedPostgres},
     },
 };

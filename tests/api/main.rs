@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod concern;
 mod consent;
+mod database;
 mod deploy;
 mod disclosure;
 mod erasure;
