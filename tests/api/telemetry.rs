@@ -1,7 +1,7 @@
 //! Traces and metrics of a real `consentd serve` process: it exports over
 //! OTLP/gRPC to a collector this test runs in-process, and serves /metrics.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use consentd::{
     domain::SubjectId,
@@ -12,54 +12,17 @@ use consentd::{
     telemetry::SubjectRefs,
 };
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
     common::v1::{AnyValue, KeyValue, any_value::Value},
     trace::v1::Span,
 };
-use prost::Message as _;
-use tokio::sync::Mutex;
-use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tonic::{Request, metadata::MetadataValue};
 
 use crate::{
     cli::{spawn_serve_with, tempdir, terminate_and_wait},
     helpers::{fresh_database, http_get},
+    otlp::{assert_absent, start_collector},
     unsubscribe::path_of,
 };
-
-/// Collects every export, raw, as the collector received it.
-#[derive(Clone, Default)]
-struct Collector {
-    exports: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.exports.lock().await.push(request.into_inner());
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-async fn start_collector() -> (Collector, String) {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = TraceServiceServer::new(collector.clone());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (collector, format!("http://{addr}"))
-}
 
 fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
     span.attributes
@@ -248,19 +211,28 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
         .unwrap_err();
     drop(client);
     // SIGTERM flushes what is still buffered.
-    terminate_and_wait(served.child, &served.logs).await;
+    let logs = terminate_and_wait(served.child, &served.logs).await;
 
     let exports = collector.exports.lock().await.clone();
-    let raw: Vec<u8> = exports.iter().flat_map(|e| e.encode_to_vec()).collect();
+    let raw = collector.raw().await;
     assert!(!raw.is_empty(), "something was exported");
-    assert!(
-        !raw.windows(SUBJECT.len()).any(|w| w == SUBJECT.as_bytes()),
-        "the external id never leaves"
-    );
-    assert!(
-        !raw.windows(4).any(|w| w == b"7781"),
-        "not even a part of it"
-    );
+    assert_absent(&raw, &[SUBJECT], "the spans: the external id never leaves");
+    assert_absent(&raw, &["7781"], "the spans: not even a part of it");
+    // Every value the test sent, and distinctive parts of each.
+    let sent = [
+        SUBJECT,
+        NAME,
+        ADDRESS,
+        PHONE,
+        "order-7781",
+        "call 8812",
+        "Xiaoming",
+        "Huaihai",
+        "5555 0199",
+    ];
+    assert_absent(&raw, &sent, "the exported spans");
+    assert!(logs.iter().any(|l| l.contains("rpc finished")), "{logs:?}");
+    assert_absent(logs.join("\n").as_bytes(), &sent, "the logs");
 
     let resource_names: Vec<String> = exports
         .iter()
