@@ -13,6 +13,7 @@ mod error_paths;
 mod feed;
 mod helpers;
 mod import;
+mod metrics;
 mod otlp;
 mod rights;
 mod server;
