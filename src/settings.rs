@@ -243,6 +243,11 @@ pub struct ServeArgs {
     /// to finish before the server exits anyway.
     #[arg(long, env = "CONSENTD_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
     pub shutdown_timeout_seconds: u64,
+
+    /// How often a change stream re-reads the history when no NOTIFY woke
+    /// it: a safety net for a lost notification, not the normal path.
+    #[arg(long, env = "CONSENTD_FEED_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub feed_poll_interval_ms: u64,
 }
 
 impl ServeArgs {
@@ -252,6 +257,10 @@ impl ServeArgs {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_seconds)
+    }
+
+    pub fn feed_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.feed_poll_interval_ms)
     }
 }
 

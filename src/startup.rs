@@ -39,6 +39,8 @@ pub struct Application {
     policy: Arc<Policy>,
     drain: Duration,
     shutdown_timeout: Duration,
+    /// How often change streams re-read without a NOTIFY.
+    feed_poll_interval: Duration,
     unsubscribe_keys: Arc<UnsubscribeKeys>,
     subject_refs: SubjectRefs,
     /// Encrypt personal data at rest (R8).
@@ -114,6 +116,7 @@ impl Application {
             policy,
             drain: args.drain(),
             shutdown_timeout: args.shutdown_timeout(),
+            feed_poll_interval: args.feed_poll_interval(),
             unsubscribe_keys: Arc::new(unsubscribe_keys),
             subject_refs,
             data_keys: Arc::new(data_keys),
@@ -151,6 +154,7 @@ impl Application {
             policy,
             drain,
             shutdown_timeout,
+            feed_poll_interval,
             unsubscribe_keys,
             subject_refs,
             data_keys,
@@ -192,7 +196,8 @@ impl Application {
                 wake,
                 stop.clone(),
                 subject_refs.clone(),
-            ),
+            )
+            .with_feed_poll_interval(feed_poll_interval),
             unsubscribes.clone(),
             subject_refs,
         )

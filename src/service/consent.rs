@@ -1,6 +1,6 @@
 //! Recording choices and answering checks.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,8 @@ pub struct ConsentService {
     stop: CancellationToken,
     /// Keyed hashes for the erasure suppression list.
     refs: SubjectRefs,
+    /// How often change streams re-read without a wake-up.
+    feed_poll: Duration,
 }
 
 impl ConsentService {
@@ -65,7 +67,14 @@ impl ConsentService {
             wake,
             stop,
             refs,
+            feed_poll: Duration::from_secs(1),
         }
+    }
+
+    /// Sets how often change streams re-read without a wake-up.
+    pub fn with_feed_poll_interval(mut self, interval: Duration) -> Self {
+        self.feed_poll = interval;
+        self
     }
 
     /// Follows the history after `after`; see [`feed::follow`].
@@ -90,6 +99,7 @@ impl ConsentService {
         tokio::spawn(feed::follow(
             self.store.clone(),
             self.wake.clone(),
+            self.feed_poll,
             after,
             purposes.into_iter().collect(),
             tx,

@@ -22,8 +22,6 @@ use crate::{
 
 /// How many records one read fetches.
 const READ_LIMIT: i64 = 500;
-/// Streams re-read at least this often even without a notification.
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How often to look again at in-flight transactions that block a gap.
 const GAP_POLL: Duration = Duration::from_millis(20);
 
@@ -73,10 +71,12 @@ impl Frontier {
 
 /// Streams records after `after` into `out` until the receiver goes away or
 /// `stop` is cancelled. `purposes` filters what is sent (empty: all); the
-/// cursor advances over filtered records too.
+/// cursor advances over filtered records too. Without a wake-up, the stream
+/// re-reads every `poll`.
 pub async fn follow(
     store: Store,
     mut wake: watch::Receiver<u64>,
+    poll: Duration,
     after: i64,
     purposes: HashSet<PurposeCode>,
     out: mpsc::Sender<Result<ConsentRecord>>,
@@ -141,7 +141,7 @@ pub async fn follow(
             () = stop.cancelled() => return,
             () = out.closed() => return,
             _ = wake.changed() => {}
-            () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = tokio::time::sleep(poll) => {}
         }
     }
 }

@@ -4,16 +4,20 @@
 
 use std::{
     collections::BTreeSet,
+    net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use consentd::grpc::pb;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
+use tonic::transport::Channel;
 
 use crate::{
-    helpers::{http_get, http_request, spawn_app},
-    unsubscribe::{links, path_of},
+    cli::{spawn_serve_with, terminate_and_wait},
+    helpers::{fresh_database, http_get, http_request},
+    unsubscribe::path_of,
 };
 
 fn deploy() -> PathBuf {
@@ -323,53 +327,9 @@ fn the_kubernetes_manifests_agree_with_each_other_and_with_the_policy() {
     );
 }
 
-#[tokio::test]
-async fn every_metric_the_dashboard_and_alerts_use_is_exposed_by_metrics() {
-    let app = spawn_app().await;
-    app.register("C-1").await;
-    app.check("C-1", "promotional_mail", "email").await;
-    let link = links(&app, &["C-1"], "").await.links.remove(0);
-    http_request(
-        app.http_addr,
-        "POST",
-        &path_of(&link.url),
-        &[],
-        "List-Unsubscribe=One-Click",
-    )
-    .await;
-    let _stream = app
-        .client
-        .clone()
-        .watch_changes(pb::WatchChangesRequest {
-            after: 0,
-            purposes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut disclosures =
-        pb::disclosure_service_client::DisclosureServiceClient::new(app.channel.clone());
-    disclosures
-        .request_disclosure(pb::RequestDisclosureRequest {
-            subject_id: "C-1".into(),
-            recipient_id: "express-courier".into(),
-            purpose: "order_delivery".into(),
-            fields: vec!["name".into()],
-            reference: "order-1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let (_, body) = http_get(app.http_addr, "/metrics").await;
-    let exposed: BTreeSet<String> = body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
-        .collect();
-
-    // Metric names in the queries: the dashboard's `expr` fields and the
-    // alert rules' `expr` values.
+/// Metric names in deploy/'s queries: the dashboard's `expr` fields and the
+/// alert rules' `expr` values.
+fn metrics_deploy_queries() -> BTreeSet<String> {
     let mut expressions = Vec::new();
     collect_exprs(&json("grafana/dashboards/consentd.json"), &mut expressions);
     for group in yaml("prometheus-alerts.yml")["groups"]
@@ -390,11 +350,106 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exposed_by_metrics() {
             used.insert(name);
         }
     }
+    used
+}
+
+/// Metric names in a /metrics answer.
+async fn exposed_metrics(http: SocketAddr) -> BTreeSet<String> {
+    let (_, body) = http_get(http, "/metrics").await;
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+/// Its own `consentd serve` process, so no other test's metrics (they share
+/// one recorder per process) can stand in for the ones this one causes.
+#[tokio::test]
+async fn every_metric_the_dashboard_and_alerts_use_is_exposed_by_metrics() {
+    let used = metrics_deploy_queries();
     assert!(used.len() >= 5, "{used:?}");
-    for name in used {
+
+    let db = fresh_database().await;
+    let served = spawn_serve_with(&["--database-url", &db.db_url], &[]);
+    let http: SocketAddr = served.http_addr.parse().unwrap();
+    let channel = Channel::from_shared(format!("http://{}", served.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::consent_service_client::ConsentServiceClient::new(channel.clone());
+    client
+        .register_subject(pb::RegisterSubjectRequest {
+            subject_id: "C-1".into(),
+            kind: pb::SubjectKind::Individual.into(),
+            notice_version: "2026-11".into(),
+            channel: pb::Channel::Web.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    client
+        .check(pb::CheckRequest {
+            subject_id: "C-1".into(),
+            purpose: "promotional_mail".into(),
+            field: "email".into(),
+        })
+        .await
+        .unwrap();
+    let link = client
+        .create_unsubscribe_links(pb::CreateUnsubscribeLinksRequest {
+            purpose: "promotional_mail".into(),
+            subject_ids: vec!["C-1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .links
+        .remove(0);
+    let unsubscribed = http_request(
+        http,
+        "POST",
+        &path_of(&link.url),
+        &[],
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
+    assert_eq!(unsubscribed.status, 200);
+    let stream = client
+        .watch_changes(pb::WatchChangesRequest {
+            after: 0,
+            purposes: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    pb::disclosure_service_client::DisclosureServiceClient::new(channel)
+        .request_disclosure(pb::RequestDisclosureRequest {
+            subject_id: "C-1".into(),
+            recipient_id: "express-courier".into(),
+            purpose: "order_delivery".into(),
+            fields: vec!["name".into()],
+            reference: "order-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Some gauges are set by background tasks: wait until they are there,
+    // or until a deadline that only a missing metric reaches.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut exposed = exposed_metrics(http).await;
+    while !used.is_subset(&exposed) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        exposed = exposed_metrics(http).await;
+    }
+    for name in &used {
         assert!(
-            exposed.contains(&name),
+            exposed.contains(name),
             "deploy/ queries {name}, which /metrics does not expose:\n{exposed:?}"
         );
     }
+    drop(stream);
+    terminate_and_wait(served.child, &served.logs).await;
 }

@@ -625,6 +625,22 @@ async fn a_value_copied_to_another_row_is_refused_instead_of_released() {
     );
 }
 
+/// Each stored field of `subject` with its `verified_at` in microseconds
+/// since the epoch (PostgreSQL's precision), by field.
+async fn verified_at_micros(app: &TestApp, subject: &str) -> Vec<(String, Option<i64>)> {
+    app.db
+        .query(
+            "SELECT field, (extract(epoch FROM verified_at) * 1000000)::bigint
+               FROM personal_data WHERE subject_id = $1 ORDER BY field",
+            &[&subject],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 #[tokio::test]
 async fn check_flags_stale_data_and_verification_makes_it_fresh_again() {
     let app = spawn_app().await;
@@ -660,23 +676,63 @@ async fn check_flags_stale_data_and_verification_makes_it_fresh_again() {
         .into_inner();
     assert!(courier.released[0].needs_verification);
 
-    client(&app)
+    let answer = client(&app)
         .verify_personal_data(pb::VerifyPersonalDataRequest {
             subject_id: "C-50".into(),
             field: "postal_address".into(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    let at = answer.verified_at.expect("the verification time");
+    assert_eq!(
+        verified_at_micros(&app, "C-50").await,
+        [
+            ("email".to_string(), None),
+            ("name".to_string(), None),
+            ("phone".to_string(), None),
+            (
+                "postal_address".to_string(),
+                Some(at.seconds * 1_000_000 + i64::from(at.nanos) / 1000)
+            ),
+        ],
+        "exactly that field is verified, at the time answered"
+    );
     let verified = app.check("C-50", "order_delivery", "postal_address").await;
-    assert!(!verified.needs_verification);
+    assert_eq!(
+        (
+            verified.decision(),
+            verified.reason(),
+            verified.needs_verification
+        ),
+        (Decision::Allow, Reason::Contract, false)
+    );
+    let courier = client(&app)
+        .request_disclosure(courier_request("C-50", &["postal_address"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released(&courier.released), [("postal_address", ADDRESS)]);
+    assert!(!courier.released[0].needs_verification);
 
+    // A field that is not stored cannot be verified, and nothing is written.
+    app.register("C-51").await;
+    put(&app, "C-51", "name", NAME, &["order_delivery"]).await;
+    let (before, rows) = (
+        vault_counts(&app).await,
+        verified_at_micros(&app, "C-51").await,
+    );
     let missing = client(&app)
         .verify_personal_data(pb::VerifyPersonalDataRequest {
-            subject_id: "C-50".into(),
+            subject_id: "C-51".into(),
             field: "email".into(),
         })
-        .await;
-    assert!(missing.is_ok(), "email is stored");
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    assert_eq!(vault_counts(&app).await, before);
+    assert_eq!(verified_at_micros(&app, "C-51").await, rows);
+    assert_eq!(rows, [("name".to_string(), None)]);
     let unknown = client(&app)
         .verify_personal_data(pb::VerifyPersonalDataRequest {
             subject_id: "C-nobody".into(),
@@ -914,7 +970,15 @@ async fn keys_rotate_re_encrypts_every_value_under_the_new_first_key() {
         "{stdout}"
     );
 
-    // Every row now opens with the new key alone; the old one can go.
+    // Every row now opens with the new key alone, to the value first
+    // stored; the old key can go.
+    let original = |field: &str| match field {
+        "name" => NAME,
+        "postal_address" => ADDRESS,
+        "phone" => PHONE,
+        "email" => EMAIL,
+        other => panic!("unexpected field {other}"),
+    };
     let keys = DataKeys::load(&only_new).unwrap();
     let rows = app
         .db
@@ -934,7 +998,12 @@ async fn keys_rotate_re_encrypts_every_value_under_the_new_first_key() {
         assert_eq!(sealed.key_id, "d2");
         let subject = SubjectId::parse(row.get::<_, String>(0)).unwrap();
         let field = FieldName::parse(row.get::<_, String>(1)).unwrap();
-        keys.open(&subject, &field, &sealed).unwrap();
+        let value = keys.open(&subject, &field, &sealed).unwrap();
+        assert_eq!(
+            value.as_str(),
+            original(field.as_str()),
+            "{subject}/{field}"
+        );
     }
 
     // The running server still has only the old key configured: it refuses

@@ -6,7 +6,7 @@ use consentd::grpc::pb::{self, Choice};
 use tokio_stream::StreamExt as _;
 use tonic::Streaming;
 
-use crate::helpers::{TestApp, record_request, spawn_app, violated_fields};
+use crate::helpers::{TestApp, record_request, spawn_app, spawn_app_with, violated_fields};
 
 async fn watch(
     app: &TestApp,
@@ -38,14 +38,37 @@ async fn next(
         .expect("a record")
 }
 
-/// Asserts that nothing arrives for `wait`.
-async fn nothing_for(stream: &mut Streaming<pb::WatchChangesResponse>, wait: Duration) {
-    if let Ok(Some(item)) = tokio::time::timeout(wait, stream.next()).await {
-        panic!("expected nothing yet, got {item:?}");
+/// Writes a record after the ones under test. The feed is in sequence
+/// order, so whatever it would wrongly send about those (a duplicate, a
+/// filtered-out purpose) arrives before the sentinel, not after a timeout.
+async fn sentinel(app: &TestApp, purpose: &str) -> pb::ConsentRecord {
+    app.register("C-sentinel").await;
+    app.record("C-sentinel", purpose, "", Choice::Refuse).await
+}
+
+/// Everything the stream sends before `sentinel`.
+async fn until(
+    stream: &mut Streaming<pb::WatchChangesResponse>,
+    sentinel: &pb::ConsentRecord,
+) -> Vec<pb::ConsentRecord> {
+    let mut before = Vec::new();
+    loop {
+        let record = next(stream, SOON).await;
+        if record == *sentinel {
+            return before;
+        }
+        assert!(
+            record.sequence < sentinel.sequence,
+            "passed the sentinel without sending it: {record:?}"
+        );
+        before.push(record);
     }
 }
 
 const SOON: Duration = Duration::from_secs(5);
+/// Well under the minute-long poll of the live test, and far above what a
+/// wake-up takes on a loaded machine.
+const WOKEN: Duration = Duration::from_secs(10);
 
 /// A record inserted by hand in a transaction the test controls.
 const RAW_INSERT: &str =
@@ -54,9 +77,36 @@ const RAW_INSERT: &str =
      VALUES ('C-1', gen_random_uuid(), 'promotional_mail', '', 'refuse', 'api', 'v', '', 'sql')
      RETURNING sequence";
 
+/// Returns once a change stream polls in-flight transactions (it stands at a
+/// gap it may not pass), or after a few seconds: this only gives a stream
+/// that wrongly skips the gap the time to do it, the caller's assertions on
+/// order decide.
+async fn until_a_stream_waits_at_the_gap(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        let polling: i64 = app
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()
+                    AND query LIKE '%pg_xact_status%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if polling > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_subscriber_gets_the_history_then_follows_new_records_live() {
-    let app = spawn_app().await;
+    // Polling only every minute: a record that arrives well within that was
+    // delivered because its NOTIFY woke the stream.
+    let app = spawn_app_with(|args| args.feed_poll_interval_ms = 60_000).await;
     app.register("C-1").await;
     let early: Vec<_> = [Choice::Refuse, Choice::Grant]
         .into_iter()
@@ -79,8 +129,12 @@ async fn a_subscriber_gets_the_history_then_follows_new_records_live() {
     assert_eq!(next(&mut stream, SOON).await, written[0]);
     assert_eq!(next(&mut stream, SOON).await, written[1]);
 
-    let live = app.record("C-1", "partner_offers", "", Choice::Grant).await;
-    assert_eq!(next(&mut stream, SOON).await, live);
+    // Several rounds, so that a record which happens to commit before the
+    // stream's next read cannot pass for a wake-up every time.
+    for choice in [Choice::Grant, Choice::Refuse, Choice::Grant] {
+        let live = app.record("C-1", "partner_offers", "", choice).await;
+        assert_eq!(next(&mut stream, WOKEN).await, live);
+    }
 }
 
 #[tokio::test]
@@ -102,11 +156,8 @@ async fn reconnecting_with_the_last_cursor_resumes_exactly_once() {
     drop(first);
 
     let mut again = watch(&app, b.sequence, &[]).await;
-    let mut rest = Vec::new();
-    for _ in 0..3 {
-        rest.push(next(&mut again, SOON).await);
-    }
-    nothing_for(&mut again, Duration::from_millis(300)).await;
+    let end = sentinel(&app, "promotional_mail").await;
+    let rest = until(&mut again, &end).await;
     let mut all = vec![a, b];
     all.extend(rest);
     assert_eq!(all, written);
@@ -121,8 +172,11 @@ async fn purpose_filters_send_only_those_purposes() {
         .record("C-1", "promotional_mail", "", Choice::Refuse)
         .await;
     let mut stream = watch(&app, 0, &["promotional_mail"]).await;
-    assert_eq!(next(&mut stream, SOON).await, wanted);
-    nothing_for(&mut stream, Duration::from_millis(300)).await;
+    // One filtered-out record live, after the stream started.
+    app.record("C-1", "partner_offers", "", Choice::Refuse)
+        .await;
+    let end = sentinel(&app, "promotional_mail").await;
+    assert_eq!(until(&mut stream, &end).await, [wanted]);
 }
 
 #[tokio::test]
@@ -156,11 +210,12 @@ async fn concurrent_writes_reach_a_subscriber_exactly_once_in_sequence_order() {
     for writer in writers {
         written.insert(writer.await.unwrap().sequence);
     }
-    let mut received = Vec::new();
-    for _ in 0..96 {
-        received.push(next(&mut stream, SOON).await.sequence);
-    }
-    nothing_for(&mut stream, Duration::from_millis(300)).await;
+    let end = sentinel(&app, "promotional_mail").await;
+    let received: Vec<i64> = until(&mut stream, &end)
+        .await
+        .into_iter()
+        .map(|r| r.sequence)
+        .collect();
     assert!(
         received.windows(2).all(|w| w[0] < w[1]),
         "ascending, no duplicates: {received:?}"
@@ -210,11 +265,11 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
         .record("C-1", "promotional_mail", "", Choice::Grant)
         .await;
     assert!(fast.sequence > slow_sequence);
-    nothing_for(&mut stream, Duration::from_millis(500)).await;
-
     // Meanwhile a reconnecting subscriber must not be handed the later one either.
     let mut resumed = watch(&app, resumer_cursor, &[]).await;
-    nothing_for(&mut resumed, Duration::from_millis(300)).await;
+    // Commit only once a stream waits at the gap, so that one that skipped
+    // it would have sent `fast` first: the order asserted below.
+    until_a_stream_waits_at_the_gap(&app).await;
 
     slow.commit().await.unwrap();
     let first = next(&mut stream, SOON).await;
@@ -259,7 +314,6 @@ async fn bad_watch_requests_are_refused_field_by_field() {
 async fn open_streams_end_when_the_server_shuts_down() {
     let mut app = spawn_app().await;
     let mut stream = watch(&app, 0, &[]).await;
-    nothing_for(&mut stream, Duration::from_millis(100)).await;
     tokio::time::timeout(Duration::from_secs(5), app.shutdown())
         .await
         .expect("shutdown does not wait for streams")

@@ -268,6 +268,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
         migrate: false,
         drain_seconds: 0,
         shutdown_timeout_seconds: 10,
+        feed_poll_interval_ms: 1000,
         public_url: None,
         unsubscribe_keys_file: Some(test_keys_file()),
         subject_ref_key_file: None,

@@ -1,6 +1,9 @@
 //! `consentd import-refusals` as an operator runs it.
 
-use std::process::Command;
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use consentd::grpc::pb::{Decision, Reason};
 
@@ -160,30 +163,113 @@ async fn bad_lines_are_rejected_with_their_line_and_reason_and_change_nothing() 
 async fn importing_twice_or_after_an_interruption_imports_nothing_twice() {
     let app = spawn_app().await;
     let dir = tempdir();
-    let ids: Vec<String> = (0..250).map(|i| format!("C-{i}")).collect();
+    let total = 60_000;
+    let ids: Vec<String> = (0..total).map(|i| format!("C-{i}")).collect();
     let full = write(&dir, "full.csv", &(ids.join("\n") + "\n"));
-    // An interrupted run: only the first batches made it.
-    let partial = write(&dir, "partial.csv", &(ids[..120].join("\n") + "\n"));
 
-    let run = import(app.db_url(), &partial, &["--batch-size", "50"]);
-    assert!(run.ok, "{}", run.stderr);
-    let run = import(app.db_url(), &full, &["--batch-size", "50"]);
+    // A real run, killed while it loads: some batches are committed, one
+    // may be half-way through its transaction.
+    let mut child = Command::new(BIN)
+        .arg("import-refusals")
+        .args([
+            "--database-url",
+            app.db_url(),
+            "--purpose",
+            "promotional_mail",
+        ])
+        .args(["--batch-size", "200", "--jobs", "2", "--policy"])
+        .arg(policy_path())
+        .arg(&full)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.count("consent_records").await == 0 {
+        assert!(Instant::now() < deadline, "the import never wrote a row");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import ended early"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its backends may still be finishing a COMMIT it sent before dying.
+    loop {
+        let busy: i64 = app
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()
+                    AND state IS DISTINCT FROM 'idle'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if busy == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed import's backends linger"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let interrupted = app.count("consent_records").await;
+    assert!(
+        interrupted > 0 && interrupted < total,
+        "killed mid-run: {interrupted} of {total} rows in"
+    );
+    assert_eq!(
+        app.count("consent_state").await,
+        interrupted,
+        "whole batches only"
+    );
+    assert_eq!(app.count("subjects").await, interrupted);
+
+    let run = import(app.db_url(), &full, &["--batch-size", "200"]);
     assert!(run.ok, "{}", run.stderr);
     assert!(
-        run.stderr
-            .contains("130 refusal(s) recorded, 120 unchanged"),
+        run.stderr.contains(&format!(
+            "{} refusal(s) recorded, {interrupted} unchanged",
+            total - interrupted
+        )),
         "{}",
         run.stderr
     );
-    let run = import(app.db_url(), &full, &["--batch-size", "50"]);
+    let run = import(app.db_url(), &full, &["--batch-size", "200"]);
     assert!(
-        run.stderr.contains("0 refusal(s) recorded, 250 unchanged"),
+        run.stderr
+            .contains(&format!("0 refusal(s) recorded, {total} unchanged")),
         "{}",
         run.stderr
     );
 
-    assert_eq!(app.count("consent_records").await, 250);
-    assert_eq!(app.count("subjects").await, 250);
+    // Every id refused exactly once, and nothing else.
+    let rows = app
+        .db
+        .query(
+            "SELECT subject_id, count(*) FILTER (WHERE choice = 'refuse'), count(*)
+               FROM consent_records GROUP BY subject_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut refused: Vec<String> = Vec::new();
+    for row in &rows {
+        let (id, refusals, all): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!((refusals, all), (1, 1), "{id}");
+        refused.push(id);
+    }
+    refused.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(refused, expected);
+    assert_eq!(app.count("consent_records").await, total);
+    assert_eq!(app.count("consent_state").await, total);
+    assert_eq!(app.count("subjects").await, total);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

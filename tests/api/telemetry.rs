@@ -1,7 +1,6 @@
-//! Traces and metrics of a real `consentd serve` process: it exports over
-//! OTLP/gRPC to a collector this test runs in-process, and serves /metrics.
-
-use std::{collections::HashMap, sync::Arc};
+//! Traces and logs of a real `consentd serve` process: it exports over
+//! OTLP/gRPC to a collector this test runs in-process. Its metrics are in
+//! metrics.rs.
 
 use consentd::{
     domain::SubjectId,
@@ -12,54 +11,16 @@ use consentd::{
     telemetry::SubjectRefs,
 };
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
     common::v1::{AnyValue, KeyValue, any_value::Value},
     trace::v1::Span,
 };
-use prost::Message as _;
-use tokio::sync::Mutex;
-use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tonic::{Request, metadata::MetadataValue};
 
 use crate::{
     cli::{spawn_serve_with, tempdir, terminate_and_wait},
-    helpers::{fresh_database, http_get},
-    unsubscribe::path_of,
+    helpers::fresh_database,
+    otlp::{assert_absent, start_collector},
 };
-
-/// Collects every export, raw, as the collector received it.
-#[derive(Clone, Default)]
-struct Collector {
-    exports: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.exports.lock().await.push(request.into_inner());
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-async fn start_collector() -> (Collector, String) {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = TraceServiceServer::new(collector.clone());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (collector, format!("http://{addr}"))
-}
 
 fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
     span.attributes
@@ -248,19 +209,28 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
         .unwrap_err();
     drop(client);
     // SIGTERM flushes what is still buffered.
-    terminate_and_wait(served.child, &served.logs).await;
+    let logs = terminate_and_wait(served.child, &served.logs).await;
 
     let exports = collector.exports.lock().await.clone();
-    let raw: Vec<u8> = exports.iter().flat_map(|e| e.encode_to_vec()).collect();
+    let raw = collector.raw().await;
     assert!(!raw.is_empty(), "something was exported");
-    assert!(
-        !raw.windows(SUBJECT.len()).any(|w| w == SUBJECT.as_bytes()),
-        "the external id never leaves"
-    );
-    assert!(
-        !raw.windows(4).any(|w| w == b"7781"),
-        "not even a part of it"
-    );
+    assert_absent(&raw, &[SUBJECT], "the spans: the external id never leaves");
+    assert_absent(&raw, &["7781"], "the spans: not even a part of it");
+    // Every value the test sent, and distinctive parts of each.
+    let sent = [
+        SUBJECT,
+        NAME,
+        ADDRESS,
+        PHONE,
+        "order-7781",
+        "call 8812",
+        "Xiaoming",
+        "Huaihai",
+        "5555 0199",
+    ];
+    assert_absent(&raw, &sent, "the exported spans");
+    assert!(logs.iter().any(|l| l.contains("rpc finished")), "{logs:?}");
+    assert_absent(logs.join("\n").as_bytes(), &sent, "the logs");
 
     let resource_names: Vec<String> = exports
         .iter()
@@ -386,229 +356,6 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
         event_text(&event.attributes, "consent.subject_ref"),
         expected_ref
     );
-}
-
-/// (metric name, sorted labels) -> value.
-type Samples = HashMap<(String, Vec<(String, String)>), f64>;
-
-/// Parses Prometheus text.
-fn samples(text: &str) -> Samples {
-    let mut out = HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-    {
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => (name, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let mut labels: Vec<(String, String)> = labels
-            .split(',')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.split_once('=').unwrap();
-                (k.to_string(), v.trim_matches('"').to_string())
-            })
-            .collect();
-        labels.sort();
-        out.insert((name.to_string(), labels), value.parse().unwrap());
-    }
-    out
-}
-
-fn get(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut labels: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    labels.sort();
-    samples.get(&(name.to_string(), labels)).copied()
-}
-
-#[tokio::test]
-async fn metrics_count_decisions_latency_unsubscribes_and_the_pool() {
-    let db = fresh_database().await;
-    let served = spawn_serve_with(&["--database-url", &db.db_url], &[]);
-    let http: std::net::SocketAddr = served.http_addr.parse().unwrap();
-    let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
-        .await
-        .unwrap();
-    for id in ["C-1", "C-2"] {
-        client
-            .register_subject(pb::RegisterSubjectRequest {
-                subject_id: id.into(),
-                kind: pb::SubjectKind::Individual.into(),
-                notice_version: "v".into(),
-                channel: pb::Channel::Web.into(),
-                request_id: String::new(),
-            })
-            .await
-            .unwrap();
-    }
-    let check = |subject: &str| pb::CheckRequest {
-        subject_id: subject.into(),
-        purpose: "promotional_mail".into(),
-        field: "email".into(),
-    };
-    client.check(check("C-1")).await.unwrap();
-    client.check(check("C-2")).await.unwrap();
-    client.check(check("C-404")).await.unwrap();
-    client
-        .check(pb::CheckRequest {
-            purpose: "nope".into(),
-            ..check("C-1")
-        })
-        .await
-        .unwrap_err();
-    let links = client
-        .create_unsubscribe_links(pb::CreateUnsubscribeLinksRequest {
-            purpose: "promotional_mail".into(),
-            subject_ids: vec!["C-1".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let response = crate::helpers::http_request(
-        http,
-        "POST",
-        &path_of(&links.links[0].url),
-        &[],
-        "List-Unsubscribe=One-Click",
-    )
-    .await;
-    assert_eq!(response.status, 200);
-    client.check(check("C-1")).await.unwrap();
-
-    let mut disclosures = DisclosureServiceClient::connect(format!("http://{}", served.grpc_addr))
-        .await
-        .unwrap();
-    disclosures
-        .put_personal_data(pb::PutPersonalDataRequest {
-            subject_id: "C-2".into(),
-            field: "name".into(),
-            value: "Li Lei".into(),
-            collected_for: vec!["order_delivery".into()],
-            channel: pb::Channel::Web.into(),
-            notice_version: "v".into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
-    let courier = pb::RequestDisclosureRequest {
-        subject_id: "C-2".into(),
-        recipient_id: "express-courier".into(),
-        purpose: "order_delivery".into(),
-        fields: vec!["name".into(), "phone".into()],
-        reference: "order-1".into(),
-        ..Default::default()
-    };
-    disclosures.request_disclosure(courier).await.unwrap();
-    let emergency = pb::RequestDisclosureRequest {
-        subject_id: "C-2".into(),
-        recipient_id: "public-security".into(),
-        fields: vec!["name".into()],
-        legal_basis: pb::LegalBasis::EmergencySafety.into(),
-        reference: "case 1".into(),
-        justification: "a person is in danger".into(),
-        ..Default::default()
-    };
-    disclosures.request_disclosure(emergency).await.unwrap();
-    drop(disclosures);
-
-    let (status, body) = http_get(http, "/metrics").await;
-    assert_eq!(status, 200);
-    let m = samples(&body);
-    let decisions = "consentd_decisions_total";
-    let allow = [
-        ("purpose", "promotional_mail"),
-        ("decision", "allow"),
-        ("reason", "not_opted_out"),
-    ];
-    assert_eq!(get(&m, decisions, &allow), Some(2.0), "{body}");
-    let unknown = [
-        ("purpose", "promotional_mail"),
-        ("decision", "deny"),
-        ("reason", "subject_unknown"),
-    ];
-    assert_eq!(get(&m, decisions, &unknown), Some(1.0));
-    let opted_out = [
-        ("purpose", "promotional_mail"),
-        ("decision", "deny"),
-        ("reason", "opted_out"),
-    ];
-    assert_eq!(get(&m, decisions, &opted_out), Some(1.0));
-    assert_eq!(
-        get(
-            &m,
-            "consentd_unsubscribes_total",
-            &[("purpose", "promotional_mail")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        get(
-            &m,
-            "consentd_rpc_duration_seconds_count",
-            &[("method", "Check"), ("status", "OK")]
-        ),
-        Some(4.0)
-    );
-    assert_eq!(
-        get(
-            &m,
-            "consentd_rpc_duration_seconds_count",
-            &[("method", "Check"), ("status", "InvalidArgument")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        get(
-            &m,
-            "consentd_rpc_duration_seconds_bucket",
-            &[("method", "Check"), ("status", "OK"), ("le", "+Inf")]
-        ),
-        Some(4.0)
-    );
-    assert!(
-        get(&m, "consentd_db_pool_connections", &[("state", "idle")]).is_some_and(|v| v >= 1.0)
-    );
-    assert_eq!(
-        get(&m, "consentd_db_pool_connections", &[("state", "in_use")]),
-        Some(0.0)
-    );
-    assert_eq!(get(&m, "consentd_db_pool_waiting", &[]), Some(0.0));
-    let disclosed = "consentd_disclosures_total";
-    assert_eq!(
-        get(
-            &m,
-            disclosed,
-            &[("basis", "purpose"), ("status", "partial")]
-        ),
-        Some(1.0),
-        "{body}"
-    );
-    assert_eq!(
-        get(
-            &m,
-            disclosed,
-            &[("basis", "emergency_safety"), ("status", "released")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(get(&m, "consentd_disclosure_reviews_open", &[]), Some(1.0));
-    assert_eq!(
-        get(&m, "consentd_disclosure_reviews_overdue", &[]),
-        Some(0.0)
-    );
-    assert_eq!(get(&m, "consentd_concerns_overdue", &[]), Some(0.0));
-    assert!(
-        !body.contains("C-1") && !body.contains("Li Lei"),
-        "no subject or value in metrics"
-    );
-    drop(client);
-    terminate_and_wait(served.child, &served.logs).await;
 }
 
 /// Runs one Check with a `traceparent` against a server logging in `format`

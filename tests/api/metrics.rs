@@ -1,0 +1,237 @@
+//! Metrics of a real `consentd serve` process, read from its /metrics.
+
+use std::collections::HashMap;
+
+use consentd::grpc::pb::{
+    self, consent_service_client::ConsentServiceClient,
+    disclosure_service_client::DisclosureServiceClient,
+};
+
+use crate::{
+    cli::{spawn_serve_with, terminate_and_wait},
+    helpers::{fresh_database, http_get},
+    unsubscribe::path_of,
+};
+
+/// (metric name, sorted labels) -> value.
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// Parses Prometheus text.
+fn samples(text: &str) -> Samples {
+    let mut out = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let mut labels: Vec<(String, String)> = labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap();
+                (k.to_string(), v.trim_matches('"').to_string())
+            })
+            .collect();
+        labels.sort();
+        out.insert((name.to_string(), labels), value.parse().unwrap());
+    }
+    out
+}
+
+fn get(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut labels: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    labels.sort();
+    samples.get(&(name.to_string(), labels)).copied()
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_latency_unsubscribes_and_the_pool() {
+    let db = fresh_database().await;
+    let served = spawn_serve_with(&["--database-url", &db.db_url], &[]);
+    let http: std::net::SocketAddr = served.http_addr.parse().unwrap();
+    let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    for id in ["C-1", "C-2"] {
+        client
+            .register_subject(pb::RegisterSubjectRequest {
+                subject_id: id.into(),
+                kind: pb::SubjectKind::Individual.into(),
+                notice_version: "v".into(),
+                channel: pb::Channel::Web.into(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let check = |subject: &str| pb::CheckRequest {
+        subject_id: subject.into(),
+        purpose: "promotional_mail".into(),
+        field: "email".into(),
+    };
+    client.check(check("C-1")).await.unwrap();
+    client.check(check("C-2")).await.unwrap();
+    client.check(check("C-404")).await.unwrap();
+    client
+        .check(pb::CheckRequest {
+            purpose: "nope".into(),
+            ..check("C-1")
+        })
+        .await
+        .unwrap_err();
+    let links = client
+        .create_unsubscribe_links(pb::CreateUnsubscribeLinksRequest {
+            purpose: "promotional_mail".into(),
+            subject_ids: vec!["C-1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let response = crate::helpers::http_request(
+        http,
+        "POST",
+        &path_of(&links.links[0].url),
+        &[],
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    client.check(check("C-1")).await.unwrap();
+
+    let mut disclosures = DisclosureServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    disclosures
+        .put_personal_data(pb::PutPersonalDataRequest {
+            subject_id: "C-2".into(),
+            field: "name".into(),
+            value: "Li Lei".into(),
+            collected_for: vec!["order_delivery".into()],
+            channel: pb::Channel::Web.into(),
+            notice_version: "v".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let courier = pb::RequestDisclosureRequest {
+        subject_id: "C-2".into(),
+        recipient_id: "express-courier".into(),
+        purpose: "order_delivery".into(),
+        fields: vec!["name".into(), "phone".into()],
+        reference: "order-1".into(),
+        ..Default::default()
+    };
+    disclosures.request_disclosure(courier).await.unwrap();
+    let emergency = pb::RequestDisclosureRequest {
+        subject_id: "C-2".into(),
+        recipient_id: "public-security".into(),
+        fields: vec!["name".into()],
+        legal_basis: pb::LegalBasis::EmergencySafety.into(),
+        reference: "case 1".into(),
+        justification: "a person is in danger".into(),
+        ..Default::default()
+    };
+    disclosures.request_disclosure(emergency).await.unwrap();
+    drop(disclosures);
+
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    let m = samples(&body);
+    let decisions = "consentd_decisions_total";
+    let allow = [
+        ("purpose", "promotional_mail"),
+        ("decision", "allow"),
+        ("reason", "not_opted_out"),
+    ];
+    assert_eq!(get(&m, decisions, &allow), Some(2.0), "{body}");
+    let unknown = [
+        ("purpose", "promotional_mail"),
+        ("decision", "deny"),
+        ("reason", "subject_unknown"),
+    ];
+    assert_eq!(get(&m, decisions, &unknown), Some(1.0));
+    let opted_out = [
+        ("purpose", "promotional_mail"),
+        ("decision", "deny"),
+        ("reason", "opted_out"),
+    ];
+    assert_eq!(get(&m, decisions, &opted_out), Some(1.0));
+    assert_eq!(
+        get(
+            &m,
+            "consentd_unsubscribes_total",
+            &[("purpose", "promotional_mail")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(
+            &m,
+            "consentd_rpc_duration_seconds_count",
+            &[("method", "Check"), ("status", "OK")]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        get(
+            &m,
+            "consentd_rpc_duration_seconds_count",
+            &[("method", "Check"), ("status", "InvalidArgument")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(
+            &m,
+            "consentd_rpc_duration_seconds_bucket",
+            &[("method", "Check"), ("status", "OK"), ("le", "+Inf")]
+        ),
+        Some(4.0)
+    );
+    assert!(
+        get(&m, "consentd_db_pool_connections", &[("state", "idle")]).is_some_and(|v| v >= 1.0)
+    );
+    assert_eq!(
+        get(&m, "consentd_db_pool_connections", &[("state", "in_use")]),
+        Some(0.0)
+    );
+    assert_eq!(get(&m, "consentd_db_pool_waiting", &[]), Some(0.0));
+    let disclosed = "consentd_disclosures_total";
+    assert_eq!(
+        get(
+            &m,
+            disclosed,
+            &[("basis", "purpose"), ("status", "partial")]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        get(
+            &m,
+            disclosed,
+            &[("basis", "emergency_safety"), ("status", "released")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(get(&m, "consentd_disclosure_reviews_open", &[]), Some(1.0));
+    assert_eq!(
+        get(&m, "consentd_disclosure_reviews_overdue", &[]),
+        Some(0.0)
+    );
+    assert_eq!(get(&m, "consentd_concerns_overdue", &[]), Some(0.0));
+    assert!(
+        !body.contains("C-1") && !body.contains("Li Lei"),
+        "no subject or value in metrics"
+    );
+    drop(client);
+    terminate_and_wait(served.child, &served.logs).await;
+}
