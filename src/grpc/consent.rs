@@ -5,15 +5,16 @@ use tonic::{Request, Response, Status};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
-    convert::{self, optional, required_enum},
+    convert::{self, optional},
+    enums::{self, PbEnum as _},
     observe::observe,
     page::PageToken,
     pb::{self, consent_service_server::ConsentService as Rpc},
 };
 use crate::{
     domain::{
-        Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode, RecipientId, RequestId,
-        SubjectId, SubjectRegistration, Violations,
+        Channel, Choice, Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode,
+        RecipientId, RequestId, SubjectId, SubjectKind, SubjectRegistration, Violations,
     },
     error::Error,
     policy::Decision,
@@ -215,21 +216,9 @@ impl ConsentGrpc {
         let actor = convert::actor(&request, &mut v);
         let r = request.into_inner();
         let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
-        let kind = required_enum(
-            &mut v,
-            "kind",
-            r.kind,
-            |n| pb::SubjectKind::try_from(n).ok(),
-            convert::subject_kind,
-        );
+        let kind = enums::required::<SubjectKind>(&mut v, "kind", r.kind);
         let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
-        let channel = required_enum(
-            &mut v,
-            "channel",
-            r.channel,
-            |n| pb::Channel::try_from(n).ok(),
-            convert::channel,
-        );
+        let channel = enums::required::<Channel>(&mut v, "channel", r.channel);
         let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
         let (
             Some(actor),
@@ -266,20 +255,8 @@ impl ConsentGrpc {
         let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
         let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
         let field = optional(&mut v, "field", r.field, FieldName::parse);
-        let choice = required_enum(
-            &mut v,
-            "choice",
-            r.choice,
-            |n| pb::Choice::try_from(n).ok(),
-            convert::choice,
-        );
-        let channel = required_enum(
-            &mut v,
-            "channel",
-            r.channel,
-            |n| pb::Channel::try_from(n).ok(),
-            convert::channel,
-        );
+        let choice = enums::required::<Choice>(&mut v, "choice", r.choice);
+        let channel = enums::required::<Channel>(&mut v, "channel", r.channel);
         let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
         let evidence = v.check("evidence", Evidence::parse(r.evidence));
         let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
@@ -343,8 +320,8 @@ impl ConsentGrpc {
             tracing::Span::current().set_attribute(attribute.key, attribute.value);
         }
         Ok(Response::new(pb::CheckResponse {
-            decision: convert::decision_to_pb(decision.outcome).into(),
-            reason: convert::reason_to_pb(decision.reason).into(),
+            decision: decision.outcome.to_wire(),
+            reason: decision.reason.to_wire(),
             record_id: convert::record_id(&decision),
             policy_version: self.service.policy().version().to_string(),
             needs_verification: decision.needs_verification,
@@ -404,8 +381,8 @@ impl ConsentGrpc {
             .zip(correlation_ids)
             .map(|(decision, correlation_id)| pb::BatchCheckResult {
                 correlation_id,
-                decision: convert::decision_to_pb(decision.outcome).into(),
-                reason: convert::reason_to_pb(decision.reason).into(),
+                decision: decision.outcome.to_wire(),
+                reason: decision.reason.to_wire(),
                 record_id: convert::record_id(decision),
                 needs_verification: decision.needs_verification,
             })
@@ -434,8 +411,8 @@ impl ConsentGrpc {
             .map(|(purpose, field, decision)| pb::EffectiveDecision {
                 purpose: purpose.to_string(),
                 field: field.to_string(),
-                decision: convert::decision_to_pb(decision.outcome).into(),
-                reason: convert::reason_to_pb(decision.reason).into(),
+                decision: decision.outcome.to_wire(),
+                reason: decision.reason.to_wire(),
                 record_id: convert::record_id(&decision),
             })
             .collect();
