@@ -24,6 +24,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod service;

@@ -5,7 +5,6 @@ mod token;
 
 use std::sync::Arc;
 
-pub(crate) use token::parse_key_lines;
 pub use token::{MAX_CAMPAIGN_CHARS, TokenError, UnsubscribeClaims, UnsubscribeKeys};
 
 use crate::{

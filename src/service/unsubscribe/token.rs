@@ -6,18 +6,15 @@
 //! rotate: new links are signed with the first key, and links signed with
 //! any listed key still work.
 
-use std::{collections::HashMap, path::Path};
-
-use anyhow::{Context as _, bail};
-use base64::{
-    Engine as _,
-    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
-};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::domain::{FieldName, PurposeCode};
+use crate::{
+    domain::{FieldName, PurposeCode},
+    keys::{KeyFile, KeyRing},
+};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -26,97 +23,27 @@ const TOKEN_VERSION: u8 = 1;
 pub const MAX_CAMPAIGN_CHARS: usize = 128;
 
 /// The signing keys. The first signs; all verify.
-#[derive(Clone)]
-pub struct UnsubscribeKeys {
-    signing: String,
-    keys: HashMap<String, Vec<u8>>,
-}
+#[derive(Clone, Debug)]
+pub struct UnsubscribeKeys(KeyRing);
 
-impl std::fmt::Debug for UnsubscribeKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print key material.
-        f.debug_struct("UnsubscribeKeys")
-            .field("signing", &self.signing)
-            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
-            .finish()
+impl KeyFile for UnsubscribeKeys {
+    const WITHOUT_FILE: &'static str = "no --unsubscribe-keys-file: signing unsubscribe links \
+        with a random key; links stop working when this process stops";
+
+    fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        KeyRing::parse(text, origin).map(Self)
+    }
+
+    fn random() -> Self {
+        Self(KeyRing::random())
     }
 }
 
 impl UnsubscribeKeys {
-    /// Parses `kid=base64key` lines (see [`parse_key_lines`]). The first key
-    /// signs new links.
-    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
-        let (signing, keys) = parse_key_lines(text, origin)?;
-        Ok(Self { signing, keys })
-    }
-
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Self::parse(&text, &path.display().to_string())
-    }
-
-    /// A random key that lives as long as the process: links stop working
-    /// at restart, so it is only for trying things out.
-    pub fn ephemeral() -> Self {
-        let mut key = vec![0u8; 32];
-        getrandom::fill(&mut key).expect("the OS random source works");
-        Self {
-            signing: "ephemeral".into(),
-            keys: HashMap::from([("ephemeral".to_string(), key)]),
-        }
-    }
-
     fn mac(&self, kid: &str) -> Option<HmacSha256> {
-        let key = self.keys.get(kid)?;
-        Some(HmacSha256::new_from_slice(key).expect("HMAC takes any key length"))
+        let key = self.0.get(kid)?;
+        Some(HmacSha256::new_from_slice(key.expose()).expect("HMAC takes any key length"))
     }
-}
-
-/// Parses a key file: `kid=base64key` lines, `#` starts a comment, keys of
-/// at least 32 bytes. Returns the first key id (the one that signs or
-/// encrypts new data) and every key by id. Shared by the unsubscribe signing
-/// keys and the vault's data keys, so both files read the same way.
-pub(crate) fn parse_key_lines(
-    text: &str,
-    origin: &str,
-) -> anyhow::Result<(String, HashMap<String, Vec<u8>>)> {
-    let mut signing = None;
-    let mut keys = HashMap::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let at = format!("{origin}:{}", index + 1);
-        let Some((kid, key)) = line.split_once('=') else {
-            bail!("{at}: expected `key-id=base64-key`");
-        };
-        let kid = kid.trim();
-        if kid.is_empty()
-            || kid.len() > 32
-            || !kid
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            bail!("{at}: the key id must be 1-32 characters of A-Z, a-z, 0-9, '-' and '_'");
-        }
-        let key = STANDARD
-            .decode(key.trim())
-            .with_context(|| format!("{at}: the key is not valid base64"))?;
-        if key.len() < 32 {
-            bail!(
-                "{at}: the key must be at least 32 bytes (got {})",
-                key.len()
-            );
-        }
-        if keys.insert(kid.to_string(), key).is_some() {
-            bail!("{at}: duplicate key id `{kid}`");
-        }
-        signing.get_or_insert_with(|| kid.to_string());
-    }
-    let signing = signing.with_context(|| format!("{origin}: no keys"))?;
-    Ok((signing, keys))
 }
 
 /// What a token says.
@@ -142,7 +69,7 @@ pub enum TokenError {
 
 impl UnsubscribeClaims {
     pub fn sign(&self, keys: &UnsubscribeKeys) -> String {
-        let kid = keys.signing.as_str();
+        let kid = keys.0.current();
         let field = self.field.as_ref().map_or("", |f| f.as_str());
         let mut payload = vec![TOKEN_VERSION];
         push_short(&mut payload, kid.as_bytes());
