@@ -53,14 +53,14 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         .await
     {
         Ok(overdue) => metrics::gauge!(crate::metrics::CONCERNS_OVERDUE).set(overdue as f64),
-        Err(e) => crate::grpc::log_error(e),
+        Err(e) => e.log(),
     }
     match state.store.count_open_reviews().await {
         Ok((open, overdue)) => {
             metrics::gauge!(crate::metrics::REVIEWS_OPEN).set(open as f64);
             metrics::gauge!(crate::metrics::REVIEWS_OVERDUE).set(overdue as f64);
         }
-        Err(e) => crate::grpc::log_error(e),
+        Err(e) => e.log(),
     }
     let mut response = crate::metrics::render(&state.store).into_response();
     response.headers_mut().insert(
@@ -111,7 +111,7 @@ async fn unsubscribe(
 fn link_error(lang: Lang, error: LinkError) -> Response {
     match error {
         LinkError::Service(e) => {
-            crate::grpc::log_error(e);
+            e.log();
             html(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 lang,
