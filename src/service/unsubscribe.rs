@@ -5,6 +5,8 @@ mod token;
 
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 pub use token::{MAX_CAMPAIGN_CHARS, TokenError, UnsubscribeClaims, UnsubscribeKeys};
 
 use crate::{
@@ -128,18 +130,13 @@ impl Unsubscribes {
                 violations.push(format!("subject_ids[{i}]"), "is not a registered subject");
                 continue;
             };
-            let token = UnsubscribeClaims {
-                subject_key: *subject_key,
-                purpose: request.purpose.clone(),
-                field: request.field.clone(),
-                campaign: request.campaign.clone(),
-            }
-            .sign(&self.keys);
-            links.push(Link {
-                subject_id: subject_id.clone(),
-                url: format!("{}/u/{token}", self.base_url),
-                token,
-            });
+            links.push(sign_link(
+                &self.keys,
+                &self.base_url,
+                request,
+                subject_id,
+                *subject_key,
+            ));
         }
         if !violations.is_empty() {
             return Err(violations.into());
@@ -204,5 +201,73 @@ impl Unsubscribes {
                 .increment(1);
         }
         Ok((target, created))
+    }
+}
+
+/// The link for one subject. The token names the subject only by its
+/// surrogate key: the external id stays out of the URL.
+fn sign_link(
+    keys: &UnsubscribeKeys,
+    base_url: &str,
+    request: &LinkRequest,
+    subject_id: &SubjectId,
+    subject_key: Uuid,
+) -> Link {
+    let token = UnsubscribeClaims {
+        subject_key,
+        purpose: request.purpose.clone(),
+        field: request.field.clone(),
+        campaign: request.campaign.clone(),
+    }
+    .sign(keys);
+    Link {
+        subject_id: subject_id.clone(),
+        url: format!("{base_url}/u/{token}"),
+        token,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::keys::KeyFile as _;
+
+    proptest! {
+        /// The link for a subject holds neither its external id nor
+        /// anything of it: only the random surrogate key.
+        #[test]
+        fn the_token_does_not_contain_the_external_id(
+            id in "[A-Z]-[0-9]{4,8}",
+            subject_key in any::<u128>(),
+        ) {
+            let keys = UnsubscribeKeys::parse(
+                "k1=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+                "keys",
+            )
+            .unwrap();
+            let subject_id = SubjectId::parse(id.clone()).unwrap();
+            let request = LinkRequest {
+                purpose: PurposeCode::parse("promotional_mail").unwrap(),
+                field: Some(FieldName::parse("email").unwrap()),
+                campaign: "spring-2026".into(),
+                subject_ids: vec![subject_id.clone()],
+            };
+            let link = sign_link(
+                &keys,
+                "https://consent.example.com",
+                &request,
+                &subject_id,
+                Uuid::from_u128(subject_key),
+            );
+            let claims = UnsubscribeClaims::verify(&link.token, &keys).unwrap();
+            prop_assert_eq!(claims.subject_key, Uuid::from_u128(subject_key));
+            let bytes = URL_SAFE_NO_PAD.decode(&link.token).unwrap();
+            prop_assert!(!bytes.windows(id.len()).any(|w| w == id.as_bytes()));
+            prop_assert!(!link.token.contains(&id));
+            prop_assert!(!link.url.contains(&id));
+        }
     }
 }

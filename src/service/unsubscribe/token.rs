@@ -211,7 +211,11 @@ mod tests {
     fn garbage_is_malformed() {
         let keys = keys(K1);
         for token in ["", "abc", "!!!!", &"A".repeat(2000)] {
-            assert!(UnsubscribeClaims::verify(token, &keys).is_err(), "{token}");
+            assert_eq!(
+                UnsubscribeClaims::verify(token, &keys),
+                Err(TokenError::Malformed),
+                "{token}"
+            );
         }
     }
 
@@ -247,16 +251,6 @@ mod tests {
             bytes[index] ^= 1 << bit;
             let altered = URL_SAFE_NO_PAD.encode(bytes);
             prop_assert!(UnsubscribeClaims::verify(&altered, &keys).is_err());
-        }
-
-        /// The token holds neither the external id nor anything derived
-        /// from it: only the random surrogate key.
-        #[test]
-        fn the_token_does_not_contain_the_external_id(id in "[A-Z]-[0-9]{4,8}") {
-            let token = claims().sign(&keys(K1));
-            let bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
-            prop_assert!(!bytes.windows(id.len()).any(|w| w == id.as_bytes()));
-            prop_assert!(!token.contains(&id));
         }
     }
 }
