@@ -18,6 +18,10 @@ use nix::{
 
 use crate::helpers::{fresh_database, policy_path};
 
+mod readme_settings {
+    include!("readme_settings.rs");
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_consentd");
 
 fn run(args: &[&str]) -> (bool, String, String) {
@@ -127,6 +131,68 @@ fn help_documents_every_setting_and_its_environment_variable() {
     for command in ["serve", "migrate", "policy"] {
         assert!(stdout.contains(command), "{stdout}");
     }
+
+    // Both ways: every README row is a serve flag with that variable, shown
+    // by --help, and every serve flag is a README row with its variable.
+    let readme = readme_settings::rows(include_str!("../../README.md"));
+    let flags = serve_flags();
+    let (_, help, _) = run(&["serve", "--help"]);
+    for row in &readme {
+        assert_eq!(
+            flags.get(&row.flag),
+            Some(&Some(row.variable.clone())),
+            "README row {} is a serve flag with {}",
+            row.flag,
+            row.variable
+        );
+        let is_flag_line = |l: &str| {
+            let l = l.trim_start();
+            l.starts_with("--") || (l.starts_with('-') && l.contains(", --"))
+        };
+        let line = help
+            .lines()
+            .position(|l| l.split_whitespace().next() == Some(row.flag.as_str()))
+            .unwrap_or_else(|| panic!("serve --help lacks {}", row.flag));
+        // The flag's entry runs to the next flag.
+        let entry: String = help
+            .lines()
+            .skip(line + 1)
+            .take_while(|l| !is_flag_line(l))
+            .collect();
+        assert!(
+            entry.contains(&format!("[env: {}", row.variable)),
+            "serve --help shows {} with {}:\n{entry}",
+            row.flag,
+            row.variable
+        );
+    }
+    for (flag, variable) in &flags {
+        let row = readme.iter().find(|row| &row.flag == flag);
+        assert!(row.is_some(), "{flag} is in the README settings table");
+        assert_eq!(
+            variable.as_deref(),
+            Some(row.unwrap().variable.as_str()),
+            "{flag} has the README's variable"
+        );
+    }
+}
+
+/// `consentd serve`'s long flags (global ones included) and their variables.
+fn serve_flags() -> std::collections::BTreeMap<String, Option<String>> {
+    use clap::CommandFactory as _;
+    let mut command = consentd::settings::Cli::command();
+    command.build();
+    command
+        .find_subcommand("serve")
+        .unwrap()
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            let variable = arg.get_env().map(|v| v.to_string_lossy().into_owned());
+            Some((format!("--{long}"), variable))
+        })
+        .filter(|(flag, _)| flag != "--help")
+        .collect()
 }
 
 #[tokio::test]
