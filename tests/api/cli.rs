@@ -422,3 +422,58 @@ pub fn tempdir() -> TempDir {
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)
 }
+
+/// CONSENTD_* variables configure a real `consentd serve`: the database,
+/// the public URL of links, and the log format.
+#[tokio::test]
+async fn environment_variables_configure_a_real_server() {
+    let db = fresh_database().await;
+    let served = spawn_serve_with(
+        &[],
+        &[
+            ("CONSENTD_DATABASE_URL", db.db_url.as_str()),
+            ("CONSENTD_PUBLIC_URL", "https://mail.example.org"),
+            ("CONSENTD_LOG_FORMAT", "json"),
+        ],
+    );
+    register_and_check(&served.grpc_addr).await;
+    let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    let link = client
+        .create_unsubscribe_links(pb::CreateUnsubscribeLinksRequest {
+            purpose: "promotional_mail".into(),
+            field: String::new(),
+            campaign: "c".into(),
+            subject_ids: vec!["C-1042".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .links
+        .remove(0);
+    assert!(
+        link.url.starts_with("https://mail.example.org/u/"),
+        "{}",
+        link.url
+    );
+    let rows: i64 = consentd::store::admin_connect(&db.db_url)
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM subjects WHERE subject_id = 'C-1042'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the server used CONSENTD_DATABASE_URL");
+    let lines = terminate_and_wait(served.child, &served.logs).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "JSON log lines:\n{}",
+        lines.join("\n")
+    );
+}

@@ -6,7 +6,7 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use consentd::grpc::pb::{self, Choice, Decision, Reason};
 use tokio_stream::StreamExt as _;
 
-use crate::helpers::{TestApp, http_request, spawn_app, violated_fields};
+use crate::helpers::{TestApp, http_request, spawn_app, spawn_app_with, violated_fields};
 
 const ONE_CLICK: &str = "List-Unsubscribe=One-Click";
 
@@ -380,4 +380,18 @@ async fn a_real_client_posting_any_other_body_gets_400_and_records_nothing() {
         assert_eq!(curl(&args, &link.url).await, 400, "{args:?}");
     }
     assert_eq!(app.count("consent_records").await, 0);
+}
+
+#[tokio::test]
+async fn links_start_with_the_public_url() {
+    let app = spawn_app_with(|args| {
+        args.public_url = Some("https://consent.example.com/".into());
+    })
+    .await;
+    app.register("C-1").await;
+    let link = links(&app, &["C-1"], "").await.links.remove(0);
+    assert_eq!(
+        link.url,
+        format!("https://consent.example.com/u/{}", link.token)
+    );
 }
