@@ -16,6 +16,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     println!("cargo:rerun-if-changed=proto");
 
+    // The browser test is ignored, visibly and counted, only when asked.
+    println!("cargo::rustc-check-cfg=cfg(skip_browser)");
+    println!("cargo:rerun-if-env-changed=CONSENTD_SKIP_BROWSER");
+    if env::var("CONSENTD_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        println!("cargo:rustc-cfg=skip_browser");
+    }
+
     let descriptors = protox::compile(&protos, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     // compile_fds does not write the descriptor set itself.

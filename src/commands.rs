@@ -18,6 +18,7 @@ use anyhow::{Context as _, anyhow};
 use crate::{
     domain::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, SubjectId},
     error::Error,
+    keys::KeyFile as _,
     policy::Policy,
     service::{
         export::Exporter,

@@ -65,6 +65,36 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Logs what an operator needs to see: the internal failures, with
+    /// their cause (never a value). Errors the caller made are answered,
+    /// not logged. Every adapter calls this, so gRPC and HTTP log alike.
+    pub fn log(&self) {
+        match self {
+            Error::Pool(e) => tracing::error!(error = %e, "no database connection"),
+            // Only the SQLSTATE and the primary message: a DETAIL line can
+            // quote stored values, which must never reach a log (R8).
+            Error::Database(e) => match e.as_db_error() {
+                Some(db) => tracing::error!(
+                    code = db.code().code(),
+                    message = db.message(),
+                    "database error"
+                ),
+                None => {
+                    use std::error::Error as _;
+                    tracing::error!(error = %e, source = ?e.source().map(ToString::to_string), "database error")
+                }
+            },
+            Error::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
+            Error::InvalidArgument(_)
+            | Error::NotFound { .. }
+            | Error::FailedPrecondition { .. }
+            | Error::PermissionDenied(_)
+            | Error::RequestIdReused => {}
+        }
+    }
+}
+
 fn summarize(violations: &[FieldViolation]) -> String {
     violations
         .iter()

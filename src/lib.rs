@@ -11,12 +11,15 @@
 //!   holds the data keys and is the only code that sees plaintext values.
 //! - [`grpc`]: the tonic adapter; the only place prost types live.
 //! - [`http`]: probes and the one-click unsubscribe pages (axum).
-//! - [`error`]: the one error enum; `grpc` maps it to `Status`.
+//! - [`error`]: the one error enum and how its failures are logged; `grpc`
+//!   maps it to `Status`.
 //! - [`startup`]: builds and runs the whole server (`Application`).
 //! - [`settings`]: command line and environment.
 //! - [`commands`]: the one-shot subcommands (migrate, policy check, import,
 //!   keys rotate).
-//! - [`telemetry`]: logs, OpenTelemetry traces, subject pseudonyms.
+//! - [`keys`]: key files (unsubscribe link keys, data keys, the subject-ref
+//!   key): parsing, loading, random keys with a warning, redacted `Debug`.
+//! - [`telemetry`]: logs, OpenTelemetry traces, subject trace refs.
 //! - [`metrics`]: the Prometheus metrics and their names.
 
 pub mod commands;
@@ -24,6 +27,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod service;

@@ -270,6 +270,13 @@ mod tests {
 
     use super::*;
 
+    mod readme_settings {
+        include!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/api/readme_settings.rs"
+        ));
+    }
+
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
@@ -278,11 +285,61 @@ mod tests {
     #[test]
     fn serve_defaults_match_the_documented_ones() {
         let cli = Cli::try_parse_from(["consentd", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command else {
+        let Command::Serve(args) = &cli.command else {
             panic!("not serve")
         };
         assert_eq!(args.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(args.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(args.policy, PathBuf::from("deploy/policy.toml"));
+
+        let mut command = Cli::command();
+        // Building applies implied defaults (a flag's `false`) and global flags.
+        command.build();
+        let serve = command.find_subcommand("serve").unwrap();
+        for row in readme_settings::rows(include_str!("../README.md")) {
+            let documented = readme_settings::documented_default(&row);
+            let parsed = parsed_default(&cli, args, &row.flag);
+            assert_eq!(
+                parsed, documented,
+                "{} parses to its documented default",
+                row.flag
+            );
+            let declared = serve
+                .get_arguments()
+                .find(|arg| arg.get_long() == row.flag.strip_prefix("--"))
+                .unwrap_or_else(|| panic!("{} is not a serve flag", row.flag))
+                .get_default_values()
+                .first()
+                .map(|v| v.to_string_lossy().into_owned());
+            assert_eq!(declared, documented, "{} in --help", row.flag);
+        }
+    }
+
+    /// What `consentd serve` with no flags set for `flag`, as text.
+    fn parsed_default(cli: &Cli, args: &ServeArgs, flag: &str) -> Option<String> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let db = &args.database;
+        match flag {
+            "--database-url" => db.database_url.clone(),
+            "--local-server-url" => Some(db.local_server_url.clone()),
+            "--pg-data-dir" => path(&db.pg_data_dir),
+            "--grpc-addr" => Some(args.grpc_addr.to_string()),
+            "--http-addr" => Some(args.http_addr.to_string()),
+            "--policy" => Some(args.policy.display().to_string()),
+            "--migrate" => Some(args.migrate.to_string()),
+            "--max-connections" => Some(db.max_connections.to_string()),
+            "--drain-seconds" => Some(args.drain_seconds.to_string()),
+            "--public-url" => args.public_url.clone(),
+            "--unsubscribe-keys-file" => path(&args.unsubscribe_keys_file),
+            "--subject-ref-key-file" => path(&args.subject_ref_key_file),
+            "--data-keys-file" => path(&args.data_keys_file),
+            "--shutdown-timeout-seconds" => Some(args.shutdown_timeout_seconds.to_string()),
+            "--log-format" => {
+                use clap::ValueEnum as _;
+                let value = cli.log_format.to_possible_value().unwrap();
+                Some(value.get_name().to_string())
+            }
+            other => panic!("the README documents {other}, which this test does not read"),
+        }
     }
 }

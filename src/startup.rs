@@ -17,11 +17,12 @@ use tonic_health::ServingStatus;
 use crate::{
     grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, pb},
     http::{self, HttpState},
+    keys::{KeyFile as _, SubjectKey},
     policy::Policy,
     service::{
         ConsentService, DisclosureService,
         concern::ConcernService,
-        erasure::Eraser,
+        erasure::{Eraser, ErasureRefs},
         export::Exporter,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
@@ -42,7 +43,8 @@ pub struct Application {
     /// How often change streams re-read without a NOTIFY.
     feed_poll_interval: Duration,
     unsubscribe_keys: Arc<UnsubscribeKeys>,
-    subject_refs: SubjectRefs,
+    /// Derives trace refs and erasure hashes, each under its own tag.
+    subject_key: SubjectKey,
     /// Encrypt personal data at rest (R8).
     data_keys: Arc<DataKeys>,
     public_url: String,
@@ -74,36 +76,10 @@ impl Application {
         let http_listener = TcpListener::bind(args.http_addr)
             .await
             .with_context(|| format!("cannot bind the HTTP address {}", args.http_addr))?;
-        let unsubscribe_keys = match &args.unsubscribe_keys_file {
-            Some(path) => UnsubscribeKeys::load(path)?,
-            None => {
-                tracing::warn!(
-                    "no --unsubscribe-keys-file: signing unsubscribe links with a random key; \
-                     links stop working when this process stops"
-                );
-                UnsubscribeKeys::ephemeral()
-            }
-        };
-        let subject_refs = match &args.subject_ref_key_file {
-            Some(path) => SubjectRefs::load(path)?,
-            None => {
-                tracing::warn!(
-                    "no --subject-ref-key-file: subject pseudonyms use a random key; trace refs \
-                     change, and erased ids are no longer recognised, after this process stops"
-                );
-                SubjectRefs::ephemeral()
-            }
-        };
-        let data_keys = match &args.data_keys_file {
-            Some(path) => DataKeys::load(path)?,
-            None => {
-                tracing::warn!(
-                    "no --data-keys-file: encrypting personal data with a random key; \
-                     every value stored now is UNREADABLE after this process stops"
-                );
-                DataKeys::ephemeral()
-            }
-        };
+        let unsubscribe_keys =
+            UnsubscribeKeys::load_or_random(args.unsubscribe_keys_file.as_deref())?;
+        let subject_key = SubjectKey::load_or_random(args.subject_ref_key_file.as_deref())?;
+        let data_keys = DataKeys::load_or_random(args.data_keys_file.as_deref())?;
         let http_addr = http_listener.local_addr()?;
         let public_url = args
             .public_url
@@ -118,7 +94,7 @@ impl Application {
             shutdown_timeout: args.shutdown_timeout(),
             feed_poll_interval: args.feed_poll_interval(),
             unsubscribe_keys: Arc::new(unsubscribe_keys),
-            subject_refs,
+            subject_key,
             data_keys: Arc::new(data_keys),
             public_url,
         })
@@ -156,10 +132,12 @@ impl Application {
             shutdown_timeout,
             feed_poll_interval,
             unsubscribe_keys,
-            subject_refs,
+            subject_key,
             data_keys,
             public_url,
         } = self;
+        let subject_refs = SubjectRefs::new(subject_key.clone());
+        let erasure_refs = ErasureRefs::new(subject_key);
         // Install the recorder before anything records.
         crate::metrics::handle();
         let store = database.store.clone();
@@ -180,7 +158,7 @@ impl Application {
         let concern_deadlines = policy.concern_deadlines();
         let rights = SubjectRightsGrpc::new(
             Exporter::new(store.clone(), data_keys.clone()),
-            Eraser::new(store.clone(), subject_refs.clone()),
+            Eraser::new(store.clone(), erasure_refs.clone()),
             policy.concern_deadlines(),
         )
         .into_server();
@@ -190,14 +168,8 @@ impl Application {
         )
         .into_server();
         let consent = ConsentGrpc::new(
-            ConsentService::new(
-                store.clone(),
-                policy,
-                wake,
-                stop.clone(),
-                subject_refs.clone(),
-            )
-            .with_feed_poll_interval(feed_poll_interval),
+            ConsentService::new(store.clone(), policy, wake, stop.clone(), erasure_refs)
+                .with_feed_poll_interval(feed_poll_interval),
             unsubscribes.clone(),
             subject_refs,
         )

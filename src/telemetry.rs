@@ -16,18 +16,18 @@
 use std::io::IsTerminal as _;
 
 use anyhow::Context as _;
-use base64::{Engine as _, engine::general_purpose::STANDARD};
-use hmac::{Hmac, Mac as _};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     Resource,
     propagation::TraceContextPropagator,
     trace::{Sampler, SdkTracerProvider},
 };
-use sha2::Sha256;
 use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
 
-use crate::domain::SubjectId;
+use crate::{
+    domain::SubjectId,
+    keys::{KeyFile as _, SubjectKey, hex},
+};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -119,91 +119,43 @@ pub fn init(default_filter: &str, format: LogFormat) -> anyhow::Result<Telemetry
 /// Keyed pseudonyms for subjects, for spans and dashboards: stable (the same
 /// subject always gets the same ref, so dashboards can group by it) but not
 /// reversible without the key, and never the external id itself.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SubjectRefs {
-    key: Vec<u8>,
+    key: SubjectKey,
 }
 
 impl SubjectRefs {
-    /// Reads a key file: one base64 line of at least 32 bytes; `#` comments.
-    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .with_context(|| format!("{}: no key", path.display()))?;
-        let key = STANDARD
-            .decode(line)
-            .with_context(|| format!("{}: the key is not valid base64", path.display()))?;
-        anyhow::ensure!(
-            key.len() >= 32,
-            "{}: the key must be at least 32 bytes",
-            path.display()
-        );
-        Ok(Self { key })
-    }
-
-    /// A random key: refs are stable only while this process runs.
-    pub fn ephemeral() -> Self {
-        let mut key = vec![0u8; 32];
-        getrandom::fill(&mut key).expect("the OS random source works");
+    pub fn new(key: SubjectKey) -> Self {
         Self { key }
     }
 
-    /// HMAC-SHA256 of the id, under a domain tag so that the derived values
-    /// below cannot be matched with each other.
-    fn mac(&self, domain: &str, subject: &SubjectId) -> Vec<u8> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(domain.as_bytes());
-        mac.update(subject.as_str().as_bytes());
-        mac.finalize().into_bytes().to_vec()
+    /// Reads the subject-ref key file (see [`SubjectKey`]).
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        SubjectKey::load(path).map(Self::new)
     }
 
-    /// The pseudonym of a subject in traces: 16 hex digits.
+    /// The pseudonym of a subject in traces: 16 hex digits. Its domain tag is
+    /// empty; other uses of the key derive under their own tags.
     pub fn of(&self, subject: &SubjectId) -> String {
-        hex(&self.mac("", subject)[..8])
+        hex(&self.key.derive("", subject)[..8])
     }
-
-    /// The suppression-list hash of an erased external id.
-    pub fn erasure_hash(&self, subject: &SubjectId) -> Vec<u8> {
-        self.mac("erasure:", subject)
-    }
-
-    /// The id an erased subject's history carries instead of its own.
-    pub fn erased_pseudonym(&self, subject: &SubjectId) -> SubjectId {
-        SubjectId::parse(format!(
-            "erased-{}",
-            hex(&self.mac("pseudonym:", subject)[..12])
-        ))
-        .expect("a valid subject id")
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+
     use super::*;
 
     #[test]
     fn subject_refs_are_stable_keyed_and_hide_the_id() {
         let id = SubjectId::parse("C-1042").unwrap();
-        let refs = SubjectRefs { key: vec![7; 32] };
+        let key = |byte: u8| SubjectKey::parse(&STANDARD.encode([byte; 32]), "test").unwrap();
+        let refs = SubjectRefs::new(key(7));
         assert_eq!(refs.of(&id), refs.of(&id));
         assert_eq!(refs.of(&id).len(), 16);
         assert!(!refs.of(&id).contains("1042"));
-        assert_ne!(
-            hex(&refs.erasure_hash(&id)[..8]),
-            refs.of(&id),
-            "derived apart"
-        );
-        assert!(refs.erased_pseudonym(&id).as_str().starts_with("erased-"));
-        assert_eq!(refs.erased_pseudonym(&id), refs.erased_pseudonym(&id));
-        assert_ne!(refs.of(&id), SubjectRefs { key: vec![8; 32] }.of(&id));
+        assert_ne!(refs.of(&id), SubjectRefs::new(key(8)).of(&id));
         assert_ne!(refs.of(&id), refs.of(&SubjectId::parse("C-1043").unwrap()));
     }
 }

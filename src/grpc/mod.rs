@@ -18,7 +18,6 @@ pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
 pub use export::{export_to_pb, to_json as export_to_json};
 pub use rights::SubjectRightsGrpc;
-pub use status::log_error;
 
 /// The generated `consent.v1` types and service traits. Generated code is
 /// not ours to lint: proto comments are prose, not rustdoc.

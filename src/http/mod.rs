@@ -2,11 +2,13 @@
 //! one-click unsubscribe pages that letters link to. No login and no cookies:
 //! the signed token in the URL is the only credential.
 
+mod one_click;
 mod pages;
 
 use axum::{
     Router,
-    extract::{Path, State},
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -32,7 +34,12 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .route("/u/{token}", get(show_unsubscribe).post(unsubscribe))
+        .route(
+            "/u/{token}",
+            get(show_unsubscribe)
+                .post(unsubscribe)
+                .layer(DefaultBodyLimit::max(one_click::MAX_BODY_BYTES)),
+        )
         .with_state(state)
 }
 
@@ -56,14 +63,14 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         .await
     {
         Ok(overdue) => metrics::gauge!(crate::metrics::CONCERNS_OVERDUE).set(overdue as f64),
-        Err(e) => crate::grpc::log_error(e),
+        Err(e) => e.log(),
     }
     match state.store.count_open_reviews().await {
         Ok((open, overdue)) => {
             metrics::gauge!(crate::metrics::REVIEWS_OPEN).set(open as f64);
             metrics::gauge!(crate::metrics::REVIEWS_OVERDUE).set(overdue as f64);
         }
-        Err(e) => crate::grpc::log_error(e),
+        Err(e) => e.log(),
     }
     let mut response = crate::metrics::render(&state.store).into_response();
     response.headers_mut().insert(
@@ -87,19 +94,20 @@ async fn show_unsubscribe(
     }
 }
 
-/// RFC 8058 one-click: the body is `List-Unsubscribe=One-Click`. Records the
-/// refusal at once and answers 200, without redirecting.
+/// RFC 8058 one-click: the body is `List-Unsubscribe=One-Click`, as
+/// multipart or urlencoded form data. Records the refusal at once and
+/// answers 200, without redirecting.
 async fn unsubscribe(
     State(state): State<HttpState>,
     Path(token): Path<String>,
     headers: HeaderMap,
-    body: String,
+    body: Bytes,
 ) -> Response {
     let lang = Lang::from_headers(&headers);
-    if !body
-        .split('&')
-        .any(|pair| pair.trim() == "List-Unsubscribe=One-Click")
-    {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if !one_click::is_one_click(content_type, &body) {
         return html(StatusCode::BAD_REQUEST, lang, pages::bad_body_page(lang));
     }
     match state.unsubscribes.unsubscribe(&token).await {
@@ -114,7 +122,7 @@ async fn unsubscribe(
 fn link_error(lang: Lang, error: LinkError) -> Response {
     match error {
         LinkError::Service(e) => {
-            crate::grpc::log_error(e);
+            e.log();
             html(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 lang,

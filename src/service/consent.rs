@@ -12,9 +12,8 @@ use crate::{
     },
     error::{Error, Result},
     policy::{Decision, Policy, decide_with_data},
-    service::feed,
+    service::{erasure::ErasureRefs, feed},
     store::{HistoryPage, Store},
-    telemetry::SubjectRefs,
 };
 
 /// The most items one BatchCheck may carry.
@@ -48,7 +47,7 @@ pub struct ConsentService {
     /// Cancelled at shutdown, so change streams end and the server can stop.
     stop: CancellationToken,
     /// Keyed hashes for the erasure suppression list.
-    refs: SubjectRefs,
+    refs: ErasureRefs,
     /// How often change streams re-read without a wake-up.
     feed_poll: Duration,
 }
@@ -59,7 +58,7 @@ impl ConsentService {
         policy: Arc<Policy>,
         wake: watch::Receiver<u64>,
         stop: CancellationToken,
-        refs: SubjectRefs,
+        refs: ErasureRefs,
     ) -> Self {
         Self {
             store,
@@ -111,7 +110,7 @@ impl ConsentService {
         actor: &Actor,
     ) -> Result<(Subject, bool)> {
         self.store
-            .register_subject(reg, actor, &self.refs.erasure_hash(&reg.subject_id))
+            .register_subject(reg, actor, &self.refs.hash(&reg.subject_id))
             .await
     }
 
@@ -225,10 +224,7 @@ impl ConsentService {
         if unknown.is_empty() {
             return Ok(());
         }
-        let hashes: Vec<Vec<u8>> = unknown
-            .iter()
-            .map(|id| self.refs.erasure_hash(id))
-            .collect();
+        let hashes: Vec<Vec<u8>> = unknown.iter().map(|id| self.refs.hash(id)).collect();
         let erased = self.store.erased_among(&hashes).await?;
         for (id, hash) in unknown.into_iter().zip(hashes) {
             if erased.contains(&hash) {

@@ -7,7 +7,7 @@
 //! the first key seals, every listed key opens, and `consentd keys rotate`
 //! re-seals old rows under the first key.
 
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
 use aes_gcm::{
     Aes256Gcm, KeyInit as _, Nonce,
@@ -17,7 +17,7 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::{
     domain::{FieldName, PersonalValue, SealedValue, SubjectId},
-    service::unsubscribe::parse_key_lines,
+    keys::{KeyFile, KeyRing},
 };
 
 const NONCE_BYTES: usize = 12;
@@ -25,61 +25,50 @@ const NONCE_BYTES: usize = 12;
 /// The data keys. The first seals; all open.
 #[derive(Clone)]
 pub struct DataKeys {
-    current: String,
+    ring: KeyRing,
     ciphers: HashMap<String, Aes256Gcm>,
 }
 
 impl std::fmt::Debug for DataKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print key material.
-        f.debug_struct("DataKeys")
-            .field("current", &self.current)
-            .field("key_ids", &self.ciphers.keys().collect::<Vec<_>>())
-            .finish()
+        // The ring's Debug shows key ids only; the ciphers hold key material.
+        f.debug_tuple("DataKeys").field(&self.ring).finish()
+    }
+}
+
+impl KeyFile for DataKeys {
+    const WITHOUT_FILE: &'static str = "no --data-keys-file: encrypting personal data with a \
+        random key; every value stored now is UNREADABLE after this process stops";
+
+    /// AES-256 keys must be exactly 32 bytes.
+    fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        Self::new(KeyRing::parse(text, origin)?, origin)
+    }
+
+    fn random() -> Self {
+        Self::new(KeyRing::random(), "random").expect("a random key is 32 bytes")
     }
 }
 
 impl DataKeys {
-    /// Parses the same `key-id=base64-key` lines as the unsubscribe keys;
-    /// AES-256 keys must be exactly 32 bytes.
-    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
-        let (current, keys) = parse_key_lines(text, origin)?;
+    fn new(ring: KeyRing, origin: &str) -> anyhow::Result<Self> {
         let mut ciphers = HashMap::new();
-        for (kid, key) in keys {
-            if key.len() != 32 {
+        for (kid, key) in ring.iter() {
+            if key.expose().len() != 32 {
                 bail!(
                     "{origin}: data key `{kid}` must be exactly 32 bytes (got {})",
-                    key.len()
+                    key.expose().len()
                 );
             }
-            let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| anyhow!("{e}"))?;
-            ciphers.insert(kid, cipher);
+            let cipher = Aes256Gcm::new_from_slice(key.expose()).map_err(|e| anyhow!("{e}"))?;
+            ciphers.insert(kid.to_string(), cipher);
         }
-        Ok(Self { current, ciphers })
-    }
-
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Self::parse(&text, &path.display().to_string())
-    }
-
-    /// A random key that lives as long as the process: everything stored
-    /// with it is unreadable after a restart, so it is only for trying
-    /// things out.
-    pub fn ephemeral() -> Self {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).expect("the OS random source works");
-        let cipher = Aes256Gcm::new_from_slice(&key).expect("a 32-byte key");
-        Self {
-            current: "ephemeral".into(),
-            ciphers: HashMap::from([("ephemeral".to_string(), cipher)]),
-        }
+        Ok(Self { ring, ciphers })
     }
 
     /// The id of the key that seals new values.
     pub fn current(&self) -> &str {
-        &self.current
+        self.ring.current()
     }
 
     pub fn seal(
@@ -88,7 +77,7 @@ impl DataKeys {
         field: &FieldName,
         value: &PersonalValue,
     ) -> anyhow::Result<SealedValue> {
-        let cipher = &self.ciphers[&self.current];
+        let cipher = &self.ciphers[self.current()];
         let mut nonce = [0u8; NONCE_BYTES];
         getrandom::fill(&mut nonce).map_err(|e| anyhow!("no random nonce: {e}"))?;
         let aad = associated_data(subject, field);
@@ -102,7 +91,7 @@ impl DataKeys {
             )
             .map_err(|_| anyhow!("encryption failed"))?;
         Ok(SealedValue {
-            key_id: self.current.clone(),
+            key_id: self.current().to_string(),
             nonce: nonce.to_vec(),
             ciphertext,
         })

@@ -18,6 +18,10 @@ use nix::{
 
 use crate::helpers::{fresh_database, policy_path};
 
+mod readme_settings {
+    include!("readme_settings.rs");
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_consentd");
 
 fn run(args: &[&str]) -> (bool, String, String) {
@@ -127,6 +131,68 @@ fn help_documents_every_setting_and_its_environment_variable() {
     for command in ["serve", "migrate", "policy"] {
         assert!(stdout.contains(command), "{stdout}");
     }
+
+    // Both ways: every README row is a serve flag with that variable, shown
+    // by --help, and every serve flag is a README row with its variable.
+    let readme = readme_settings::rows(include_str!("../../README.md"));
+    let flags = serve_flags();
+    let (_, help, _) = run(&["serve", "--help"]);
+    for row in &readme {
+        assert_eq!(
+            flags.get(&row.flag),
+            Some(&Some(row.variable.clone())),
+            "README row {} is a serve flag with {}",
+            row.flag,
+            row.variable
+        );
+        let is_flag_line = |l: &str| {
+            let l = l.trim_start();
+            l.starts_with("--") || (l.starts_with('-') && l.contains(", --"))
+        };
+        let line = help
+            .lines()
+            .position(|l| l.split_whitespace().next() == Some(row.flag.as_str()))
+            .unwrap_or_else(|| panic!("serve --help lacks {}", row.flag));
+        // The flag's entry runs to the next flag.
+        let entry: String = help
+            .lines()
+            .skip(line + 1)
+            .take_while(|l| !is_flag_line(l))
+            .collect();
+        assert!(
+            entry.contains(&format!("[env: {}", row.variable)),
+            "serve --help shows {} with {}:\n{entry}",
+            row.flag,
+            row.variable
+        );
+    }
+    for (flag, variable) in &flags {
+        let row = readme.iter().find(|row| &row.flag == flag);
+        assert!(row.is_some(), "{flag} is in the README settings table");
+        assert_eq!(
+            variable.as_deref(),
+            Some(row.unwrap().variable.as_str()),
+            "{flag} has the README's variable"
+        );
+    }
+}
+
+/// `consentd serve`'s long flags (global ones included) and their variables.
+fn serve_flags() -> std::collections::BTreeMap<String, Option<String>> {
+    use clap::CommandFactory as _;
+    let mut command = consentd::settings::Cli::command();
+    command.build();
+    command
+        .find_subcommand("serve")
+        .unwrap()
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            let variable = arg.get_env().map(|v| v.to_string_lossy().into_owned());
+            Some((format!("--{long}"), variable))
+        })
+        .filter(|(flag, _)| flag != "--help")
+        .collect()
 }
 
 #[tokio::test]
@@ -355,4 +421,59 @@ pub fn tempdir() -> TempDir {
     let dir = std::env::temp_dir().join(format!("consentd-cli-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)
+}
+
+/// CONSENTD_* variables configure a real `consentd serve`: the database,
+/// the public URL of links, and the log format.
+#[tokio::test]
+async fn environment_variables_configure_a_real_server() {
+    let db = fresh_database().await;
+    let served = spawn_serve_with(
+        &[],
+        &[
+            ("CONSENTD_DATABASE_URL", db.db_url.as_str()),
+            ("CONSENTD_PUBLIC_URL", "https://mail.example.org"),
+            ("CONSENTD_LOG_FORMAT", "json"),
+        ],
+    );
+    register_and_check(&served.grpc_addr).await;
+    let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    let link = client
+        .create_unsubscribe_links(pb::CreateUnsubscribeLinksRequest {
+            purpose: "promotional_mail".into(),
+            field: String::new(),
+            campaign: "c".into(),
+            subject_ids: vec!["C-1042".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .links
+        .remove(0);
+    assert!(
+        link.url.starts_with("https://mail.example.org/u/"),
+        "{}",
+        link.url
+    );
+    let rows: i64 = consentd::store::admin_connect(&db.db_url)
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM subjects WHERE subject_id = 'C-1042'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the server used CONSENTD_DATABASE_URL");
+    let lines = terminate_and_wait(served.child, &served.logs).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "JSON log lines:\n{}",
+        lines.join("\n")
+    );
 }

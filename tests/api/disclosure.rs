@@ -8,6 +8,7 @@ use consentd::{
         self, Choice, Decision, DisclosureStatus, LegalBasis, Reason,
         disclosure_service_client::DisclosureServiceClient,
     },
+    keys::KeyFile as _,
     service::vault::DataKeys,
 };
 use tonic::{Code, transport::Channel};

@@ -1,9 +1,9 @@
 //! The server around the service: health, reflection, HTTP probes and
 //! graceful shutdown.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use consentd::grpc::pb;
+use consentd::{grpc::pb, store};
 use tokio_stream::StreamExt as _;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -13,7 +13,10 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::helpers::{http_get, spawn_app, spawn_app_with};
+use crate::{
+    cli::{spawn_serve_with, terminate_and_wait},
+    helpers::{fresh_database, http_get, record_request, spawn_app, spawn_app_with},
+};
 
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_the_consent_service() {
@@ -149,4 +152,148 @@ async fn shutdown_reports_not_serving_first_and_lets_calls_finish() {
         .unwrap();
     let refused = tokio::net::TcpStream::connect(app.grpc_addr).await;
     assert!(refused.is_err(), "the listener is closed after shutdown");
+}
+
+/// Waits until a statement in this database waits for a lock.
+async fn wait_until_blocked(db: &tokio_postgres::Client) {
+    for _ in 0..100 {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the call never reached the database lock");
+}
+
+/// A refusal for C-1, held up by a lock the test holds on the history.
+fn blocked_refusal(
+    client: &pb::consent_service_client::ConsentServiceClient<tonic::transport::Channel>,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::RecordConsentResponse>, tonic::Status>> {
+    let mut client = client.clone();
+    tokio::spawn(async move {
+        client
+            .record_consent(record_request(
+                "C-1",
+                "promotional_mail",
+                "",
+                pb::Choice::Refuse,
+            ))
+            .await
+    })
+}
+
+#[tokio::test]
+async fn a_call_in_flight_when_the_listeners_close_still_finishes() {
+    let mut app = spawn_app().await;
+    app.register("C-1").await;
+    let locker = app.connect_db().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE consent_records IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let call = blocked_refusal(&app.client);
+    wait_until_blocked(&app.db).await;
+
+    app.stop_token().cancel();
+    let closed = async {
+        while tokio::net::TcpStream::connect(app.grpc_addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the listener closes while the call is in flight");
+    assert!(!call.is_finished(), "the call is still waiting");
+
+    locker.batch_execute("COMMIT").await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the in-flight call is answered");
+    assert_eq!(
+        answer.into_inner().record.unwrap().choice(),
+        pb::Choice::Refuse
+    );
+    tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(app.count("consent_records").await, 1);
+}
+
+/// `--shutdown-timeout-seconds`: a real server with a call stuck past the
+/// timeout exits within about the timeout, and the call is cut.
+#[tokio::test]
+async fn a_call_still_running_at_the_shutdown_timeout_is_cut() {
+    let db = fresh_database().await;
+    let served = spawn_serve_with(
+        &[
+            "--database-url",
+            &db.db_url,
+            "--shutdown-timeout-seconds",
+            "1",
+        ],
+        &[],
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", served.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = pb::consent_service_client::ConsentServiceClient::new(channel);
+    client
+        .clone()
+        .register_subject(pb::RegisterSubjectRequest {
+            subject_id: "C-1".into(),
+            kind: pb::SubjectKind::Individual.into(),
+            notice_version: "2026-11".into(),
+            channel: pb::Channel::Web.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let locker = store::admin_connect(&db.db_url).await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE consent_records IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let call = blocked_refusal(&client);
+    wait_until_blocked(&locker).await;
+
+    let started = Instant::now();
+    let lines = terminate_and_wait(served.child, &served.logs).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "exited {took:?} after SIGTERM, with a 1 s timeout"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("after the shutdown timeout")),
+        "{}",
+        lines.join("\n")
+    );
+    let cut = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cut.is_err(), "the stuck call got no answer: {cut:?}");
+    locker.batch_execute("COMMIT").await.unwrap();
+    let written: i64 = locker
+        .query_one("SELECT count(*) FROM consent_records", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 0, "the cut call wrote nothing");
 }

@@ -6,7 +6,7 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use consentd::grpc::pb::{self, Choice, Decision, Reason};
 use tokio_stream::StreamExt as _;
 
-use crate::helpers::{TestApp, http_request, spawn_app, violated_fields};
+use crate::helpers::{TestApp, http_request, spawn_app, spawn_app_with, violated_fields};
 
 const ONE_CLICK: &str = "List-Unsubscribe=One-Click";
 
@@ -317,4 +317,81 @@ async fn bad_link_requests_are_refused_field_by_field() {
             (&request.purpose, &request.field)
         );
     }
+}
+
+/// Runs the real `curl` with `args` and the URL; returns the HTTP status.
+async fn curl(args: &[&str], url: &str) -> u16 {
+    let out = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--output", "/dev/null"])
+        .args(["--write-out", "%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("these tests run the real `curl`: apt-get install curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().parse().unwrap()
+}
+
+/// RFC 8058 §3.1: mail providers SHOULD post multipart/form-data (curl -F)
+/// and MAY post urlencoded form data (curl -d). Both record the refusal.
+#[tokio::test]
+async fn one_click_accepts_multipart_and_urlencoded_bodies_from_a_real_client() {
+    let app = spawn_app().await;
+    for (subject, flag) in [("C-1", "-F"), ("C-2", "-d")] {
+        app.register(subject).await;
+        let link = links(&app, &[subject], "").await.links.remove(0);
+        assert_eq!(curl(&[flag, ONE_CLICK], &link.url).await, 200, "{flag}");
+        assert_eq!(
+            app.check(subject, "promotional_mail", "email")
+                .await
+                .decision(),
+            Decision::Deny,
+            "{flag}"
+        );
+    }
+    let refusals: i64 = app
+        .db
+        .query_one(
+            "SELECT count(*) FROM consent_records WHERE choice = 'refuse' AND channel = 'email_link'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refusals, 2, "one refusal per encoding");
+}
+
+#[tokio::test]
+async fn a_real_client_posting_any_other_body_gets_400_and_records_nothing() {
+    let app = spawn_app().await;
+    app.register("C-1").await;
+    let link = links(&app, &["C-1"], "").await.links.remove(0);
+    for args in [
+        ["-F", "List-Unsubscribe=Yes"],
+        ["-F", "Unsubscribe=One-Click"],
+        ["-d", "unsubscribe=yes"],
+        ["--data-binary", "One-Click"],
+    ] {
+        assert_eq!(curl(&args, &link.url).await, 400, "{args:?}");
+    }
+    assert_eq!(app.count("consent_records").await, 0);
+}
+
+#[tokio::test]
+async fn links_start_with_the_public_url() {
+    let app = spawn_app_with(|args| {
+        args.public_url = Some("https://consent.example.com/".into());
+    })
+    .await;
+    app.register("C-1").await;
+    let link = links(&app, &["C-1"], "").await.links.remove(0);
+    assert_eq!(
+        link.url,
+        format!("https://consent.example.com/u/{}", link.token)
+    );
 }

@@ -1,0 +1,285 @@
+//! Key files, read one way for every kind of key: the unsubscribe link keys,
+//! the data keys and the subject-ref key.
+//!
+//! Two formats. A key ring is `key-id=base64-key` lines, whose first key
+//! signs or encrypts new data while every listed key still verifies or
+//! decrypts, so keys rotate by adding a new first line. A single key is one
+//! base64 line. In both, `#` starts a comment and keys hold at least 32
+//! bytes. Without a file a kind of key can be made at random, which only
+//! suits trying things out, so that is logged as a warning.
+//!
+//! Key bytes never appear in `Debug` output, errors or logs.
+
+use std::{collections::BTreeMap, path::Path, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
+
+use crate::domain::SubjectId;
+
+/// The shortest key any file may hold.
+const MIN_KEY_BYTES: usize = 32;
+
+/// The key id of a key made at random for this process.
+const RANDOM_KEY_ID: &str = "ephemeral";
+
+/// A kind of key that comes from a file, or at random when none is given.
+pub trait KeyFile: Sized {
+    /// What is lost when no file is given, logged once at start.
+    const WITHOUT_FILE: &'static str;
+
+    /// Parses the text of a key file; `origin` names it in errors.
+    fn parse(text: &str, origin: &str) -> anyhow::Result<Self>;
+
+    /// A random key that lives as long as the process.
+    fn random() -> Self;
+
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The file's keys, or a random key with a warning when no file is given.
+    fn load_or_random(path: Option<&Path>) -> anyhow::Result<Self> {
+        match path {
+            Some(path) => Self::load(path),
+            None => {
+                tracing::warn!("{}", Self::WITHOUT_FILE);
+                Ok(Self::random())
+            }
+        }
+    }
+}
+
+/// Key bytes, which `Debug` never shows.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    fn random() -> Self {
+        let mut key = [0u8; MIN_KEY_BYTES];
+        getrandom::fill(&mut key).expect("the OS random source works");
+        Self(Arc::from(key.as_slice()))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// Keys by id from `key-id=base64-key` lines. The first is current: it signs
+/// or encrypts new data; all of them verify or decrypt.
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    current: String,
+    keys: BTreeMap<String, Secret>,
+}
+
+impl KeyRing {
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let mut current = None;
+        let mut keys = BTreeMap::new();
+        for (index, line) in meaningful_lines(text) {
+            let at = format!("{origin}:{}", index + 1);
+            let Some((kid, key)) = line.split_once('=') else {
+                bail!("{at}: expected `key-id=base64-key`");
+            };
+            let kid = kid.trim();
+            if kid.is_empty()
+                || kid.len() > 32
+                || !kid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                bail!("{at}: the key id must be 1-32 characters of A-Z, a-z, 0-9, '-' and '_'");
+            }
+            let key = decode_key(key, &at)?;
+            if keys.insert(kid.to_string(), key).is_some() {
+                bail!("{at}: duplicate key id `{kid}`");
+            }
+            current.get_or_insert_with(|| kid.to_string());
+        }
+        let current = current.with_context(|| format!("{origin}: no keys"))?;
+        Ok(Self { current, keys })
+    }
+
+    /// One random key, under the id `ephemeral`.
+    pub fn random() -> Self {
+        Self {
+            current: RANDOM_KEY_ID.into(),
+            keys: BTreeMap::from([(RANDOM_KEY_ID.to_string(), Secret::random())]),
+        }
+    }
+
+    /// The id of the key that signs or encrypts new data.
+    pub fn current(&self) -> &str {
+        &self.current
+    }
+
+    pub fn get(&self, kid: &str) -> Option<&Secret> {
+        self.keys.get(kid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Secret)> {
+        self.keys.iter().map(|(kid, key)| (kid.as_str(), key))
+    }
+}
+
+/// The key that turns subject ids into pseudonyms and keyed hashes: one
+/// base64 line. Each use derives under its own domain tag, so that values
+/// derived for one use cannot be matched with another's.
+#[derive(Clone, Debug)]
+pub struct SubjectKey(Secret);
+
+impl SubjectKey {
+    /// HMAC-SHA256 of the id under `domain`.
+    pub fn derive(&self, domain: &str, subject: &SubjectId) -> Vec<u8> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.0.expose()).expect("HMAC takes any key length");
+        mac.update(domain.as_bytes());
+        mac.update(subject.as_str().as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+impl KeyFile for SubjectKey {
+    const WITHOUT_FILE: &'static str = "no --subject-ref-key-file: subject pseudonyms use a \
+        random key; trace refs change, and erased ids are no longer recognised, after this \
+        process stops";
+
+    fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let (index, line) = meaningful_lines(text)
+            .next()
+            .with_context(|| format!("{origin}: no key"))?;
+        Ok(Self(decode_key(line, &format!("{origin}:{}", index + 1))?))
+    }
+
+    fn random() -> Self {
+        Self(Secret::random())
+    }
+}
+
+/// Lowercase hex, for derived values shown as text.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lines that are neither blank nor comments, trimmed, with their index.
+fn meaningful_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+}
+
+fn decode_key(text: &str, at: &str) -> anyhow::Result<Secret> {
+    let key = STANDARD
+        .decode(text.trim())
+        .with_context(|| format!("{at}: the key is not valid base64"))?;
+    if key.len() < MIN_KEY_BYTES {
+        bail!(
+            "{at}: the key must be at least {MIN_KEY_BYTES} bytes (got {})",
+            key.len()
+        );
+    }
+    Ok(Secret(Arc::from(key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str = "k1=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const K2: &str = "k2=ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+
+    #[test]
+    fn a_key_ring_is_led_by_its_first_key_and_holds_every_key() {
+        let ring = KeyRing::parse(&format!("# rotated\n{K2}\n\n{K1}\n"), "keys").unwrap();
+        assert_eq!(ring.current(), "k2");
+        assert_eq!(
+            ring.iter().map(|(kid, _)| kid).collect::<Vec<_>>(),
+            ["k1", "k2"]
+        );
+        assert_eq!(
+            ring.get("k1").unwrap().expose(),
+            b"0123456789abcdef0123456789abcdef"
+        );
+    }
+
+    #[test]
+    fn key_ring_mistakes_are_reported_with_their_line() {
+        let error = |text: &str| KeyRing::parse(text, "keys.txt").unwrap_err().to_string();
+        assert_eq!(
+            error("# comment\nk1=c2hvcnQ="),
+            "keys.txt:2: the key must be at least 32 bytes (got 5)"
+        );
+        assert_eq!(error(""), "keys.txt: no keys");
+        assert_eq!(
+            error("just-base64"),
+            "keys.txt:1: expected `key-id=base64-key`"
+        );
+        assert!(error("k 1=abc").starts_with("keys.txt:1: the key id must be"));
+        assert_eq!(error("k1=!!!"), "keys.txt:1: the key is not valid base64");
+        assert_eq!(
+            error(&format!("{K1}\n{K1}")),
+            "keys.txt:2: duplicate key id `k1`"
+        );
+    }
+
+    #[test]
+    fn a_single_key_file_takes_its_first_base64_line() {
+        let key = SubjectKey::parse(
+            "# ref key\n\nMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
+            "ref",
+        )
+        .unwrap();
+        assert_eq!(key.0.expose(), b"0123456789abcdef0123456789abcdef");
+        let error = |text: &str| SubjectKey::parse(text, "ref").unwrap_err().to_string();
+        assert_eq!(error("# nothing\n"), "ref: no key");
+        assert_eq!(
+            error("c2hvcnQ="),
+            "ref:1: the key must be at least 32 bytes (got 5)"
+        );
+    }
+
+    #[test]
+    fn random_keys_differ_and_are_long_enough() {
+        let (a, b) = (KeyRing::random(), KeyRing::random());
+        assert_eq!(a.current(), "ephemeral");
+        let (a, b) = (a.get("ephemeral").unwrap(), b.get("ephemeral").unwrap());
+        assert_eq!(a.expose().len(), MIN_KEY_BYTES);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn debug_output_never_shows_key_bytes() {
+        let ring = KeyRing::parse(K1, "keys").unwrap();
+        let subject = SubjectKey::parse(K1.trim_start_matches("k1="), "ref").unwrap();
+        for shown in [format!("{ring:?}"), format!("{subject:?}")] {
+            assert!(!shown.contains("MDEy"), "{shown}");
+            assert!(!shown.contains("0123456789"), "{shown}");
+            assert!(!shown.contains("48, 49"), "{shown}");
+            assert!(shown.contains("32 bytes"), "{shown}");
+        }
+        assert!(format!("{ring:?}").contains("k1"), "key ids may show");
+    }
+
+    #[test]
+    fn derivations_under_different_domains_differ() {
+        let key = SubjectKey(Secret(Arc::from([7u8; 32].as_slice())));
+        let id = SubjectId::parse("C-1042").unwrap();
+        assert_eq!(key.derive("a:", &id), key.derive("a:", &id));
+        assert_ne!(key.derive("a:", &id), key.derive("b:", &id));
+        let other = SubjectKey(Secret(Arc::from([8u8; 32].as_slice())));
+        assert_ne!(key.derive("a:", &id), other.derive("a:", &id));
+    }
+}
