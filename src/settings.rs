@@ -334,6 +334,7 @@ mod tests {
             "--subject-ref-key-file" => path(&args.subject_ref_key_file),
             "--data-keys-file" => path(&args.data_keys_file),
             "--shutdown-timeout-seconds" => Some(args.shutdown_timeout_seconds.to_string()),
+            "--feed-poll-interval-ms" => Some(args.feed_poll_interval_ms.to_string()),
             "--log-format" => {
                 use clap::ValueEnum as _;
                 let value = cli.log_format.to_possible_value().unwrap();
