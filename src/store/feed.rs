@@ -40,9 +40,19 @@ impl Store {
             .start()
             .await?;
         // The first statement fixes the snapshot for the whole transaction.
+        // Transaction ids are cluster-wide, so the snapshot also lists other
+        // databases' transactions, which can never fill a gap here: a long
+        // one elsewhere on the same server must not stall this feed. Only
+        // those known to be elsewhere are left out; one whose database is
+        // not visible to this role is kept, which can only delay.
         let in_progress: Vec<String> = tx
             .query_one(
-                "SELECT array(SELECT pg_snapshot_xip(pg_current_snapshot())::text)",
+                "SELECT array(
+                   SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+                    WHERE x::xid NOT IN (
+                      SELECT backend_xid FROM pg_stat_activity
+                       WHERE backend_xid IS NOT NULL
+                         AND datname IS DISTINCT FROM current_database()))",
                 &[],
             )
             .await?

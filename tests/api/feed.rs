@@ -2,11 +2,16 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use consentd::grpc::pb::{self, Choice};
+use consentd::{
+    grpc::pb::{self, Choice},
+    store,
+};
 use tokio_stream::StreamExt as _;
 use tonic::Streaming;
 
-use crate::helpers::{TestApp, record_request, spawn_app, spawn_app_with, violated_fields};
+use crate::helpers::{
+    TestApp, fresh_database, record_request, spawn_app, spawn_app_with, violated_fields,
+};
 
 async fn watch(
     app: &TestApp,
@@ -246,6 +251,33 @@ async fn a_gap_left_by_a_rolled_back_transaction_does_not_stall_the_feed() {
         "there is a gap at {lost}"
     );
     assert_eq!(next(&mut stream, SOON).await, after);
+}
+
+#[tokio::test]
+async fn a_long_transaction_in_another_database_does_not_stall_the_feed() {
+    let app = spawn_app().await;
+    app.register("C-1").await;
+    let mut stream = watch(&app, 0, &[]).await;
+
+    // Transaction ids are cluster-wide: this one shows in every snapshot,
+    // but it can never fill a gap in this database's feed.
+    let elsewhere = fresh_database().await;
+    let mut other = store::admin_connect(&elsewhere.db_url).await.unwrap();
+    let held = other.transaction().await.unwrap();
+    held.query_one("SELECT pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+
+    let mut db = app.connect_db().await;
+    let tx = db.transaction().await.unwrap();
+    let lost: i64 = tx.query_one(RAW_INSERT, &[]).await.unwrap().get(0);
+    tx.rollback().await.unwrap();
+    let after = app
+        .record("C-1", "promotional_mail", "", Choice::Refuse)
+        .await;
+    assert!(after.sequence > lost, "there is a gap at {lost}");
+    assert_eq!(next(&mut stream, SOON).await, after);
+    held.rollback().await.unwrap();
 }
 
 #[tokio::test]
