@@ -1,5 +1,5 @@
-//! The one-shot subcommands (`migrate`, `policy check`, `import-refusals`,
-//! `keys rotate`):
+//! The one-shot subcommands (`migrate`, `check-config`, `policy check`,
+//! `import-refusals`, `keys rotate`, `export-subject`):
 //! what they print and how they report progress. `serve` lives in `startup`.
 
 use std::{
@@ -25,14 +25,34 @@ use crate::{
         import::{self, ImportOptions, ImportProgress},
         vault::{self, DataKeys},
     },
-    settings::{DatabaseArgs, ExportArgs, ImportArgs, RotateArgs},
-    store::{Database, RefusalImport},
+    settings::{DatabaseArgs, ExportArgs, ImportArgs, RotateArgs, ServeArgs},
+    store::{Database, RefusalImport, redact},
+    telemetry::LogFormat,
 };
 
 pub async fn migrate(args: &DatabaseArgs) -> anyhow::Result<()> {
     let database = Database::open(args).await?;
     let applied = database.store.migrate().await?;
     println!("applied {applied} migration(s); the database is up to date");
+    Ok(())
+}
+
+/// `consentd check-config`: serve's settings as serve would use them, and
+/// whether its policy file loads. Key files are read by `serve` itself.
+pub fn check_config(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    let settings: serde_json::Map<String, serde_json::Value> = args
+        .settings(log_format)
+        .into_iter()
+        .map(|(flag, value)| {
+            let value = match (flag, value) {
+                ("--database-url" | "--local-server-url", Some(url)) => Some(redact(&url)),
+                (_, value) => value,
+            };
+            (flag.to_string(), value.into())
+        })
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&settings)?);
+    Policy::load(&args.policy)?;
     Ok(())
 }
 

@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
             Ok(app) => app.run_until_stopped(startup::shutdown_signal()).await,
             Err(e) => Err(e),
         },
+        Command::CheckConfig(args) => commands::check_config(&args, cli.log_format),
         Command::Migrate(args) => commands::migrate(&args).await,
         Command::Policy(PolicyCommand::Check { file }) => commands::check_policy(&file),
         Command::ImportRefusals(args) => commands::import_refusals(&args).await,

@@ -33,6 +33,10 @@ pub struct Cli {
 pub enum Command {
     /// Serve gRPC (ConsentService, health, reflection) and the HTTP endpoints.
     Serve(ServeArgs),
+    /// Check serve's settings without serving: load the policy, print every
+    /// setting as serve would use it (JSON, connection strings redacted),
+    /// and exit non-zero on a problem.
+    CheckConfig(ServeArgs),
     /// Apply the embedded database migrations, then exit.
     Migrate(DatabaseArgs),
     /// Work with policy files.
@@ -262,6 +266,46 @@ impl ServeArgs {
     pub fn feed_poll_interval(&self) -> Duration {
         Duration::from_millis(self.feed_poll_interval_ms)
     }
+
+    /// Every serve setting as the server will use it, by flag, as text
+    /// (`None` where nothing is set). `consentd check-config` prints them,
+    /// with connection strings redacted; a flag missing here fails the
+    /// tests that hold it to the README table.
+    pub fn settings(
+        &self,
+        log_format: crate::telemetry::LogFormat,
+    ) -> Vec<(&'static str, Option<String>)> {
+        use clap::ValueEnum as _;
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let db = &self.database;
+        let log_format = log_format
+            .to_possible_value()
+            .map(|value| value.get_name().to_string());
+        vec![
+            ("--database-url", db.database_url.clone()),
+            ("--local-server-url", Some(db.local_server_url.clone())),
+            ("--pg-data-dir", path(&db.pg_data_dir)),
+            ("--grpc-addr", Some(self.grpc_addr.to_string())),
+            ("--http-addr", Some(self.http_addr.to_string())),
+            ("--policy", Some(self.policy.display().to_string())),
+            ("--migrate", Some(self.migrate.to_string())),
+            ("--max-connections", Some(db.max_connections.to_string())),
+            ("--drain-seconds", Some(self.drain_seconds.to_string())),
+            ("--public-url", self.public_url.clone()),
+            ("--unsubscribe-keys-file", path(&self.unsubscribe_keys_file)),
+            ("--subject-ref-key-file", path(&self.subject_ref_key_file)),
+            ("--data-keys-file", path(&self.data_keys_file)),
+            (
+                "--shutdown-timeout-seconds",
+                Some(self.shutdown_timeout_seconds.to_string()),
+            ),
+            (
+                "--feed-poll-interval-ms",
+                Some(self.feed_poll_interval_ms.to_string()),
+            ),
+            ("--log-format", log_format),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -317,30 +361,37 @@ mod tests {
 
     /// What `consentd serve` with no flags set for `flag`, as text.
     fn parsed_default(cli: &Cli, args: &ServeArgs, flag: &str) -> Option<String> {
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        let db = &args.database;
-        match flag {
-            "--database-url" => db.database_url.clone(),
-            "--local-server-url" => Some(db.local_server_url.clone()),
-            "--pg-data-dir" => path(&db.pg_data_dir),
-            "--grpc-addr" => Some(args.grpc_addr.to_string()),
-            "--http-addr" => Some(args.http_addr.to_string()),
-            "--policy" => Some(args.policy.display().to_string()),
-            "--migrate" => Some(args.migrate.to_string()),
-            "--max-connections" => Some(db.max_connections.to_string()),
-            "--drain-seconds" => Some(args.drain_seconds.to_string()),
-            "--public-url" => args.public_url.clone(),
-            "--unsubscribe-keys-file" => path(&args.unsubscribe_keys_file),
-            "--subject-ref-key-file" => path(&args.subject_ref_key_file),
-            "--data-keys-file" => path(&args.data_keys_file),
-            "--shutdown-timeout-seconds" => Some(args.shutdown_timeout_seconds.to_string()),
-            "--feed-poll-interval-ms" => Some(args.feed_poll_interval_ms.to_string()),
-            "--log-format" => {
-                use clap::ValueEnum as _;
-                let value = cli.log_format.to_possible_value().unwrap();
-                Some(value.get_name().to_string())
-            }
-            other => panic!("the README documents {other}, which this test does not read"),
-        }
+        args.settings(cli.log_format)
+            .into_iter()
+            .find(|(name, _)| *name == flag)
+            .unwrap_or_else(|| {
+                panic!("the README documents {flag}, which ServeArgs::settings lacks")
+            })
+            .1
+    }
+
+    /// Both ways: `settings()` lists every serve flag clap knows, and only those.
+    #[test]
+    fn settings_name_every_serve_flag() {
+        let cli = Cli::try_parse_from(["consentd", "serve"]).unwrap();
+        let Command::Serve(args) = &cli.command else {
+            panic!("not serve")
+        };
+        let mut listed: Vec<&str> = args
+            .settings(cli.log_format)
+            .iter()
+            .map(|(f, _)| *f)
+            .collect();
+        let mut command = Cli::command();
+        command.build();
+        let serve = command.find_subcommand("serve").unwrap();
+        let mut flags: Vec<String> = serve
+            .get_arguments()
+            .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
+            .filter(|flag| flag != "--help")
+            .collect();
+        listed.sort_unstable();
+        flags.sort_unstable();
+        assert_eq!(listed, flags);
     }
 }

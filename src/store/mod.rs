@@ -34,6 +34,7 @@ pub use idempotency::RequestDigest;
 pub use import::{BatchOutcome, RefusalImport};
 pub use locate::{DEFAULT_DATABASE, Database};
 pub use personal_data::SealedRow;
+pub use redact::redact;
 pub use server::{admin_connect, ensure_database, quote_ident, with_database};
 
 mod migrations {

@@ -6,6 +6,7 @@ mod bad_input;
 mod browser;
 mod cli;
 mod concern;
+mod config;
 mod consent;
 mod database;
 mod deploy;
