@@ -5,7 +5,7 @@ use uuid::Uuid;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{Basis, Policy, Purpose};
-use crate::domain::{Choice, FieldData, FieldName, PurposeCode, SubjectState};
+use crate::domain::{Choice, FieldData, FieldName, PurposeCode, Reason, SubjectState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -20,63 +20,6 @@ impl Outcome {
             Outcome::Allow => "allow",
             Outcome::Deny => "deny",
         }
-    }
-}
-
-/// Why a decision came out as it did. One variant per `consent.v1.Reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    SubjectUnknown,
-    SubjectErased,
-    FieldNotPermitted,
-    Contract,
-    ConsentGranted,
-    NoConsent,
-    ConsentRefused,
-    OptedOut,
-    NotOptedOut,
-    /// DENY: the data is older than the purpose allows and the purpose
-    /// requires fresh data (R3).
-    StaleData,
-    /// Withheld: no value is stored, or it was not collected for this
-    /// purpose (R2).
-    NotCollected,
-}
-
-impl Reason {
-    /// A stable lower-case name for logs and span attributes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::SubjectUnknown => "subject_unknown",
-            Reason::SubjectErased => "subject_erased",
-            Reason::FieldNotPermitted => "field_not_permitted",
-            Reason::Contract => "contract",
-            Reason::ConsentGranted => "consent_granted",
-            Reason::NoConsent => "no_consent",
-            Reason::ConsentRefused => "consent_refused",
-            Reason::OptedOut => "opted_out",
-            Reason::NotOptedOut => "not_opted_out",
-            Reason::StaleData => "stale_data",
-            Reason::NotCollected => "not_collected",
-        }
-    }
-
-    pub const ALL: &'static [Reason] = &[
-        Reason::SubjectUnknown,
-        Reason::FieldNotPermitted,
-        Reason::Contract,
-        Reason::ConsentGranted,
-        Reason::NoConsent,
-        Reason::ConsentRefused,
-        Reason::OptedOut,
-        Reason::NotOptedOut,
-        Reason::StaleData,
-        Reason::NotCollected,
-    ];
-
-    /// The inverse of [`Reason::as_str`], for reasons read back from storage.
-    pub fn from_stored(text: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|r| r.as_str() == text)
     }
 }
 
@@ -634,13 +577,6 @@ require_fresh = true
                 (outcome, reason, needs),
                 "{purpose}/{field}/{stored:?}"
             );
-        }
-    }
-
-    #[test]
-    fn reasons_round_trip_through_their_stored_text() {
-        for reason in Reason::ALL {
-            assert_eq!(Reason::from_stored(reason.as_str()), Some(*reason));
         }
     }
 

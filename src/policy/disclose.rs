@@ -6,9 +6,9 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{Category, Policy, Reason, decide::is_stale};
+use super::{Category, Policy, decide::is_stale};
 use crate::domain::{
-    Choice, DisclosureStatus, FieldData, FieldName, Justification, LegalBasis, PurposeCode,
+    Choice, DisclosureStatus, FieldData, FieldName, Justification, LegalBasis, PurposeCode, Reason,
     RecipientId, Reference, SubjectState,
 };
 

@@ -9,7 +9,8 @@ mod decide;
 mod disclose;
 mod file;
 
-pub use decide::{Decision, Outcome, Reason, decide, decide_with_data, is_stale};
+pub use crate::domain::Reason;
+pub use decide::{Decision, Outcome, decide, decide_with_data, is_stale};
 pub use disclose::{
     DisclosureDecision, DisclosureFacts, DisclosureRequest, EMERGENCY_REVIEW_HOURS, FieldOutcome,
     Ground, decide_disclosure,
