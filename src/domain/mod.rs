@@ -2,9 +2,9 @@
 //! that exists has passed its `parse`, so the rest of the code never checks a
 //! raw string again.
 
-/// Declares a closed set of values that is stored as text in the database.
-/// The text form is what the migrations' CHECK constraints list, so it must
-/// not change once released.
+/// Declares a closed set of values that is stored as text: in the database,
+/// where the migrations' CHECK constraints list the texts, or in the policy
+/// file. Either way the text must not change once released.
 ///
 /// The enum, `ALL`, `as_str` and `from_stored` all come from the one list of
 /// variants, so `ALL` holds every variant by construction and a test that
@@ -32,6 +32,8 @@ macro_rules! stored_enum {
         }
     };
 }
+
+pub(crate) use stored_enum;
 
 mod concern;
 mod disclosure;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::concern::ConcernDeadlines;
-use crate::domain::{FieldName, PurposeCode, RecipientId};
+use crate::domain::{FieldName, PurposeCode, RecipientId, stored_enum};
 
 /// The legal basis of a purpose, which decides how choices are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -55,28 +55,17 @@ impl Purpose {
     }
 }
 
-/// What kind of third party a recipient is. The rules differ by kind: a
-/// courier may get delivery data (R6), an authority only on a legal basis
-/// (R7), and everyone else needs the person's permission (R5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Category {
-    Courier,
-    Processor,
-    Partner,
-    Authority,
-}
-
-impl Category {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Courier => "courier",
-            Category::Processor => "processor",
-            Category::Partner => "partner",
-            Category::Authority => "authority",
-        }
+stored_enum!(
+    /// What kind of third party a recipient is. The rules differ by kind: a
+    /// courier may get delivery data (R6), an authority only on a legal basis
+    /// (R7), and everyone else needs the person's permission (R5).
+    Category {
+        Courier => "courier",
+        Processor => "processor",
+        Partner => "partner",
+        Authority => "authority",
     }
-}
+);
 
 /// A third party the policy names. PIPL Art. 23 requires the notice to name
 /// each recipient and how to reach it, so `name` and `contact` are required.
