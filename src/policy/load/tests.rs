@@ -99,6 +99,24 @@ fn recipients_and_a_courier_rule_load() {
         (courier.name.as_str(), courier.category),
         ("A", Category::Courier)
     );
+    let delivery = PurposeCode::parse("delivery").unwrap();
+    let rule = policy
+        .disclosure_rule(Category::Courier, &delivery)
+        .expect("the courier rule for delivery");
+    assert_eq!(
+        rule,
+        &DisclosureRule {
+            category: Category::Courier,
+            purpose: delivery.clone(),
+            fields: vec![FieldName::parse("name").unwrap()],
+        }
+    );
+    // The rule belongs to couriers and to delivery only.
+    for category in Category::ALL.iter().filter(|c| **c != Category::Courier) {
+        assert_eq!(policy.disclosure_rule(*category, &delivery), None);
+    }
+    let promo = PurposeCode::parse("promotional_mail").unwrap();
+    assert_eq!(policy.disclosure_rule(Category::Courier, &promo), None);
 }
 
 #[test]
@@ -302,4 +320,260 @@ fn a_missing_file_is_a_clear_error() {
         message.contains("/nonexistent/policy.toml: cannot read the file"),
         "{message}"
     );
+}
+
+/// A policy that uses every section, so each row below breaks one thing.
+const FULL: &str = r#"version = "1"
+[[fields]]
+id = "name"
+[[fields]]
+id = "email"
+[[purposes]]
+id = "promo"
+basis = "opt_out"
+fields = ["name", "email"]
+refusal_instructions = "Unsubscribe."
+max_age_days = { email = 30 }
+require_fresh = true
+[[purposes]]
+id = "delivery"
+basis = "contract"
+fields = ["name"]
+[[recipients]]
+id = "courier-a"
+name = "A"
+category = "courier"
+contact = "a@example.com"
+purposes = ["delivery"]
+[[disclosure_rules]]
+category = "courier"
+purpose = "delivery"
+fields = ["name"]
+[concerns]
+acknowledge_within_days = 3
+resolve_within_days = 10
+"#;
+
+#[test]
+fn a_policy_using_every_section_loads() {
+    let policy = parse(FULL).unwrap_or_else(|e| panic!("{e}"));
+    let promo = policy
+        .purpose(&PurposeCode::parse("promo").unwrap())
+        .unwrap();
+    assert!(promo.require_fresh);
+    assert_eq!(promo.max_age_days.len(), 1);
+    let courier = policy
+        .recipient(&RecipientId::parse("courier-a").unwrap())
+        .unwrap();
+    assert_eq!(courier.purposes.len(), 1);
+    assert_eq!(
+        policy.concern_deadlines().resolve,
+        chrono::Duration::days(10)
+    );
+}
+
+/// One row per problem each section check can report: the edit to
+/// [`FULL`], the text on the line the problem must name (its last
+/// occurrence), and the whole message. Each edit makes exactly one problem.
+#[test]
+fn each_section_check_reports_its_problem_alone_on_its_line() {
+    const CODE: &str = "must start with a lower-case letter and use only a-z, 0-9, '_' and '-'";
+    const KNOWN: &str = "(known: courier, processor, partner, authority)";
+    let rows: Vec<(&str, &str, &str, String)> = vec![
+        (
+            "version = \"1\"",
+            "version = \" \"",
+            "version",
+            "`version` must not be empty".into(),
+        ),
+        (
+            "",
+            "[[fields]]\nid = \"Fax\"",
+            "\"Fax\"",
+            format!("field id `Fax` {CODE}"),
+        ),
+        (
+            "",
+            "[[fields]]\nid = \"name\"",
+            "id = \"name\"",
+            "duplicate field id `name` (first declared on line 3)".into(),
+        ),
+        (
+            "",
+            "[[purposes]]\nid = \"Bad\"\nbasis = \"contract\"\nfields = [\"name\"]",
+            "\"Bad\"",
+            format!("purpose id `Bad` {CODE}"),
+        ),
+        (
+            "",
+            "[[purposes]]\nid = \"delivery\"\nbasis = \"contract\"\nfields = [\"name\"]",
+            "id = \"delivery\"",
+            "duplicate purpose id `delivery` (first declared on line 14)".into(),
+        ),
+        (
+            "",
+            "[[purposes]]\nid = \"empty\"\nbasis = \"contract\"\nfields = []",
+            "\"empty\"",
+            "purpose `empty` lists no fields".into(),
+        ),
+        (
+            "[\"name\", \"email\"]",
+            "[\"name\", \"email\", \"name\"]",
+            "\"email\", \"name\"",
+            "purpose `promo` lists field `name` twice".into(),
+        ),
+        (
+            "[\"name\", \"email\"]",
+            "[\"name\", \"email\", \"fax\"]",
+            "\"fax\"",
+            "purpose `promo` lists field `fax`, which is not declared under [[fields]]".into(),
+        ),
+        (
+            "\"Unsubscribe.\"",
+            "\"  \"",
+            "id = \"promo\"",
+            "purpose `promo` has basis opt_out but no refusal_instructions: \
+             a secondary use must tell people how to refuse it"
+                .into(),
+        ),
+        (
+            "email = 30",
+            "email = 0",
+            "max_age_days",
+            "purpose `promo`: max_age_days for `email` must be at least 1".into(),
+        ),
+        (
+            "email = 30",
+            "email = 30, phone = 3",
+            "max_age_days",
+            "purpose `promo` sets max_age_days for `phone`, which is not one of its fields".into(),
+        ),
+        (
+            "max_age_days = { email = 30 }\n",
+            "",
+            "require_fresh",
+            "purpose `promo` sets require_fresh but no max_age_days: nothing could ever be stale"
+                .into(),
+        ),
+        (
+            "",
+            "[[recipients]]\nid = \"Bad\"\nname = \"B\"\ncategory = \"partner\"\ncontact = \"b\"",
+            "\"Bad\"",
+            format!("recipient id `Bad` {CODE}"),
+        ),
+        (
+            "",
+            "[[recipients]]\nid = \"courier-a\"\nname = \"B\"\ncategory = \"partner\"\ncontact = \"b\"",
+            "id = \"courier-a\"",
+            "duplicate recipient id `courier-a` (first declared on line 18)".into(),
+        ),
+        (
+            "name = \"A\"",
+            "name = \" \"",
+            "id = \"courier-a\"",
+            "recipient `courier-a` has no name".into(),
+        ),
+        (
+            "contact = \"a@example.com\"",
+            "contact = \"\"",
+            "id = \"courier-a\"",
+            "recipient `courier-a` has no contact".into(),
+        ),
+        (
+            "category = \"courier\"\ncontact",
+            "category = \"carrier\"\ncontact",
+            "carrier",
+            format!("recipient `courier-a` has unknown category `carrier` {KNOWN}"),
+        ),
+        (
+            "purposes = [\"delivery\"]",
+            "purposes = [\"delivery\", \"nope\"]",
+            "\"nope\"",
+            "recipient `courier-a` lists purpose `nope`, which is not declared under [[purposes]]"
+                .into(),
+        ),
+        (
+            "category = \"courier\"\npurpose",
+            "category = \"carrier\"\npurpose",
+            "carrier",
+            format!("disclosure rule has unknown category `carrier` {KNOWN}"),
+        ),
+        (
+            "purpose = \"delivery\"",
+            "purpose = \"Delivery\"",
+            "\"Delivery\"",
+            format!("disclosure rule purpose `Delivery` {CODE}"),
+        ),
+        (
+            "purpose = \"delivery\"",
+            "purpose = \"promo\"",
+            "purpose = \"promo\"",
+            "disclosure rule names purpose `promo`, but only a contract purpose \
+             may release data without the person's permission"
+                .into(),
+        ),
+        (
+            "purpose = \"delivery\"",
+            "purpose = \"nope\"",
+            "\"nope\"",
+            "disclosure rule names purpose `nope`, which is not declared under [[purposes]]".into(),
+        ),
+        (
+            "",
+            "[[disclosure_rules]]\ncategory = \"courier\"\npurpose = \"delivery\"\nfields = [\"name\"]",
+            "category = \"courier\"",
+            "duplicate disclosure rule for category `courier` and purpose `delivery`".into(),
+        ),
+        (
+            "purpose = \"delivery\"\nfields = [\"name\"]",
+            "purpose = \"delivery\"\nfields = [\"name\", \"email\"]",
+            "fields",
+            "disclosure rule lists field `email`, which purpose `delivery` does not use \
+             (or lists twice)"
+                .into(),
+        ),
+        (
+            "purpose = \"delivery\"\nfields = [\"name\"]",
+            "purpose = \"delivery\"\nfields = [\"name\", \"name\"]",
+            "fields",
+            "disclosure rule lists field `name`, which purpose `delivery` does not use \
+             (or lists twice)"
+                .into(),
+        ),
+        (
+            "acknowledge_within_days = 3",
+            "acknowledge_within_days = 0",
+            "[concerns]",
+            "[concerns] deadlines must be at least 1 day, and acknowledging (0) \
+             cannot take longer than resolving (10)"
+                .into(),
+        ),
+        (
+            "resolve_within_days = 10",
+            "resolve_within_days = 0",
+            "[concerns]",
+            "[concerns] deadlines must be at least 1 day, and acknowledging (3) \
+             cannot take longer than resolving (0)"
+                .into(),
+        ),
+        (
+            "acknowledge_within_days = 3",
+            "acknowledge_within_days = 11",
+            "[concerns]",
+            "[concerns] deadlines must be at least 1 day, and acknowledging (11) \
+             cannot take longer than resolving (10)"
+                .into(),
+        ),
+    ];
+    for (from, to, on, message) in rows {
+        let text = if from.is_empty() {
+            format!("{FULL}{to}\n")
+        } else {
+            assert!(FULL.contains(from), "{from}");
+            FULL.replacen(from, to, 1)
+        };
+        let lines: Vec<_> = text.lines().collect();
+        let line = lines.iter().rposition(|l| l.contains(on)).unwrap() + 1;
+        assert_eq!(problems(&text), [(Some(line), message)], "{to}");
+    }
 }
