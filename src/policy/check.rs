@@ -117,3 +117,6 @@ impl Policy {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -493,7 +493,8 @@ fn check_concerns(raw: Option<&Spanned<RawConcerns>>, problems: &mut Problems) -
         raw.get_ref().acknowledge_within_days,
         raw.get_ref().resolve_within_days,
     );
-    if ack == 0 || resolve == 0 || ack > resolve {
+    // With acknowledging at least a day, resolving no sooner is too.
+    if ack == 0 || ack > resolve {
         problems.at(
             raw.span(),
             format!(
