@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`domain`]: validated newtypes and plain records; no IO.
-//! - [`policy`]: the policy file (purposes, recipients, disclosure rules) and
+//! - [`policy`]: the policy (purposes, recipients, disclosure rules) and its
+//!   file loader, the request checks (`check_query`, `check_disclosure`) and
 //!   the pure rules: `decide` for checks, `decide_disclosure` for releases.
 //! - [`store`]: PostgreSQL — which database to use, the pool, migrations,
 //!   every SQL statement, and the private fallback cluster.

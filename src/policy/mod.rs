@@ -2,17 +2,30 @@
 //! except `Policy::load`, which reads the file once at start: every decision
 //! is a function of its arguments, so it can be tested over every branch
 //! without a database.
+//!
+//! - `model`: the policy as the rules read it, with its lookups.
+//! - `load`: reads `policy.toml`, one check per section, every problem with
+//!   its line.
+//! - `check`: whether a request names only what the policy declares; a
+//!   request that fails is a caller bug, answered before any decision.
+//! - `decide`: may a field of a subject be used for a purpose?
+//! - `disclose`: what may go to a recipient, and why the rest may not.
+//! - [`concern`]: deadlines and status changes of a concern.
+//!
+//! This module never touches `store`, `grpc` or `service`.
 
+mod check;
 pub mod concern;
 mod decide;
 mod disclose;
-mod file;
+mod load;
+mod model;
 
-pub use decide::{Decision, Outcome, Reason, Undeclared, decide, decide_with_data, is_stale};
+pub use crate::domain::Reason;
+pub use decide::{Decision, Outcome, decide, decide_with_data, is_stale};
 pub use disclose::{
     DisclosureDecision, DisclosureFacts, DisclosureRequest, EMERGENCY_REVIEW_HOURS, FieldOutcome,
-    Ground, Invalid, decide_disclosure,
+    Ground, decide_disclosure,
 };
-pub use file::{
-    Basis, Category, DisclosureRule, FieldDef, Policy, PolicyError, Purpose, Recipient,
-};
+pub use load::PolicyError;
+pub use model::{Basis, Category, DisclosureRule, FieldDef, Policy, Purpose, Recipient};

@@ -179,7 +179,7 @@ impl ConsentService {
         // R3: the stored fields' ages, never their values.
         let data = self.store.field_data_for(&ids).await?;
         let now = chrono::Utc::now();
-        queries
+        Ok(queries
             .iter()
             .map(|q| {
                 let stored = data
@@ -192,10 +192,7 @@ impl ConsentService {
                     &q.field,
                     stored,
                     now,
-                )
-                .map_err(|e| {
-                    Error::Internal(anyhow::anyhow!("undeclared after validation: {e}"))
-                })?;
+                );
                 metrics::counter!(
                     crate::metrics::DECISIONS,
                     "purpose" => q.purpose.to_string(),
@@ -203,9 +200,9 @@ impl ConsentService {
                     "reason" => decision.reason.as_str(),
                 )
                 .increment(1);
-                Ok(decision)
+                decision
             })
-            .collect()
+            .collect())
     }
 
     /// Adds an erased state for each unregistered id on the suppression
@@ -270,8 +267,7 @@ impl ConsentService {
                         &field.name,
                         stored,
                         now,
-                    )
-                    .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+                    );
                     decisions.push((purpose.code.clone(), field.name.clone(), decision));
                 }
             }
@@ -312,12 +308,12 @@ impl ConsentService {
         if let Some(purpose) = purpose
             && self.policy.purpose(purpose).is_none()
         {
-            violations.push(name("purpose"), self.undeclared_purpose(purpose));
+            violations.push(name("purpose"), self.policy.not_a_purpose(purpose));
         }
         if let Some(field) = field
             && !self.policy.declares_field(field)
         {
-            violations.push(name("field"), self.undeclared_field(field));
+            violations.push(name("field"), self.policy.not_a_field(field));
         }
     }
 
@@ -334,11 +330,11 @@ impl ConsentService {
         if let Some(purpose) = purpose
             && declared.is_none()
         {
-            violations.push("purpose", self.undeclared_purpose(purpose));
+            violations.push("purpose", self.policy.not_a_purpose(purpose));
         }
         if let Some(field) = field {
             if !self.policy.declares_field(field) {
-                violations.push("field", self.undeclared_field(field));
+                violations.push("field", self.policy.not_a_field(field));
             } else if let Some(purpose) = declared
                 && !purpose.permits(field)
             {
@@ -390,27 +386,9 @@ impl ConsentService {
         }
         for (i, purpose) in purposes {
             if self.policy.purpose(purpose).is_none() {
-                violations.push(format!("purposes[{i}]"), self.undeclared_purpose(purpose));
+                violations.push(format!("purposes[{i}]"), self.policy.not_a_purpose(purpose));
             }
         }
-    }
-
-    fn undeclared_purpose(&self, purpose: &PurposeCode) -> String {
-        let known: Vec<_> = self.policy.purposes().map(|p| p.code.clone()).collect();
-        format!(
-            "`{purpose}` is not a purpose of policy {} (known: {})",
-            self.policy.version(),
-            join(&known)
-        )
-    }
-
-    fn undeclared_field(&self, field: &FieldName) -> String {
-        let known: Vec<_> = self.policy.fields().map(|f| f.name.clone()).collect();
-        format!(
-            "`{field}` is not a field of policy {} (known: {})",
-            self.policy.version(),
-            join(&known)
-        )
     }
 }
 

@@ -164,6 +164,43 @@ async fn a_courier_gets_exactly_name_and_address_for_an_order_and_never_the_phon
 }
 
 #[tokio::test]
+async fn a_stored_withheld_reason_it_cannot_read_fails_the_call_instead_of_being_guessed() {
+    let app = spawn_app().await;
+    customer(&app, "C-1042").await;
+    let answer = client(&app)
+        .request_disclosure(courier_request(
+            "C-1042",
+            &["name", "postal_address", "phone"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.withheld[0].reason(), Reason::FieldNotPermitted);
+    let get = pb::GetDisclosureRequest {
+        disclosure_id: answer.disclosure_id.clone(),
+    };
+    let stored = client(&app)
+        .get_disclosure(get.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .disclosure
+        .unwrap();
+    assert_eq!(stored.withheld[0].reason(), Reason::FieldNotPermitted);
+
+    // A text no release of this version writes, as a damaged row would hold.
+    app.db
+        .batch_execute(
+            "ALTER TABLE disclosures DISABLE TRIGGER disclosures_append_only;
+             UPDATE disclosures SET withheld = ARRAY['phone:made_up'];",
+        )
+        .await
+        .unwrap();
+    let status = client(&app).get_disclosure(get).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+}
+
+#[tokio::test]
 async fn a_field_with_no_stored_value_is_withheld_as_not_collected() {
     let app = spawn_app().await;
     app.register("C-2").await;
