@@ -32,7 +32,8 @@ mod record;
 mod state;
 
 pub use concern::{
-    Concern, ConcernCategory, ConcernEvent, ConcernOutcome, ConcernStatus, NewConcern, Text,
+    Concern, ConcernCategory, ConcernEvent, ConcernOutcome, ConcernStatus, NewConcern, Resolution,
+    Text,
 };
 pub use disclosure::{
     Disclosure, DisclosureStatus, FieldData, LegalBasis, NewPersonalData, ReleasedField,
