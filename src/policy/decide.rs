@@ -91,28 +91,18 @@ pub struct Decision {
     pub needs_verification: bool,
 }
 
-/// The request names something the policy does not declare: a caller bug,
-/// reported as INVALID_ARGUMENT rather than decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Undeclared {
-    #[error("purpose is not declared in the policy")]
-    Purpose,
-    #[error("field is not declared in the policy")]
-    Field,
-}
-
 /// Decides one check. `subject` is `None` when no subject is registered
 /// under the id. Pure: the same arguments always give the same answer.
+///
+/// Assumes the query passed [`Policy::check_query`]. A purpose or field the
+/// policy does not declare permits nothing, so such a query is denied as
+/// `FieldNotPermitted` rather than failing.
 pub fn decide(
     policy: &Policy,
     subject: Option<&SubjectState>,
     purpose: &PurposeCode,
     field: &FieldName,
-) -> Result<Decision, Undeclared> {
-    let purpose_def = policy.purpose(purpose).ok_or(Undeclared::Purpose)?;
-    if !policy.declares_field(field) {
-        return Err(Undeclared::Field);
-    }
+) -> Decision {
     let deny = |reason, record_id| Decision {
         outcome: Outcome::Deny,
         reason,
@@ -127,17 +117,17 @@ pub fn decide(
     };
 
     let Some(state) = subject else {
-        return Ok(deny(Reason::SubjectUnknown, None));
+        return deny(Reason::SubjectUnknown, None);
     };
     if state.erased {
-        return Ok(deny(Reason::SubjectErased, None));
+        return deny(Reason::SubjectErased, None);
     }
-    if !purpose_def.permits(field) {
-        return Ok(deny(Reason::FieldNotPermitted, None));
-    }
+    let Some(purpose_def) = policy.purpose(purpose).filter(|p| p.permits(field)) else {
+        return deny(Reason::FieldNotPermitted, None);
+    };
     let latest = state.latest_covering(purpose, field);
     let latest_choice = latest.map(|c| (c.choice, c.record_id));
-    Ok(match (purpose_def.basis, latest_choice) {
+    match (purpose_def.basis, latest_choice) {
         (Basis::Contract, _) => allow(Reason::Contract, None),
         (Basis::Consent, Some((Choice::Grant, id))) => allow(Reason::ConsentGranted, Some(id)),
         (Basis::Consent, Some((Choice::Refuse, id))) => deny(Reason::ConsentRefused, Some(id)),
@@ -145,13 +135,14 @@ pub fn decide(
         (Basis::OptOut, Some((Choice::Refuse, id))) => deny(Reason::OptedOut, Some(id)),
         (Basis::OptOut, Some((Choice::Grant, id))) => allow(Reason::NotOptedOut, Some(id)),
         (Basis::OptOut, None) => allow(Reason::NotOptedOut, None),
-    })
+    }
 }
 
 /// [`decide`], then R3 on the stored field's age: an allowed use of stale
 /// data carries `needs_verification`, or is a DENY with `StaleData` when the
 /// purpose sets `require_fresh`. `data` is `None` when no value is stored;
-/// a Check then says nothing about freshness.
+/// a Check then says nothing about freshness. Assumes, like [`decide`], a
+/// query that passed [`Policy::check_query`].
 pub fn decide_with_data(
     policy: &Policy,
     subject: Option<&SubjectState>,
@@ -159,13 +150,16 @@ pub fn decide_with_data(
     field: &FieldName,
     data: Option<&FieldData>,
     now: DateTime<Utc>,
-) -> Result<Decision, Undeclared> {
-    let decision = decide(policy, subject, purpose, field)?;
-    let purpose_def = policy.purpose(purpose).ok_or(Undeclared::Purpose)?;
+) -> Decision {
+    let decision = decide(policy, subject, purpose, field);
+    // An allowed decision means the purpose is declared.
+    let Some(purpose_def) = policy.purpose(purpose) else {
+        return decision;
+    };
     if decision.outcome == Outcome::Deny || !data.is_some_and(|d| is_stale(purpose_def, d, now)) {
-        return Ok(decision);
+        return decision;
     }
-    Ok(if purpose_def.require_fresh {
+    if purpose_def.require_fresh {
         Decision {
             outcome: Outcome::Deny,
             reason: Reason::StaleData,
@@ -177,7 +171,7 @@ pub fn decide_with_data(
             needs_verification: true,
             ..decision
         }
-    })
+    }
 }
 
 /// R3: is `data` older than `purpose` allows for its field?
@@ -257,29 +251,53 @@ refusal_instructions = "Unsubscribe."
         purpose: &str,
         field: &str,
     ) -> (Outcome, Reason, Option<u128>) {
-        let d = decide(&policy(), state, &p(purpose), &f(field)).unwrap();
+        let d = decide(&policy(), state, &p(purpose), &f(field));
         (d.outcome, d.reason, d.record_id.map(|id| id.as_u128()))
     }
 
     use Choice::{Grant, Refuse};
     use Outcome::{Allow, Deny};
 
+    /// The violation field names of `check_query`.
+    fn violated(purpose: &str, field: &str) -> Vec<String> {
+        policy()
+            .check_query(&p(purpose), &f(field))
+            .into_vec()
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    }
+
     #[test]
     fn undeclared_purpose_or_field_is_a_caller_error_not_a_decision() {
-        let known = state(vec![]);
+        assert_eq!(violated("nope", "name"), ["purpose"]);
+        assert_eq!(violated("promo", "fax"), ["field"]);
+        // Every offending field at once, not the first only.
+        assert_eq!(violated("nope", "fax"), ["purpose", "field"]);
+        assert!(violated("promo", "name").is_empty());
+        // The message lists what the policy does declare.
+        let message = &policy().check_query(&p("nope"), &f("name")).into_vec()[0].description;
         assert_eq!(
-            decide(&policy(), Some(&known), &p("nope"), &f("name")),
-            Err(Undeclared::Purpose)
+            message,
+            "`nope` is not a purpose of policy test-1 (known: delivery, partners, promo)"
         );
+        let message = &policy().check_query(&p("promo"), &f("fax")).into_vec()[0].description;
         assert_eq!(
-            decide(&policy(), Some(&known), &p("promo"), &f("fax")),
-            Err(Undeclared::Field)
+            message,
+            "`fax` is not a field of policy test-1 (known: email, name, phone)"
         );
-        // Even for an unknown subject: the caller bug is reported first.
-        assert_eq!(
-            decide(&policy(), None, &p("nope"), &f("name")),
-            Err(Undeclared::Purpose)
-        );
+    }
+
+    #[test]
+    fn an_unchecked_undeclared_purpose_or_field_is_denied_never_allowed() {
+        let known = state(vec![choice("partners", "", Grant, 1)]);
+        for (purpose, field) in [("nope", "name"), ("promo", "fax"), ("nope", "fax")] {
+            assert_eq!(
+                check(Some(&known), purpose, field),
+                (Deny, Reason::FieldNotPermitted, None),
+                "{purpose}/{field}"
+            );
+        }
     }
 
     #[test]
@@ -610,8 +628,7 @@ require_fresh = true
                 &f(field),
                 stored.as_ref(),
                 now(),
-            )
-            .unwrap();
+            );
             assert_eq!(
                 (d.outcome, d.reason, d.needs_verification),
                 (outcome, reason, needs),
@@ -644,7 +661,7 @@ require_fresh = true
             let field = if whole { "" } else { "email" };
             earlier.push(choice("promo", field, Refuse, 5000));
             let s = state(earlier);
-            let d = decide(&policy(), Some(&s), &p("promo"), &f("email")).unwrap();
+            let d = decide(&policy(), Some(&s), &p("promo"), &f("email"));
             prop_assert_eq!(d.outcome, Outcome::Deny);
             prop_assert_eq!(d.reason, Reason::OptedOut);
         }
@@ -653,7 +670,7 @@ require_fresh = true
         #[test]
         fn consent_allows_only_on_a_latest_grant(choices in proptest::collection::vec(any_choice(), 0..12)) {
             let s = state(choices.clone());
-            let d = decide(&policy(), Some(&s), &p("partners"), &f("email")).unwrap();
+            let d = decide(&policy(), Some(&s), &p("partners"), &f("email"));
             let latest = choices
                 .iter()
                 .filter(|c| c.purpose.as_str() == "partners" && c.field.as_ref().is_none_or(|x| x.as_str() == "email"))

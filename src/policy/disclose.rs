@@ -67,89 +67,33 @@ impl DisclosureDecision {
     }
 }
 
-/// A request the policy cannot decide: a caller bug, one message per request
-/// field, answered as INVALID_ARGUMENT.
-pub type Invalid = Vec<(String, String)>;
-
 /// Decides one disclosure request.
+///
+/// Assumes the request passed [`Policy::check_disclosure`]. One that did
+/// not is denied whole (`FieldNotPermitted` for every field), so nothing
+/// goes out on a request the policy cannot decide.
 pub fn decide_disclosure(
     policy: &Policy,
     facts: DisclosureFacts<'_>,
     request: &DisclosureRequest,
-) -> Result<DisclosureDecision, Invalid> {
-    let mut invalid: Invalid = Vec::new();
-    let mut bad = |field: &str, message: String| invalid.push((field.to_string(), message));
-
+) -> DisclosureDecision {
     let recipient = policy.recipient(&request.recipient);
-    if recipient.is_none() {
-        bad(
-            "recipient_id",
-            format!(
-                "`{}` is not a recipient of policy {}",
-                request.recipient,
-                policy.version()
-            ),
-        );
-    }
-    if request.fields.is_empty() {
-        bad("fields", "must name at least one field".into());
-    }
-    for (i, field) in request.fields.iter().enumerate() {
-        if !policy.declares_field(field) {
-            bad(
-                &format!("fields[{i}]"),
-                format!("`{field}` is not a field of policy {}", policy.version()),
-            );
-        } else if request.fields[..i].contains(field) {
-            bad(
-                &format!("fields[{i}]"),
-                format!("`{field}` is listed twice"),
-            );
-        }
-    }
     let purpose = match &request.ground {
-        Ground::Purpose(code) => {
-            let purpose = policy.purpose(code);
-            if purpose.is_none() {
-                bad(
-                    "purpose",
-                    format!("`{code}` is not a purpose of policy {}", policy.version()),
-                );
-            }
-            purpose
-        }
-        Ground::Legal(_) => {
-            // R7: a legal basis must say what it rests on and why.
-            if request.reference.is_none() {
-                bad(
-                    "reference",
-                    "a legal-basis request needs the notice or case number".into(),
-                );
-            }
-            if request.justification.is_none() {
-                bad(
-                    "justification",
-                    "a legal-basis request needs a justification".into(),
-                );
-            }
-            None
-        }
+        Ground::Purpose(code) => policy.purpose(code),
+        Ground::Legal(_) => None,
     };
-    let courier_rule = match (recipient, purpose) {
-        (Some(r), Some(p)) => policy.disclosure_rule(r.category, &p.code),
-        _ => None,
+    let Some(recipient) = recipient.filter(|_| policy.check_disclosure(request).is_empty()) else {
+        return DisclosureDecision {
+            status: DisclosureStatus::Denied,
+            fields: request
+                .fields
+                .iter()
+                .map(|f| (f.clone(), FieldOutcome::Withhold(Reason::FieldNotPermitted)))
+                .collect(),
+            review_due: None,
+        };
     };
-    // R6: the courier exception is tied to one delivery; without the order
-    // it is a request we cannot decide rather than a quiet denial.
-    if courier_rule.is_some() && request.reference.is_none() {
-        bad(
-            "reference",
-            "a delivery disclosure needs the order reference".into(),
-        );
-    }
-    let (Some(recipient), true) = (recipient, invalid.is_empty()) else {
-        return Err(invalid);
-    };
+    let courier_rule = purpose.and_then(|p| policy.disclosure_rule(recipient.category, &p.code));
 
     let stored = |field: &FieldName| facts.data.iter().find(|d| &d.field == field);
     let outcomes: Vec<(FieldName, FieldOutcome)> = request
@@ -227,11 +171,11 @@ pub fn decide_disclosure(
     };
     let review_due = (legal == Some(LegalBasis::EmergencySafety) && released > 0)
         .then(|| facts.now + TimeDelta::hours(EMERGENCY_REVIEW_HOURS));
-    Ok(DisclosureDecision {
+    DisclosureDecision {
         status,
         fields: outcomes,
         review_due,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -655,7 +599,7 @@ fields = ["name", "postal_address"]
                 data: &data,
                 now: now(),
             };
-            let decision = decide_disclosure(&policy(), facts, &req).unwrap();
+            let decision = decide_disclosure(&policy(), facts, &req);
             assert_eq!(decision.status, status, "{name}");
             let got: Vec<_> = decision.fields.iter().map(|(_, o)| *o).collect();
             assert_eq!(got, outcomes, "{name}");
@@ -681,9 +625,7 @@ fields = ["name", "postal_address"]
         ] {
             let req = request("public-security", Ground::Legal(basis), &["name"], "case-1");
             assert_eq!(
-                decide_disclosure(&policy(), facts, &req)
-                    .unwrap()
-                    .review_due,
+                decide_disclosure(&policy(), facts, &req).review_due,
                 due,
                 "{basis:?}"
             );
@@ -703,7 +645,7 @@ fields = ["name", "postal_address"]
             &["name"],
             "case-1",
         );
-        let decision = decide_disclosure(&policy(), facts, &req).unwrap();
+        let decision = decide_disclosure(&policy(), facts, &req);
         assert_eq!(decision.status, Denied);
         assert_eq!(decision.fields[0].1, withhold(Reason::SubjectUnknown));
         assert_eq!(decision.review_due, None);
@@ -718,11 +660,17 @@ fields = ["name", "postal_address"]
             now: now(),
         };
         let violated = |req: DisclosureRequest| -> Vec<String> {
-            decide_disclosure(&policy(), facts, &req)
-                .unwrap_err()
-                .into_iter()
-                .map(|(field, _)| field)
-                .collect()
+            let violations = policy().check_disclosure(&req);
+            // Nothing goes out on a request the policy cannot decide.
+            let decision = decide_disclosure(&policy(), facts, &req);
+            assert_eq!(decision.status, Denied);
+            assert!(
+                decision
+                    .fields
+                    .iter()
+                    .all(|(_, o)| *o == withhold(Reason::FieldNotPermitted))
+            );
+            violations.into_vec().into_iter().map(|v| v.field).collect()
         };
         assert_eq!(
             violated(request(

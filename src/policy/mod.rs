@@ -3,15 +3,16 @@
 //! is a function of its arguments, so it can be tested over every branch
 //! without a database.
 
+mod check;
 pub mod concern;
 mod decide;
 mod disclose;
 mod file;
 
-pub use decide::{Decision, Outcome, Reason, Undeclared, decide, decide_with_data, is_stale};
+pub use decide::{Decision, Outcome, Reason, decide, decide_with_data, is_stale};
 pub use disclose::{
     DisclosureDecision, DisclosureFacts, DisclosureRequest, EMERGENCY_REVIEW_HOURS, FieldOutcome,
-    Ground, Invalid, decide_disclosure,
+    Ground, decide_disclosure,
 };
 pub use file::{
     Basis, Category, DisclosureRule, FieldDef, Policy, PolicyError, Purpose, Recipient,

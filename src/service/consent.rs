@@ -11,7 +11,7 @@ use crate::{
         SubjectId, SubjectRegistration, SubjectState, Violations,
     },
     error::{Error, Result},
-    policy::{Decision, Policy, Undeclared, decide, decide_with_data},
+    policy::{Decision, Policy, decide_with_data},
     service::feed,
     store::{HistoryPage, Store},
     telemetry::SubjectRefs,
@@ -80,7 +80,7 @@ impl ConsentService {
         }
         for (i, purpose) in purposes.iter().enumerate() {
             if self.policy.purpose(purpose).is_none() {
-                violations.push(format!("purposes[{i}]"), self.undeclared_purpose(purpose));
+                violations.push(format!("purposes[{i}]"), self.policy.not_a_purpose(purpose));
             }
         }
         if !violations.is_empty() {
@@ -117,11 +117,11 @@ impl ConsentService {
     pub async fn record_consent(&self, new: &NewConsentRecord) -> Result<ConsentRecord> {
         let mut violations = Violations::new();
         match self.policy.purpose(&new.purpose) {
-            None => violations.push("purpose", self.undeclared_purpose(&new.purpose)),
+            None => violations.push("purpose", self.policy.not_a_purpose(&new.purpose)),
             Some(purpose) => {
                 if let Some(field) = &new.field {
                     if !self.policy.declares_field(field) {
-                        violations.push("field", self.undeclared_field(field));
+                        violations.push("field", self.policy.not_a_field(field));
                     } else if !purpose.permits(field) {
                         violations.push(
                             "field",
@@ -193,15 +193,8 @@ impl ConsentService {
         // Caller bugs first, before any IO.
         let mut violations = Violations::new();
         for (i, q) in queries.iter().enumerate() {
-            match decide(&self.policy, None, &q.purpose, &q.field) {
-                Ok(_) => {}
-                Err(Undeclared::Purpose) => violations.push(
-                    violation_name(i, "purpose"),
-                    self.undeclared_purpose(&q.purpose),
-                ),
-                Err(Undeclared::Field) => {
-                    violations.push(violation_name(i, "field"), self.undeclared_field(&q.field))
-                }
+            for v in self.policy.check_query(&q.purpose, &q.field).into_vec() {
+                violations.push(violation_name(i, &v.field), v.description);
             }
         }
         if !violations.is_empty() {
@@ -213,7 +206,7 @@ impl ConsentService {
         // R3: the stored fields' ages, never their values.
         let data = self.store.field_data_for(&ids).await?;
         let now = chrono::Utc::now();
-        queries
+        Ok(queries
             .iter()
             .map(|q| {
                 let stored = data
@@ -226,10 +219,7 @@ impl ConsentService {
                     &q.field,
                     stored,
                     now,
-                )
-                .map_err(|e| {
-                    Error::Internal(anyhow::anyhow!("undeclared after validation: {e}"))
-                })?;
+                );
                 metrics::counter!(
                     crate::metrics::DECISIONS,
                     "purpose" => q.purpose.to_string(),
@@ -237,9 +227,9 @@ impl ConsentService {
                     "reason" => decision.reason.as_str(),
                 )
                 .increment(1);
-                Ok(decision)
+                decision
             })
-            .collect()
+            .collect())
     }
 
     /// Adds an erased state for each unregistered id on the suppression
@@ -307,8 +297,7 @@ impl ConsentService {
                         &field.name,
                         stored,
                         now,
-                    )
-                    .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+                    );
                     decisions.push((purpose.code.clone(), field.name.clone(), decision));
                 }
             }
@@ -333,24 +322,6 @@ impl ConsentService {
         self.store
             .consent_history(subject_id, after, page_size.clamp(1, MAX_PAGE_SIZE))
             .await
-    }
-
-    fn undeclared_purpose(&self, purpose: &PurposeCode) -> String {
-        let known: Vec<_> = self.policy.purposes().map(|p| p.code.clone()).collect();
-        format!(
-            "`{purpose}` is not a purpose of policy {} (known: {})",
-            self.policy.version(),
-            join(&known)
-        )
-    }
-
-    fn undeclared_field(&self, field: &FieldName) -> String {
-        let known: Vec<_> = self.policy.fields().map(|f| f.name.clone()).collect();
-        format!(
-            "`{field}` is not a field of policy {} (known: {})",
-            self.policy.version(),
-            join(&known)
-        )
     }
 }
 

@@ -127,20 +127,11 @@ impl DisclosureService {
         request_id: Option<RequestId>,
     ) -> Result<DisclosureAnswer> {
         // Caller bugs first, before any IO.
-        let now = Utc::now();
-        let nobody = DisclosureFacts {
-            subject: None,
-            data: &[],
-            now,
-        };
-        if let Err(invalid) = decide_disclosure(&self.policy, nobody, request) {
-            return Err(Error::InvalidArgument(
-                invalid
-                    .into_iter()
-                    .map(|(f, d)| crate::domain::FieldViolation::new(f, d))
-                    .collect(),
-            ));
+        let violations = self.policy.check_disclosure(request);
+        if !violations.is_empty() {
+            return Err(violations.into());
         }
+        let now = Utc::now();
         let mut states = self.store.current_state_for(&[subject_id]).await?;
         let mut state = states.remove(subject_id);
         if let Some(state) = &mut state {
@@ -161,9 +152,7 @@ impl DisclosureService {
             data: &data,
             now,
         };
-        let decision = decide_disclosure(&self.policy, facts, request).map_err(|_| {
-            Error::Internal(anyhow::anyhow!("disclosure undecidable after validation"))
-        })?;
+        let decision = decide_disclosure(&self.policy, facts, request);
         let withheld = withheld(&decision);
         if decision.status == DisclosureStatus::Denied {
             return Ok(DisclosureAnswer {

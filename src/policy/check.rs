@@ -1,0 +1,119 @@
+//! Validating requests against the policy, apart from deciding them.
+//!
+//! A request that names something the policy does not declare is a caller
+//! bug: it is answered INVALID_ARGUMENT with every offending field, before
+//! any IO. The decisions ([`decide`](super::decide),
+//! [`decide_disclosure`](super::decide_disclosure)) then assume the request
+//! passed, so they cannot fail.
+
+use super::{DisclosureRequest, Ground, Policy};
+use crate::domain::{FieldName, PurposeCode, Violations};
+
+impl Policy {
+    /// Whether a Check names a declared purpose and a declared field. Both
+    /// are reported when both are wrong.
+    pub fn check_query(&self, purpose: &PurposeCode, field: &FieldName) -> Violations {
+        let mut violations = Violations::new();
+        if self.purpose(purpose).is_none() {
+            violations.push("purpose", self.not_a_purpose(purpose));
+        }
+        if !self.declares_field(field) {
+            violations.push("field", self.not_a_field(field));
+        }
+        violations
+    }
+
+    /// Whether a disclosure request can be decided: a declared recipient,
+    /// declared fields each listed once, a declared purpose, and the
+    /// reference and justification that R6 and R7 require.
+    pub fn check_disclosure(&self, request: &DisclosureRequest) -> Violations {
+        let mut violations = Violations::new();
+        let version = self.version();
+        let recipient = self.recipient(&request.recipient);
+        if recipient.is_none() {
+            violations.push(
+                "recipient_id",
+                format!(
+                    "`{}` is not a recipient of policy {version}",
+                    request.recipient
+                ),
+            );
+        }
+        if request.fields.is_empty() {
+            violations.push("fields", "must name at least one field");
+        }
+        for (i, field) in request.fields.iter().enumerate() {
+            if !self.declares_field(field) {
+                violations.push(
+                    format!("fields[{i}]"),
+                    format!("`{field}` is not a field of policy {version}"),
+                );
+            } else if request.fields[..i].contains(field) {
+                violations.push(format!("fields[{i}]"), format!("`{field}` is listed twice"));
+            }
+        }
+        let purpose = match &request.ground {
+            Ground::Purpose(code) => {
+                let purpose = self.purpose(code);
+                if purpose.is_none() {
+                    violations.push(
+                        "purpose",
+                        format!("`{code}` is not a purpose of policy {version}"),
+                    );
+                }
+                purpose
+            }
+            Ground::Legal(_) => {
+                // R7: a legal basis must say what it rests on and why.
+                if request.reference.is_none() {
+                    violations.push(
+                        "reference",
+                        "a legal-basis request needs the notice or case number",
+                    );
+                }
+                if request.justification.is_none() {
+                    violations.push(
+                        "justification",
+                        "a legal-basis request needs a justification",
+                    );
+                }
+                None
+            }
+        };
+        let courier_rule = match (recipient, purpose) {
+            (Some(r), Some(p)) => self.disclosure_rule(r.category, &p.code),
+            _ => None,
+        };
+        // R6: the courier exception is tied to one delivery; without the order
+        // it is a request we cannot decide rather than a quiet denial.
+        if courier_rule.is_some() && request.reference.is_none() {
+            violations.push(
+                "reference",
+                "a delivery disclosure needs the order reference",
+            );
+        }
+        violations
+    }
+
+    /// The message for a purpose the policy does not declare, listing those
+    /// it does so that the caller can correct the request.
+    pub fn not_a_purpose(&self, purpose: &PurposeCode) -> String {
+        let known: Vec<_> = self.purposes().map(|p| p.code.to_string()).collect();
+        format!(
+            "`{purpose}` is not a purpose of policy {} (known: {})",
+            self.version(),
+            known.join(", ")
+        )
+    }
+
+    /// The message for a field the policy does not declare, listing those it
+    /// does.
+    pub fn not_a_field(&self, field: &FieldName) -> String {
+        let known: Vec<_> = self.fields().map(|f| f.name.to_string()).collect();
+        format!(
+            "`{field}` is not a field of policy {} (known: {})",
+            self.version(),
+            known.join(", ")
+        )
+    }
+}
