@@ -97,4 +97,23 @@ impl Violations {
     pub fn into_vec(self) -> Vec<FieldViolation> {
         self.0
     }
+
+    /// Adds the policy's violations of what parsed, except on a field
+    /// already named: a part that did not parse reaches the policy as
+    /// absent, and "missing" would only repeat the parse problem.
+    pub fn merge(&mut self, policy: Violations) {
+        for violation in policy.0 {
+            if !self.0.iter().any(|v| v.field == violation.field) {
+                self.0.push(violation);
+            }
+        }
+    }
+
+    /// The parsed value when every part parsed and nothing was violated.
+    pub fn finish<T>(self, parsed: Option<T>) -> Result<T, Self> {
+        match parsed {
+            Some(value) if self.is_empty() => Ok(value),
+            _ => Err(self),
+        }
+    }
 }
