@@ -831,7 +831,11 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
         .put_personal_data(put_request("C-70", "fax", "", &["promo", "order_delivery"]))
         .await
         .unwrap_err();
-    assert_eq!(violated_fields(&bad_put), ["value"]);
+    // The policy's checks run on what parsed: every offending field at once.
+    assert_eq!(
+        violated_fields(&bad_put),
+        ["value", "field", "collected_for[0]", "collected_for[1]"]
+    );
     let wrong_purpose = c
         .put_personal_data(put_request("C-70", "phone", PHONE, &["partner_offers"]))
         .await
