@@ -5,9 +5,11 @@
 mod browser;
 mod cli;
 mod concern;
+mod concern_bad_input;
 mod consent;
 mod deploy;
 mod disclosure;
+mod disclosure_bad_input;
 mod erasure;
 mod feed;
 mod helpers;
