@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    Actor, Channel, FieldName, Justification, NoticeVersion, PersonalValue, PurposeCode,
+    Actor, Channel, FieldName, Justification, NoticeVersion, PersonalValue, PurposeCode, Reason,
     RecipientId, Reference, RequestId, SubjectId,
 };
 
@@ -77,11 +77,11 @@ pub struct ReleasedField {
     pub needs_verification: bool,
 }
 
-/// One field not released, and why (the stored text of `policy::Reason`).
+/// One field not released, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Withheld {
     pub field: FieldName,
-    pub reason: String,
+    pub reason: Reason,
 }
 
 /// One entry of the disclosure history, with the events that followed it

@@ -2,14 +2,22 @@
 //! that exists has passed its `parse`, so the rest of the code never checks a
 //! raw string again.
 
-/// Declares a closed set of values that is stored as text in the database.
-/// The text form is what the migrations' CHECK constraints list, so it must
-/// not change once released.
+/// Declares a closed set of values that is stored as text: in the database,
+/// where the migrations' CHECK constraints list the texts, or in the policy
+/// file. Either way the text must not change once released.
+///
+/// The enum, `ALL`, `as_str` and `from_stored` all come from the one list of
+/// variants, so `ALL` holds every variant by construction and a test that
+/// iterates it covers the whole mapping.
 macro_rules! stored_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    (
+        $(#[$doc:meta])* $name:ident {
+            $($(#[$variant_doc:meta])* $variant:ident => $text:literal),+ $(,)?
+        }
+    ) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$variant_doc])* $variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -25,9 +33,12 @@ macro_rules! stored_enum {
     };
 }
 
+pub(crate) use stored_enum;
+
 mod concern;
 mod disclosure;
 mod ids;
+mod reason;
 mod record;
 mod state;
 
@@ -43,6 +54,7 @@ pub use ids::{
     Actor, Evidence, FieldName, Justification, NoticeVersion, PersonalValue, PurposeCode,
     RecipientId, Reference, RequestId, SubjectId,
 };
+pub use reason::Reason;
 pub use record::{
     Channel, Choice, ConsentRecord, NewConsentRecord, Subject, SubjectKind, SubjectRegistration,
 };
@@ -115,5 +127,53 @@ impl Violations {
             Some(value) if self.is_empty() => Ok(value),
             _ => Err(self),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use super::*;
+
+    /// Every variant reads back from its text, and no two share a text.
+    fn round_trips<T: Copy + PartialEq + Debug>(
+        all: &[T],
+        as_str: fn(T) -> &'static str,
+        from_stored: fn(&str) -> Option<T>,
+    ) {
+        for value in all {
+            assert_eq!(from_stored(as_str(*value)), Some(*value));
+        }
+        let mut texts: Vec<_> = all.iter().map(|v| as_str(*v)).collect();
+        texts.sort_unstable();
+        texts.dedup();
+        assert_eq!(texts.len(), all.len(), "{all:?} share a stored text");
+        assert_eq!(from_stored("no such value"), None);
+    }
+
+    #[test]
+    fn disclosure_and_concern_enums_round_trip_through_their_stored_text() {
+        round_trips(LegalBasis::ALL, LegalBasis::as_str, LegalBasis::from_stored);
+        round_trips(
+            DisclosureStatus::ALL,
+            DisclosureStatus::as_str,
+            DisclosureStatus::from_stored,
+        );
+        round_trips(
+            ConcernCategory::ALL,
+            ConcernCategory::as_str,
+            ConcernCategory::from_stored,
+        );
+        round_trips(
+            ConcernStatus::ALL,
+            ConcernStatus::as_str,
+            ConcernStatus::from_stored,
+        );
+        round_trips(
+            ConcernOutcome::ALL,
+            ConcernOutcome::as_str,
+            ConcernOutcome::from_stored,
+        );
     }
 }

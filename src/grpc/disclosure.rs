@@ -535,12 +535,7 @@ pub(super) fn disclosure_to_pb(d: domain::Disclosure) -> pb::Disclosure {
         withheld: d
             .withheld
             .iter()
-            .map(|w| {
-                withheld_to_pb(
-                    &w.field,
-                    Reason::from_stored(&w.reason).unwrap_or(Reason::FieldNotPermitted),
-                )
-            })
+            .map(|w| withheld_to_pb(&w.field, w.reason))
             .collect(),
         status: status_to_pb(d.status).into(),
         requested_by: d.requested_by.to_string(),

@@ -7,13 +7,14 @@ mod check;
 pub mod concern;
 mod decide;
 mod disclose;
-mod file;
+mod load;
+mod model;
 
-pub use decide::{Decision, Outcome, Reason, decide, decide_with_data, is_stale};
+pub use crate::domain::Reason;
+pub use decide::{Decision, Outcome, decide, decide_with_data, is_stale};
 pub use disclose::{
     DisclosureDecision, DisclosureFacts, DisclosureRequest, EMERGENCY_REVIEW_HOURS, FieldOutcome,
     Ground, decide_disclosure,
 };
-pub use file::{
-    Basis, Category, DisclosureRule, FieldDef, Policy, PolicyError, Purpose, Recipient,
-};
+pub use load::PolicyError;
+pub use model::{Basis, Category, DisclosureRule, FieldDef, Policy, Purpose, Recipient};

@@ -242,7 +242,7 @@ impl DisclosureService {
                     .iter()
                     .map(|(field, reason)| Withheld {
                         field: field.clone(),
-                        reason: reason.as_str().to_string(),
+                        reason: *reason,
                     })
                     .collect(),
                 status: decision.status,
@@ -382,12 +382,7 @@ impl DisclosureService {
         let withheld = disclosure
             .withheld
             .iter()
-            .map(|w| {
-                (
-                    w.field.clone(),
-                    Reason::from_stored(&w.reason).unwrap_or(Reason::FieldNotPermitted),
-                )
-            })
+            .map(|w| (w.field.clone(), w.reason))
             .collect();
         DisclosureAnswer {
             about: DisclosureAbout::new(

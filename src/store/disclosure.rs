@@ -297,7 +297,7 @@ impl Store {
         let withheld: Vec<String> = new
             .withheld
             .iter()
-            .map(|w| format!("{}:{}", w.field, w.reason))
+            .map(|w| format!("{}:{}", w.field, w.reason.as_str()))
             .collect();
         if let Some(request_id) = &new.request_id {
             let digest = disclosure_digest(new);
@@ -527,7 +527,10 @@ fn disclosure_from_row(row: &Row) -> Result<Disclosure> {
                 .ok_or_else(|| Error::Internal(anyhow!("stored withheld entry is malformed")))?;
             Ok(Withheld {
                 field: stored(FieldName::parse(field), "withheld")?,
-                reason: reason.to_string(),
+                reason: stored_enum(
+                    crate::domain::Reason::from_stored(reason),
+                    "withheld reason",
+                )?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
