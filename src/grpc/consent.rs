@@ -5,17 +5,18 @@ use tonic::{Request, Response, Status};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
-    convert::{self, optional, required_enum},
+    convert::{self, done, optional},
+    enums::{self, PbEnum as _},
     observe::observe,
     page::PageToken,
     pb::{self, consent_service_server::ConsentService as Rpc},
 };
 use crate::{
     domain::{
-        Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode, RecipientId, RequestId,
-        SubjectId, SubjectRegistration, Violations,
+        Channel, Choice, Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode,
+        RecipientId, RequestId, SubjectId, SubjectKind, SubjectRegistration, Violations,
     },
-    error::Error,
+    error::{Error, Result},
     policy::Decision,
     service::{
         CheckQuery, ConsentService, MAX_BATCH,
@@ -63,8 +64,19 @@ impl Rpc for ConsentGrpc {
         &self,
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
-        observe(SERVICE, "WatchChanges", request, |r| {
-            self.watch_changes_rpc(r)
+        observe(SERVICE, "WatchChanges", request, |r| async move {
+            let (after, purposes) = self.parse_watch(r.into_inner())?;
+            let records = self.service.watch_changes(after, purposes)?;
+            let stream = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(records),
+                |item| {
+                    item.map(|record| pb::WatchChangesResponse {
+                        record: Some(convert::record_to_pb(record)),
+                    })
+                    .map_err(Status::from)
+                },
+            );
+            Ok(Response::new(Box::pin(stream) as WatchStream))
         })
         .await
     }
@@ -73,8 +85,22 @@ impl Rpc for ConsentGrpc {
         &self,
         request: Request<pb::CreateUnsubscribeLinksRequest>,
     ) -> Result<Response<pb::CreateUnsubscribeLinksResponse>, Status> {
-        observe(SERVICE, "CreateUnsubscribeLinks", request, |r| {
-            self.create_unsubscribe_links_rpc(r)
+        observe(SERVICE, "CreateUnsubscribeLinks", request, |r| async move {
+            let request = self.parse_links(r.into_inner())?;
+            let (links, instructions) = self.unsubscribes.create_links(&request).await?;
+            Ok(Response::new(pb::CreateUnsubscribeLinksResponse {
+                links: links
+                    .into_iter()
+                    .map(|link| pb::UnsubscribeLink {
+                        subject_id: link.subject_id.to_string(),
+                        list_unsubscribe: format!("<{}>", link.url),
+                        list_unsubscribe_post: "List-Unsubscribe=One-Click".into(),
+                        url: link.url,
+                        token: link.token,
+                    })
+                    .collect(),
+                refusal_instructions: instructions,
+            }))
         })
         .await
     }
@@ -83,8 +109,13 @@ impl Rpc for ConsentGrpc {
         &self,
         request: Request<pb::RegisterSubjectRequest>,
     ) -> Result<Response<pb::RegisterSubjectResponse>, Status> {
-        observe(SERVICE, "RegisterSubject", request, |r| {
-            self.register_subject_rpc(r)
+        observe(SERVICE, "RegisterSubject", request, |r| async move {
+            let (registration, actor) = parse_registration(r)?;
+            let (subject, created) = self.service.register_subject(&registration, &actor).await?;
+            Ok(Response::new(pb::RegisterSubjectResponse {
+                subject: Some(convert::subject_to_pb(subject)),
+                created,
+            }))
         })
         .await
     }
@@ -93,8 +124,11 @@ impl Rpc for ConsentGrpc {
         &self,
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
-        observe(SERVICE, "RecordConsent", request, |r| {
-            self.record_consent_rpc(r)
+        observe(SERVICE, "RecordConsent", request, |r| async move {
+            let record = self.service.record_consent(&self.parse_record(r)?).await?;
+            Ok(Response::new(pb::RecordConsentResponse {
+                record: Some(convert::record_to_pb(record)),
+            }))
         })
         .await
     }
@@ -103,22 +137,91 @@ impl Rpc for ConsentGrpc {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        observe(SERVICE, "Check", request, |r| self.check_rpc(r)).await
+        observe(SERVICE, "Check", request, |r| async move {
+            let r = r.into_inner();
+            let mut v = Violations::new();
+            let query = self.parse_query(&mut v, "", r.subject_id, r.purpose, r.field);
+            let query = done(v, query)?;
+            let decision = self.service.check(&query).await?;
+            for attribute in self.decision_attributes(&query, &decision) {
+                tracing::Span::current().set_attribute(attribute.key, attribute.value);
+            }
+            Ok(Response::new(pb::CheckResponse {
+                decision: decision.outcome.to_wire(),
+                reason: decision.reason.to_wire(),
+                record_id: convert::record_id(&decision),
+                policy_version: self.service.policy().version().to_string(),
+                needs_verification: decision.needs_verification,
+            }))
+        })
+        .await
     }
 
     async fn batch_check(
         &self,
         request: Request<pb::BatchCheckRequest>,
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
-        observe(SERVICE, "BatchCheck", request, |r| self.batch_check_rpc(r)).await
+        observe(SERVICE, "BatchCheck", request, |r| async move {
+            let (queries, correlation_ids) = self.parse_batch(r.into_inner())?;
+            let decisions = self.service.batch_check(&queries).await?;
+            let span = tracing::Span::current();
+            span.set_attribute("consent.batch.size", queries.len() as i64);
+            span.set_attribute(
+                "consent.policy_version",
+                self.service.policy().version().to_string(),
+            );
+            for (query, decision) in queries.iter().zip(&decisions) {
+                span.add_event(
+                    "consent.decision",
+                    self.decision_attributes(query, decision),
+                );
+            }
+            let results = decisions
+                .iter()
+                .zip(correlation_ids)
+                .map(|(decision, correlation_id)| pb::BatchCheckResult {
+                    correlation_id,
+                    decision: decision.outcome.to_wire(),
+                    reason: decision.reason.to_wire(),
+                    record_id: convert::record_id(decision),
+                    needs_verification: decision.needs_verification,
+                })
+                .collect();
+            Ok(Response::new(pb::BatchCheckResponse {
+                results,
+                policy_version: self.service.policy().version().to_string(),
+            }))
+        })
+        .await
     }
 
     async fn get_consent_state(
         &self,
         request: Request<pb::GetConsentStateRequest>,
     ) -> Result<Response<pb::GetConsentStateResponse>, Status> {
-        observe(SERVICE, "GetConsentState", request, |r| {
-            self.get_consent_state_rpc(r)
+        observe(SERVICE, "GetConsentState", request, |r| async move {
+            let subject_id = SubjectId::parse(r.into_inner().subject_id)
+                .map_err(|e| Error::invalid("subject_id", e))?;
+            let overview = self.service.consent_state(&subject_id).await?;
+            let decisions = overview
+                .decisions
+                .into_iter()
+                .map(|(purpose, field, decision)| pb::EffectiveDecision {
+                    purpose: purpose.to_string(),
+                    field: field.to_string(),
+                    decision: decision.outcome.to_wire(),
+                    reason: decision.reason.to_wire(),
+                    record_id: convert::record_id(&decision),
+                })
+                .collect();
+            Ok(Response::new(pb::GetConsentStateResponse {
+                subject: Some(convert::subject_to_pb(overview.subject)),
+                choices: (overview.choices.into_iter())
+                    .map(convert::choice_state_to_pb)
+                    .collect(),
+                decisions,
+                policy_version: self.service.policy().version().to_string(),
+            }))
         })
         .await
     }
@@ -127,241 +230,111 @@ impl Rpc for ConsentGrpc {
         &self,
         request: Request<pb::ListConsentHistoryRequest>,
     ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
-        observe(SERVICE, "ListConsentHistory", request, |r| {
-            self.list_consent_history_rpc(r)
+        observe(SERVICE, "ListConsentHistory", request, |r| async move {
+            let (subject_id, after, page_size) = parse_history(r.into_inner())?;
+            let page = self.service.history(&subject_id, after, page_size).await?;
+            Ok(Response::new(pb::ListConsentHistoryResponse {
+                records: page
+                    .records
+                    .into_iter()
+                    .map(convert::record_to_pb)
+                    .collect(),
+                next_page_token: page
+                    .next_after
+                    .map(|after| PageToken::encode(&after.to_string(), subject_id.as_str()))
+                    .unwrap_or_default(),
+            }))
         })
         .await
     }
 }
 
+/// Each parser collects every violation: the fields that fail to parse, and
+/// what the policy refuses among those that did, in one answer.
 impl ConsentGrpc {
-    async fn watch_changes_rpc(
-        &self,
-        request: Request<pb::WatchChangesRequest>,
-    ) -> Result<Response<WatchStream>, Status> {
-        let r = request.into_inner();
+    fn parse_watch(&self, r: pb::WatchChangesRequest) -> Result<(i64, Vec<PurposeCode>)> {
         let mut v = Violations::new();
-        let purposes: Vec<_> = r
-            .purposes
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, p)| v.check(format!("purposes[{i}]"), PurposeCode::parse(p)))
+        let purposes: Vec<(usize, PurposeCode)> = (r.purposes.into_iter().enumerate())
+            .filter_map(|(i, p)| {
+                Some((i, v.check(format!("purposes[{i}]"), PurposeCode::parse(p))?))
+            })
             .collect();
-        if !v.is_empty() {
-            return Err(Error::from(v).into());
-        }
-        let records = self.service.watch_changes(r.after, purposes)?;
-        let stream = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(records),
-            |item| {
-                item.map(|record| pb::WatchChangesResponse {
-                    record: Some(convert::record_to_pb(record)),
-                })
-                .map_err(Status::from)
-            },
-        );
-        Ok(Response::new(Box::pin(stream)))
+        (self.service).check_watch(&mut v, r.after, purposes.iter().map(|(i, p)| (*i, p)));
+        let purposes = purposes.into_iter().map(|(_, p)| p).collect();
+        done(v, Some((r.after, purposes)))
     }
 
-    async fn create_unsubscribe_links_rpc(
-        &self,
-        request: Request<pb::CreateUnsubscribeLinksRequest>,
-    ) -> Result<Response<pb::CreateUnsubscribeLinksResponse>, Status> {
-        let r = request.into_inner();
+    fn parse_links(&self, r: pb::CreateUnsubscribeLinksRequest) -> Result<LinkRequest> {
         let mut v = Violations::new();
         let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
         let field = optional(&mut v, "field", r.field, FieldName::parse);
         let campaign = v.check("campaign", campaign(r.campaign));
-        let subject_ids: Vec<_> = r
-            .subject_ids
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, id)| v.check(format!("subject_ids[{i}]"), SubjectId::parse(id)))
+        let subject_ids: Vec<_> = (r.subject_ids.iter().enumerate())
+            .filter_map(|(i, id)| {
+                v.check(format!("subject_ids[{i}]"), SubjectId::parse(id.clone()))
+            })
             .collect();
-        let (Some(purpose), Some(field), Some(campaign), true) =
-            (purpose, field, campaign, v.is_empty())
-        else {
-            return Err(Error::from(v).into());
-        };
-        let (links, instructions) = self
-            .unsubscribes
-            .create_links(&LinkRequest {
-                purpose,
-                field,
-                campaign,
+        self.unsubscribes.check_links(
+            &mut v,
+            purpose.as_ref(),
+            field.as_ref().and_then(Option::as_ref),
+            r.subject_ids.len(),
+        );
+        let parsed = (|| {
+            Some(LinkRequest {
+                purpose: purpose?,
+                field: field?,
+                campaign: campaign?,
                 subject_ids,
             })
-            .await?;
-        Ok(Response::new(pb::CreateUnsubscribeLinksResponse {
-            links: links
-                .into_iter()
-                .map(|link| pb::UnsubscribeLink {
-                    subject_id: link.subject_id.to_string(),
-                    list_unsubscribe: format!("<{}>", link.url),
-                    list_unsubscribe_post: "List-Unsubscribe=One-Click".into(),
-                    url: link.url,
-                    token: link.token,
-                })
-                .collect(),
-            refusal_instructions: instructions,
-        }))
+        })();
+        done(v, parsed)
     }
 
-    async fn register_subject_rpc(
-        &self,
-        request: Request<pb::RegisterSubjectRequest>,
-    ) -> Result<Response<pb::RegisterSubjectResponse>, Status> {
-        let mut v = Violations::new();
-        let actor = convert::actor(&request, &mut v);
-        let r = request.into_inner();
-        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
-        let kind = required_enum(
-            &mut v,
-            "kind",
-            r.kind,
-            |n| pb::SubjectKind::try_from(n).ok(),
-            convert::subject_kind,
-        );
-        let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
-        let channel = required_enum(
-            &mut v,
-            "channel",
-            r.channel,
-            |n| pb::Channel::try_from(n).ok(),
-            convert::channel,
-        );
-        let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
-        let (
-            Some(actor),
-            Some(subject_id),
-            Some(kind),
-            Some(notice_version),
-            Some(channel),
-            Some(request_id),
-        ) = (actor, subject_id, kind, notice_version, channel, request_id)
-        else {
-            return Err(Error::from(v).into());
-        };
-        let registration = SubjectRegistration {
-            subject_id,
-            kind,
-            notice_version,
-            channel,
-            request_id,
-        };
-        let (subject, created) = self.service.register_subject(&registration, &actor).await?;
-        Ok(Response::new(pb::RegisterSubjectResponse {
-            subject: Some(convert::subject_to_pb(subject)),
-            created,
-        }))
-    }
-
-    async fn record_consent_rpc(
-        &self,
-        request: Request<pb::RecordConsentRequest>,
-    ) -> Result<Response<pb::RecordConsentResponse>, Status> {
+    fn parse_record(&self, request: Request<pb::RecordConsentRequest>) -> Result<NewConsentRecord> {
         let mut v = Violations::new();
         let actor = convert::actor(&request, &mut v);
         let r = request.into_inner();
         let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
         let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
         let field = optional(&mut v, "field", r.field, FieldName::parse);
-        let choice = required_enum(
-            &mut v,
-            "choice",
-            r.choice,
-            |n| pb::Choice::try_from(n).ok(),
-            convert::choice,
-        );
-        let channel = required_enum(
-            &mut v,
-            "channel",
-            r.channel,
-            |n| pb::Channel::try_from(n).ok(),
-            convert::channel,
-        );
+        let choice = enums::required::<Choice>(&mut v, "choice", r.choice);
+        let channel = enums::required::<Channel>(&mut v, "channel", r.channel);
         let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
         let evidence = v.check("evidence", Evidence::parse(r.evidence));
         let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
         let recipient = optional(&mut v, "recipient", r.recipient, RecipientId::parse);
-        let (
-            Some(actor),
-            Some(subject_id),
-            Some(purpose),
-            Some(field),
-            Some(choice),
-            Some(channel),
-            Some(notice_version),
-            Some(evidence),
-            Some(request_id),
-            Some(recipient),
-        ) = (
-            actor,
-            subject_id,
-            purpose,
-            field,
-            choice,
-            channel,
-            notice_version,
-            evidence,
-            request_id,
-            recipient,
-        )
-        else {
-            return Err(Error::from(v).into());
-        };
-        let record = self
-            .service
-            .record_consent(&NewConsentRecord {
-                subject_id,
-                purpose,
-                field,
-                choice,
-                channel,
-                notice_version,
-                evidence,
-                actor,
-                request_id,
-                recipient,
+        self.service.check_record(
+            &mut v,
+            purpose.as_ref(),
+            field.as_ref().and_then(Option::as_ref),
+            recipient.as_ref().and_then(Option::as_ref),
+        );
+        let parsed = (|| {
+            Some(NewConsentRecord {
+                subject_id: subject_id?,
+                purpose: purpose?,
+                field: field?,
+                choice: choice?,
+                channel: channel?,
+                notice_version: notice_version?,
+                evidence: evidence?,
+                actor: actor?,
+                request_id: request_id?,
+                recipient: recipient?,
             })
-            .await?;
-        Ok(Response::new(pb::RecordConsentResponse {
-            record: Some(convert::record_to_pb(record)),
-        }))
+        })();
+        done(v, parsed)
     }
 
-    async fn check_rpc(
-        &self,
-        request: Request<pb::CheckRequest>,
-    ) -> Result<Response<pb::CheckResponse>, Status> {
-        let r = request.into_inner();
-        let mut v = Violations::new();
-        let query = check_query(&mut v, "", r.subject_id, r.purpose, r.field)
-            .ok_or_else(|| Error::from(v))?;
-        let decision = self.service.check(&query).await?;
-        for attribute in self.decision_attributes(&query, &decision) {
-            tracing::Span::current().set_attribute(attribute.key, attribute.value);
-        }
-        Ok(Response::new(pb::CheckResponse {
-            decision: convert::decision_to_pb(decision.outcome).into(),
-            reason: convert::reason_to_pb(decision.reason).into(),
-            record_id: convert::record_id(&decision),
-            policy_version: self.service.policy().version().to_string(),
-            needs_verification: decision.needs_verification,
-        }))
-    }
-
-    async fn batch_check_rpc(
-        &self,
-        request: Request<pb::BatchCheckRequest>,
-    ) -> Result<Response<pb::BatchCheckResponse>, Status> {
-        let items = request.into_inner().items;
+    /// A batch of at most [`MAX_BATCH`] checks and their correlation ids.
+    fn parse_batch(&self, r: pb::BatchCheckRequest) -> Result<(Vec<CheckQuery>, Vec<String>)> {
+        let items = r.items;
         if items.is_empty() || items.len() > MAX_BATCH {
             return Err(Error::invalid(
                 "items",
                 format!("must hold 1 to {MAX_BATCH} items (got {})", items.len()),
-            )
-            .into());
+            ));
         }
         let mut v = Violations::new();
         let mut queries = Vec::with_capacity(items.len());
@@ -375,7 +348,7 @@ impl ConsentGrpc {
             }
             correlation_ids.push(item.correlation_id);
             let prefix = format!("items[{i}].");
-            queries.extend(check_query(
+            queries.extend(self.parse_query(
                 &mut v,
                 &prefix,
                 item.subject_id,
@@ -383,110 +356,30 @@ impl ConsentGrpc {
                 item.field,
             ));
         }
-        if !v.is_empty() {
-            return Err(Error::from(v).into());
-        }
-        let decisions = self.service.batch_check(&queries).await?;
-        let span = tracing::Span::current();
-        span.set_attribute("consent.batch.size", queries.len() as i64);
-        span.set_attribute(
-            "consent.policy_version",
-            self.service.policy().version().to_string(),
-        );
-        for (query, decision) in queries.iter().zip(&decisions) {
-            span.add_event(
-                "consent.decision",
-                self.decision_attributes(query, decision),
-            );
-        }
-        let results = decisions
-            .iter()
-            .zip(correlation_ids)
-            .map(|(decision, correlation_id)| pb::BatchCheckResult {
-                correlation_id,
-                decision: convert::decision_to_pb(decision.outcome).into(),
-                reason: convert::reason_to_pb(decision.reason).into(),
-                record_id: convert::record_id(decision),
-                needs_verification: decision.needs_verification,
-            })
-            .collect();
-        Ok(Response::new(pb::BatchCheckResponse {
-            results,
-            policy_version: self.service.policy().version().to_string(),
-        }))
+        done(v, Some((queries, correlation_ids)))
     }
 
-    async fn get_consent_state_rpc(
+    /// One check; violations are named `{prefix}subject_id` and so on.
+    fn parse_query(
         &self,
-        request: Request<pb::GetConsentStateRequest>,
-    ) -> Result<Response<pb::GetConsentStateResponse>, Status> {
-        let subject_id = SubjectId::parse(request.into_inner().subject_id)
-            .map_err(|e| Error::invalid("subject_id", e))?;
-        let overview = self.service.consent_state(&subject_id).await?;
-        let choices = overview
-            .choices
-            .into_iter()
-            .map(convert::choice_state_to_pb)
-            .collect();
-        let decisions = overview
-            .decisions
-            .into_iter()
-            .map(|(purpose, field, decision)| pb::EffectiveDecision {
-                purpose: purpose.to_string(),
-                field: field.to_string(),
-                decision: convert::decision_to_pb(decision.outcome).into(),
-                reason: convert::reason_to_pb(decision.reason).into(),
-                record_id: convert::record_id(&decision),
-            })
-            .collect();
-        Ok(Response::new(pb::GetConsentStateResponse {
-            subject: Some(convert::subject_to_pb(overview.subject)),
-            choices,
-            decisions,
-            policy_version: self.service.policy().version().to_string(),
-        }))
+        v: &mut Violations,
+        prefix: &str,
+        subject_id: String,
+        purpose: String,
+        field: String,
+    ) -> Option<CheckQuery> {
+        let subject_id = v.check(format!("{prefix}subject_id"), SubjectId::parse(subject_id));
+        let purpose = v.check(format!("{prefix}purpose"), PurposeCode::parse(purpose));
+        let field = v.check(format!("{prefix}field"), FieldName::parse(field));
+        let name = |field: &str| format!("{prefix}{field}");
+        (self.service).check_query(v, name, purpose.as_ref(), field.as_ref());
+        Some(CheckQuery {
+            subject_id: subject_id?,
+            purpose: purpose?,
+            field: field?,
+        })
     }
 
-    async fn list_consent_history_rpc(
-        &self,
-        request: Request<pb::ListConsentHistoryRequest>,
-    ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
-        let r = request.into_inner();
-        let mut v = Violations::new();
-        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
-        let page_size = v.check(
-            "page_size",
-            PageToken::page_size(r.page_size, DEFAULT_PAGE_SIZE, 1000),
-        );
-        let (Some(subject_id), Some(page_size)) = (subject_id, page_size) else {
-            return Err(Error::from(v).into());
-        };
-        let after = if r.page_token.is_empty() {
-            0
-        } else {
-            PageToken::decode(&r.page_token, subject_id.as_str())
-                .and_then(|c| {
-                    c.parse()
-                        .map_err(|_| "is not a token this service issued".into())
-                })
-                .map_err(|e: String| Error::invalid("page_token", e))?
-        };
-        let page = self.service.history(&subject_id, after, page_size).await?;
-        Ok(Response::new(pb::ListConsentHistoryResponse {
-            records: page
-                .records
-                .into_iter()
-                .map(convert::record_to_pb)
-                .collect(),
-            next_page_token: page
-                .next_after
-                .map(|after| PageToken::encode(&after.to_string(), subject_id.as_str()))
-                .unwrap_or_default(),
-        }))
-    }
-}
-
-impl ConsentGrpc {
     /// The span attributes of one decision. The subject appears only as its
     /// keyed pseudonym.
     fn decision_attributes(&self, query: &CheckQuery, decision: &Decision) -> Vec<KeyValue> {
@@ -504,6 +397,54 @@ impl ConsentGrpc {
     }
 }
 
+fn parse_registration(
+    request: Request<pb::RegisterSubjectRequest>,
+) -> Result<(SubjectRegistration, crate::domain::Actor)> {
+    let mut v = Violations::new();
+    let actor = convert::actor(&request, &mut v);
+    let r = request.into_inner();
+    let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+    let kind = enums::required::<SubjectKind>(&mut v, "kind", r.kind);
+    let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
+    let channel = enums::required::<Channel>(&mut v, "channel", r.channel);
+    let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
+    let parsed = (|| {
+        let registration = SubjectRegistration {
+            subject_id: subject_id?,
+            kind: kind?,
+            notice_version: notice_version?,
+            channel: channel?,
+            request_id: request_id?,
+        };
+        Some((registration, actor?))
+    })();
+    done(v, parsed)
+}
+
+/// The subject, the sequence to continue after, and the page size.
+fn parse_history(r: pb::ListConsentHistoryRequest) -> Result<(SubjectId, i64, usize)> {
+    let mut v = Violations::new();
+    let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+    let page_size = v.check(
+        "page_size",
+        PageToken::page_size(r.page_size, DEFAULT_PAGE_SIZE, 1000),
+    );
+    // The token is bound to the subject, so it can only be read once that parsed.
+    let after = match &subject_id {
+        Some(_) if r.page_token.is_empty() => Some(0),
+        Some(subject_id) => v.check(
+            "page_token",
+            PageToken::decode(&r.page_token, subject_id.as_str()).and_then(|c| {
+                c.parse()
+                    .map_err(|_| "is not a token this service issued".into())
+            }),
+        ),
+        None => None,
+    };
+    let parsed = (|| Some((subject_id?, after?, page_size?)))();
+    done(v, parsed)
+}
+
 /// A campaign name: optional, short, printable. It travels inside tokens
 /// and into evidence, so it is held to the evidence rules and a length cap.
 fn campaign(raw: String) -> Result<String, String> {
@@ -517,22 +458,4 @@ fn campaign(raw: String) -> Result<String, String> {
         return Err("must not contain control characters".into());
     }
     Ok(raw)
-}
-
-/// Parses one check; violations are named `{prefix}subject_id` and so on.
-fn check_query(
-    v: &mut Violations,
-    prefix: &str,
-    subject_id: String,
-    purpose: String,
-    field: String,
-) -> Option<CheckQuery> {
-    let subject_id = v.check(format!("{prefix}subject_id"), SubjectId::parse(subject_id));
-    let purpose = v.check(format!("{prefix}purpose"), PurposeCode::parse(purpose));
-    let field = v.check(format!("{prefix}field"), FieldName::parse(field));
-    Some(CheckQuery {
-        subject_id: subject_id?,
-        purpose: purpose?,
-        field: field?,
-    })
 }

@@ -7,6 +7,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
     convert::{self, optional, required_enum},
+    enums::PbEnum as _,
     observe::observe,
     page::PageToken,
     pb::{self, disclosure_service_server::DisclosureService as Rpc},
@@ -233,7 +234,7 @@ fn parse_put(
         "channel",
         r.channel,
         |n| pb::Channel::try_from(n).ok(),
-        convert::channel,
+        domain::Channel::from_pb,
     );
     let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
     let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
@@ -489,7 +490,7 @@ fn status_to_pb(status: domain::DisclosureStatus) -> pb::DisclosureStatus {
 fn withheld_to_pb(field: &FieldName, reason: Reason) -> pb::WithheldField {
     pb::WithheldField {
         field: field.to_string(),
-        reason: convert::reason_to_pb(reason).into(),
+        reason: reason.to_wire(),
     }
 }
 

@@ -4,7 +4,9 @@
 use chrono::Utc;
 use prost::Message as _;
 
-use super::{concern::concern_to_pb, convert, disclosure::disclosure_to_pb, pb};
+use super::{
+    concern::concern_to_pb, convert, disclosure::disclosure_to_pb, enums::PbEnum as _, pb,
+};
 use crate::{
     policy::concern::ConcernDeadlines,
     service::{concern::ConcernView, export::SubjectExport},
@@ -35,7 +37,7 @@ pub fn export_to_pb(
                 collection_id: c.collection_id.to_string(),
                 field: c.field.to_string(),
                 collected_for: c.collected_for,
-                channel: convert::channel_to_pb(c.channel).into(),
+                channel: c.channel.to_wire(),
                 notice_version: c.notice_version,
                 actor: c.actor.to_string(),
                 collected_at: convert::timestamp(c.collected_at),

@@ -6,6 +6,7 @@ mod concern;
 mod consent;
 mod convert;
 mod disclosure;
+mod enums;
 mod export;
 mod observe;
 mod page;

@@ -4,14 +4,14 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert,
+    convert::{self, done},
     export::export_to_pb,
     observe::observe,
     pb::{self, subject_rights_service_server::SubjectRightsService as Rpc},
 };
 use crate::{
-    domain::{RequestId, SubjectId, Violations},
-    error::Error,
+    domain::{Actor, RequestId, SubjectId, Violations},
+    error::{Error, Result},
     policy::concern::ConcernDeadlines,
     service::{erasure::Eraser, export::Exporter},
 };
@@ -40,36 +40,6 @@ impl SubjectRightsGrpc {
     ) -> pb::subject_rights_service_server::SubjectRightsServiceServer<Self> {
         pb::subject_rights_service_server::SubjectRightsServiceServer::new(self)
     }
-
-    async fn export_subject_rpc(
-        &self,
-        request: Request<pb::ExportSubjectRequest>,
-    ) -> Result<Response<pb::ExportSubjectResponse>, Status> {
-        let subject_id = SubjectId::parse(request.into_inner().subject_id)
-            .map_err(|e| Error::invalid("subject_id", e))?;
-        let export = self.exporter.export(&subject_id).await?;
-        Ok(Response::new(export_to_pb(export, self.deadlines)))
-    }
-
-    async fn erase_subject_rpc(
-        &self,
-        request: Request<pb::EraseSubjectRequest>,
-    ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
-        let mut v = Violations::new();
-        let actor = convert::actor(&request, &mut v);
-        let r = request.into_inner();
-        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
-        let request_id = convert::optional(&mut v, "request_id", r.request_id, RequestId::parse);
-        let (Some(actor), Some(subject_id), Some(_)) = (actor, subject_id, request_id) else {
-            return Err(Error::from(v).into());
-        };
-        let erased = self.eraser.erase(&subject_id, &actor).await?;
-        Ok(Response::new(pb::EraseSubjectResponse {
-            pseudonym: erased.pseudonym.to_string(),
-            erased_at: convert::timestamp(erased.erased_at),
-            already_erased: erased.already,
-        }))
-    }
 }
 
 #[tonic::async_trait]
@@ -78,8 +48,11 @@ impl Rpc for SubjectRightsGrpc {
         &self,
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<pb::ExportSubjectResponse>, Status> {
-        observe(SERVICE, "ExportSubject", request, |r| {
-            self.export_subject_rpc(r)
+        observe(SERVICE, "ExportSubject", request, |r| async move {
+            let subject_id = SubjectId::parse(r.into_inner().subject_id)
+                .map_err(|e| Error::invalid("subject_id", e))?;
+            let export = self.exporter.export(&subject_id).await?;
+            Ok(Response::new(export_to_pb(export, self.deadlines)))
         })
         .await
     }
@@ -88,9 +61,26 @@ impl Rpc for SubjectRightsGrpc {
         &self,
         request: Request<pb::EraseSubjectRequest>,
     ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
-        observe(SERVICE, "EraseSubject", request, |r| {
-            self.erase_subject_rpc(r)
+        observe(SERVICE, "EraseSubject", request, |r| async move {
+            let (subject_id, actor) = parse_erase(r)?;
+            let erased = self.eraser.erase(&subject_id, &actor).await?;
+            Ok(Response::new(pb::EraseSubjectResponse {
+                pseudonym: erased.pseudonym.to_string(),
+                erased_at: convert::timestamp(erased.erased_at),
+                already_erased: erased.already,
+            }))
         })
         .await
     }
+}
+
+/// The subject to erase and who asks. The `request_id` is checked but not
+/// kept: erasing twice is already harmless.
+fn parse_erase(request: Request<pb::EraseSubjectRequest>) -> Result<(SubjectId, Actor)> {
+    let mut v = Violations::new();
+    let actor = convert::actor(&request, &mut v);
+    let r = request.into_inner();
+    let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+    let _ = convert::optional(&mut v, "request_id", r.request_id, RequestId::parse);
+    done(v, subject_id.zip(actor))
 }

@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{
-        Actor, ConsentRecord, FieldName, NewConsentRecord, PurposeCode, StoredChoice, Subject,
-        SubjectId, SubjectRegistration, SubjectState, Violations,
+        Actor, ConsentRecord, FieldName, NewConsentRecord, PurposeCode, RecipientId, StoredChoice,
+        Subject, SubjectId, SubjectRegistration, SubjectState, Violations,
     },
     error::{Error, Result},
     policy::{Decision, Policy, decide_with_data},
@@ -75,14 +75,7 @@ impl ConsentService {
         purposes: Vec<PurposeCode>,
     ) -> Result<mpsc::Receiver<Result<ConsentRecord>>> {
         let mut violations = Violations::new();
-        if after < 0 {
-            violations.push("after", "must not be negative");
-        }
-        for (i, purpose) in purposes.iter().enumerate() {
-            if self.policy.purpose(purpose).is_none() {
-                violations.push(format!("purposes[{i}]"), self.policy.not_a_purpose(purpose));
-            }
-        }
+        self.check_watch(&mut violations, after, purposes.iter().enumerate());
         if !violations.is_empty() {
             return Err(violations.into());
         }
@@ -116,44 +109,12 @@ impl ConsentService {
     /// that the field, if any, is one the purpose uses.
     pub async fn record_consent(&self, new: &NewConsentRecord) -> Result<ConsentRecord> {
         let mut violations = Violations::new();
-        match self.policy.purpose(&new.purpose) {
-            None => violations.push("purpose", self.policy.not_a_purpose(&new.purpose)),
-            Some(purpose) => {
-                if let Some(field) = &new.field {
-                    if !self.policy.declares_field(field) {
-                        violations.push("field", self.policy.not_a_field(field));
-                    } else if !purpose.permits(field) {
-                        violations.push(
-                            "field",
-                            format!(
-                                "`{field}` is not used by purpose `{}` (it uses: {})",
-                                purpose.code,
-                                join(&purpose.fields)
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-        if let Some(recipient) = &new.recipient {
-            match self.policy.recipient(recipient) {
-                None => violations.push(
-                    "recipient",
-                    format!(
-                        "`{recipient}` is not a recipient of policy {}",
-                        self.policy.version()
-                    ),
-                ),
-                Some(r) if !r.purposes.contains(&new.purpose) => violations.push(
-                    "recipient",
-                    format!(
-                        "recipient `{recipient}` does not receive data for purpose `{}`",
-                        new.purpose
-                    ),
-                ),
-                Some(_) => {}
-            }
-        }
+        self.check_record(
+            &mut violations,
+            Some(&new.purpose),
+            new.field.as_ref(),
+            new.recipient.as_ref(),
+        );
         if !violations.is_empty() {
             return Err(violations.into());
         }
@@ -193,9 +154,12 @@ impl ConsentService {
         // Caller bugs first, before any IO.
         let mut violations = Violations::new();
         for (i, q) in queries.iter().enumerate() {
-            for v in self.policy.check_query(&q.purpose, &q.field).into_vec() {
-                violations.push(violation_name(i, &v.field), v.description);
-            }
+            self.check_query(
+                &mut violations,
+                |name| violation_name(i, name),
+                Some(&q.purpose),
+                Some(&q.field),
+            );
         }
         if !violations.is_empty() {
             return Err(violations.into());
@@ -206,7 +170,7 @@ impl ConsentService {
         // R3: the stored fields' ages, never their values.
         let data = self.store.field_data_for(&ids).await?;
         let now = chrono::Utc::now();
-        Ok(queries
+        queries
             .iter()
             .map(|q| {
                 let stored = data
@@ -227,9 +191,9 @@ impl ConsentService {
                     "reason" => decision.reason.as_str(),
                 )
                 .increment(1);
-                decision
+                Ok(decision)
             })
-            .collect())
+            .collect()
     }
 
     /// Adds an erased state for each unregistered id on the suppression
@@ -322,6 +286,121 @@ impl ConsentService {
         self.store
             .consent_history(subject_id, after, page_size.clamp(1, MAX_PAGE_SIZE))
             .await
+    }
+
+    /// Notes what the policy refuses in a query, for whichever of its
+    /// purpose and field parsed (`None` did not), so that one answer names
+    /// parse errors and policy errors together. `name("purpose")` names the
+    /// request field.
+    pub fn check_query(
+        &self,
+        violations: &mut Violations,
+        name: impl Fn(&str) -> String,
+        purpose: Option<&PurposeCode>,
+        field: Option<&FieldName>,
+    ) {
+        if let Some(purpose) = purpose
+            && self.policy.purpose(purpose).is_none()
+        {
+            violations.push(name("purpose"), self.undeclared_purpose(purpose));
+        }
+        if let Some(field) = field
+            && !self.policy.declares_field(field)
+        {
+            violations.push(name("field"), self.undeclared_field(field));
+        }
+    }
+
+    /// Notes what the policy refuses in a choice, for whichever parts parsed
+    /// and are present: the purpose, the field it uses, the recipient.
+    pub fn check_record(
+        &self,
+        violations: &mut Violations,
+        purpose: Option<&PurposeCode>,
+        field: Option<&FieldName>,
+        recipient: Option<&RecipientId>,
+    ) {
+        let declared = purpose.and_then(|p| self.policy.purpose(p));
+        if let Some(purpose) = purpose
+            && declared.is_none()
+        {
+            violations.push("purpose", self.undeclared_purpose(purpose));
+        }
+        if let Some(field) = field {
+            if !self.policy.declares_field(field) {
+                violations.push("field", self.undeclared_field(field));
+            } else if let Some(purpose) = declared
+                && !purpose.permits(field)
+            {
+                violations.push(
+                    "field",
+                    format!(
+                        "`{field}` is not used by purpose `{}` (it uses: {})",
+                        purpose.code,
+                        join(&purpose.fields)
+                    ),
+                );
+            }
+        }
+        let Some(recipient) = recipient else { return };
+        match self.policy.recipient(recipient) {
+            None => violations.push(
+                "recipient",
+                format!(
+                    "`{recipient}` is not a recipient of policy {}",
+                    self.policy.version()
+                ),
+            ),
+            Some(r) => {
+                if let Some(purpose) = declared
+                    && !r.purposes.contains(&purpose.code)
+                {
+                    violations.push(
+                        "recipient",
+                        format!(
+                            "recipient `{recipient}` does not receive data for purpose `{}`",
+                            purpose.code
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Notes what is refused in a WatchChanges: a negative position, and
+    /// each purpose (given with its index) the policy does not declare.
+    pub fn check_watch<'p>(
+        &self,
+        violations: &mut Violations,
+        after: i64,
+        purposes: impl IntoIterator<Item = (usize, &'p PurposeCode)>,
+    ) {
+        if after < 0 {
+            violations.push("after", "must not be negative");
+        }
+        for (i, purpose) in purposes {
+            if self.policy.purpose(purpose).is_none() {
+                violations.push(format!("purposes[{i}]"), self.undeclared_purpose(purpose));
+            }
+        }
+    }
+
+    fn undeclared_purpose(&self, purpose: &PurposeCode) -> String {
+        let known: Vec<_> = self.policy.purposes().map(|p| p.code.clone()).collect();
+        format!(
+            "`{purpose}` is not a purpose of policy {} (known: {})",
+            self.policy.version(),
+            join(&known)
+        )
+    }
+
+    fn undeclared_field(&self, field: &FieldName) -> String {
+        let known: Vec<_> = self.policy.fields().map(|f| f.name.clone()).collect();
+        format!(
+            "`{field}` is not a field of policy {} (known: {})",
+            self.policy.version(),
+            join(&known)
+        )
     }
 }
 

@@ -406,23 +406,30 @@ impl Unsubscribes {
         }
     }
 
-    pub async fn create_links(&self, request: &LinkRequest) -> Result<(Vec<Link>, String)> {
-        let mut violations = Violations::new();
-        let purpose = self.policy.purpose(&request.purpose);
-        match purpose {
-            None => violations.push(
+    /// Notes what the policy refuses in a link request, for whichever of
+    /// its purpose and field parsed, and a subject count out of range.
+    pub fn check_links(
+        &self,
+        violations: &mut Violations,
+        purpose: Option<&PurposeCode>,
+        field: Option<&FieldName>,
+        subjects: usize,
+    ) {
+        match purpose.map(|code| (code, self.policy.purpose(code))) {
+            None => {}
+            Some((code, None)) => violations.push(
                 "purpose",
-                format!("`{}` is not a purpose of the policy", request.purpose),
+                format!("`{code}` is not a purpose of the policy"),
             ),
-            Some(p) if p.basis == Basis::Contract => violations.push(
+            Some((_, Some(p))) if p.basis == Basis::Contract => violations.push(
                 "purpose",
                 format!(
                     "`{}` has basis contract: there is nothing to unsubscribe from",
                     p.code
                 ),
             ),
-            Some(p) => {
-                if let Some(field) = &request.field
+            Some((_, Some(p))) => {
+                if let Some(field) = field
                     && !p.permits(field)
                 {
                     violations.push(
@@ -432,15 +439,22 @@ impl Unsubscribes {
                 }
             }
         }
-        if request.subject_ids.is_empty() || request.subject_ids.len() > MAX_LINKS {
+        if subjects == 0 || subjects > MAX_LINKS {
             violations.push(
                 "subject_ids",
-                format!(
-                    "must hold 1 to {MAX_LINKS} subject ids (got {})",
-                    request.subject_ids.len()
-                ),
+                format!("must hold 1 to {MAX_LINKS} subject ids (got {subjects})"),
             );
         }
+    }
+
+    pub async fn create_links(&self, request: &LinkRequest) -> Result<(Vec<Link>, String)> {
+        let mut violations = Violations::new();
+        self.check_links(
+            &mut violations,
+            Some(&request.purpose),
+            request.field.as_ref(),
+            request.subject_ids.len(),
+        );
         if !violations.is_empty() {
             return Err(violations.into());
         }
@@ -468,7 +482,7 @@ impl Unsubscribes {
         if !violations.is_empty() {
             return Err(violations.into());
         }
-        let instructions = purpose
+        let instructions = (self.policy.purpose(&request.purpose))
             .and_then(|p| p.refusal_instructions.clone())
             .unwrap_or_default();
         Ok((links, instructions))

@@ -370,7 +370,10 @@ async fn batch_check_takes_one_to_a_thousand_items() {
         .batch_check(pb::BatchCheckRequest { items: bad })
         .await
         .unwrap_err();
-    assert_eq!(violated_fields(&status), ["items[2].subject_id"]);
+    assert_eq!(
+        violated_fields(&status),
+        ["items[1].purpose", "items[2].subject_id"]
+    );
 
     let mut undeclared = vec![item; 3];
     undeclared[1].purpose = "nope".into();

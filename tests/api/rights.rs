@@ -257,6 +257,12 @@ async fn export_subject_writes_the_same_as_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = export(&app, "C-1").await.unwrap();
+    assert_eq!(
+        without_clock_readings(json.clone()),
+        without_clock_readings(proto_json(&answer)),
+        "the command writes what ExportSubject answers"
+    );
     assert_eq!(json["subject"]["subjectId"], "C-1");
     let values: BTreeSet<&str> = json["personalData"]
         .as_array()
@@ -282,6 +288,31 @@ async fn export_subject_writes_the_same_as_json() {
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("no subject is registered under that id")
     );
+}
+
+/// The canonical proto-JSON form of an answer, read back through the
+/// service's own descriptor set.
+fn proto_json(answer: &pb::ExportSubjectResponse) -> serde_json::Value {
+    use prost::Message as _;
+    let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
+    let descriptor = pool
+        .get_message_by_name("consent.v1.ExportSubjectResponse")
+        .unwrap();
+    let message =
+        prost_reflect::DynamicMessage::decode(descriptor, answer.encode_to_vec().as_slice())
+            .unwrap();
+    serde_json::to_value(&message).unwrap()
+}
+
+/// Leaves out what depends on the moment of the export (its time, the
+/// concerns' ages), so two exports of the same data compare equal.
+fn without_clock_readings(mut json: serde_json::Value) -> serde_json::Value {
+    let export = json.as_object_mut().unwrap();
+    assert!(export.remove("exportedAt").is_some());
+    for concern in export["concerns"].as_array_mut().unwrap() {
+        concern.as_object_mut().unwrap().remove("ageSeconds");
+    }
+    json
 }
 
 #[tokio::test]
