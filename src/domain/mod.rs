@@ -120,14 +120,6 @@ impl Violations {
             }
         }
     }
-
-    /// The parsed value when every part parsed and nothing was violated.
-    pub fn finish<T>(self, parsed: Option<T>) -> Result<T, Self> {
-        match parsed {
-            Some(value) if self.is_empty() => Ok(value),
-            _ => Err(self),
-        }
-    }
 }
 
 #[cfg(test)]

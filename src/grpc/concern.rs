@@ -5,7 +5,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{
-    convert::{self, optional, required_enum},
+    convert::{self, done, optional},
+    enums::{self, PbEnum as _},
     observe::observe,
     page::PageToken,
     pb::{self, concern_service_server::ConcernService as Rpc},
@@ -139,27 +140,13 @@ impl Rpc for ConcernGrpc {
     }
 }
 
-/// Turns collected violations into the error, or hands back the parsed value.
-fn done<T>(v: Violations, parsed: Option<T>) -> Result<T, Error> {
-    match parsed {
-        Some(value) if v.is_empty() => Ok(value),
-        _ => Err(v.into()),
-    }
-}
-
 fn parse_file(request: Request<pb::FileConcernRequest>) -> Result<NewConcern, Error> {
     let mut v = Violations::new();
     let actor = convert::actor(&request, &mut v);
     let r = request.into_inner();
     let subject_id = optional(&mut v, "subject_id", r.subject_id, SubjectId::parse);
     let contact = v.check("contact", Text::parse(r.contact, MAX_CONTACT_CHARS));
-    let category = required_enum(
-        &mut v,
-        "category",
-        r.category,
-        |n| pb::ConcernCategory::try_from(n).ok(),
-        category,
-    );
+    let category = enums::required::<ConcernCategory>(&mut v, "category", r.category);
     let description = v.check("description", Text::parse(r.description, MAX_TEXT_CHARS));
     if r.links.len() > MAX_LINKS {
         v.push(
@@ -209,13 +196,7 @@ fn parse_resolve(request: Request<pb::ResolveConcernRequest>) -> Result<Resolve,
     let actor = convert::actor(&request, &mut v);
     let r = request.into_inner();
     let id = v.check("concern_id", uuid(&r.concern_id));
-    let outcome = required_enum(
-        &mut v,
-        "outcome",
-        r.outcome,
-        |n| pb::ConcernOutcome::try_from(n).ok(),
-        outcome,
-    );
+    let outcome = enums::required::<ConcernOutcome>(&mut v, "outcome", r.outcome);
     let resolution = v.check(
         "resolution",
         Resolution::parse(r.resolution, outcome, MAX_TEXT_CHARS),
@@ -247,13 +228,7 @@ struct List {
 
 fn parse_list(r: pb::ListConcernsRequest) -> Result<List, Error> {
     let mut v = Violations::new();
-    let status = match pb::ConcernStatus::try_from(r.status) {
-        Ok(known) => Some(status(known)),
-        Err(_) => {
-            v.push("status", format!("unknown value {}", r.status));
-            None
-        }
-    };
+    let status = enums::optional::<ConcernStatus>(&mut v, "status", r.status);
     let page_size = v.check(
         "page_size",
         PageToken::page_size(r.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
@@ -296,62 +271,6 @@ fn uuid(text: &str) -> Result<Uuid, String> {
     text.parse().map_err(|_| "must be a UUID".into())
 }
 
-fn category(category: pb::ConcernCategory) -> Option<ConcernCategory> {
-    match category {
-        pb::ConcernCategory::Unspecified => None,
-        pb::ConcernCategory::Misuse => Some(ConcernCategory::Misuse),
-        pb::ConcernCategory::UnwantedMail => Some(ConcernCategory::UnwantedMail),
-        pb::ConcernCategory::WrongData => Some(ConcernCategory::WrongData),
-        pb::ConcernCategory::Disclosure => Some(ConcernCategory::Disclosure),
-        pb::ConcernCategory::Other => Some(ConcernCategory::Other),
-    }
-}
-
-fn category_to_pb(category: ConcernCategory) -> pb::ConcernCategory {
-    match category {
-        ConcernCategory::Misuse => pb::ConcernCategory::Misuse,
-        ConcernCategory::UnwantedMail => pb::ConcernCategory::UnwantedMail,
-        ConcernCategory::WrongData => pb::ConcernCategory::WrongData,
-        ConcernCategory::Disclosure => pb::ConcernCategory::Disclosure,
-        ConcernCategory::Other => pb::ConcernCategory::Other,
-    }
-}
-
-fn outcome(outcome: pb::ConcernOutcome) -> Option<ConcernOutcome> {
-    match outcome {
-        pb::ConcernOutcome::Unspecified => None,
-        pb::ConcernOutcome::Fixed => Some(ConcernOutcome::Fixed),
-        pb::ConcernOutcome::NoViolation => Some(ConcernOutcome::NoViolation),
-        pb::ConcernOutcome::Rejected => Some(ConcernOutcome::Rejected),
-    }
-}
-
-fn outcome_to_pb(outcome: Option<ConcernOutcome>) -> pb::ConcernOutcome {
-    match outcome {
-        None => pb::ConcernOutcome::Unspecified,
-        Some(ConcernOutcome::Fixed) => pb::ConcernOutcome::Fixed,
-        Some(ConcernOutcome::NoViolation) => pb::ConcernOutcome::NoViolation,
-        Some(ConcernOutcome::Rejected) => pb::ConcernOutcome::Rejected,
-    }
-}
-
-fn status(status: pb::ConcernStatus) -> Option<ConcernStatus> {
-    match status {
-        pb::ConcernStatus::Unspecified => None,
-        pb::ConcernStatus::Filed => Some(ConcernStatus::Filed),
-        pb::ConcernStatus::Acknowledged => Some(ConcernStatus::Acknowledged),
-        pb::ConcernStatus::Resolved => Some(ConcernStatus::Resolved),
-    }
-}
-
-fn status_to_pb(status: ConcernStatus) -> pb::ConcernStatus {
-    match status {
-        ConcernStatus::Filed => pb::ConcernStatus::Filed,
-        ConcernStatus::Acknowledged => pb::ConcernStatus::Acknowledged,
-        ConcernStatus::Resolved => pb::ConcernStatus::Resolved,
-    }
-}
-
 pub fn concern_to_pb(view: ConcernView, with_events: bool) -> pb::Concern {
     let concern = view.concern;
     let c = concern.content;
@@ -359,12 +278,12 @@ pub fn concern_to_pb(view: ConcernView, with_events: bool) -> pb::Concern {
         concern_id: concern.concern_id.to_string(),
         subject_id: c.subject_id.map(|s| s.to_string()).unwrap_or_default(),
         contact: c.contact.as_str().to_string(),
-        category: category_to_pb(c.category).into(),
+        category: c.category.to_wire(),
         description: c.description.as_str().to_string(),
         links: c.links.iter().map(Uuid::to_string).collect(),
         filed_at: convert::timestamp(concern.filed_at),
-        status: status_to_pb(view.status).into(),
-        outcome: outcome_to_pb(view.outcome).into(),
+        status: view.status.to_wire(),
+        outcome: enums::optional_to_wire(view.outcome),
         acknowledge_by: convert::timestamp(view.acknowledge_by),
         resolve_by: convert::timestamp(view.resolve_by),
         overdue: view.overdue,
@@ -374,10 +293,10 @@ pub fn concern_to_pb(view: ConcernView, with_events: bool) -> pb::Concern {
                 .events
                 .into_iter()
                 .map(|e| pb::ConcernEvent {
-                    status: status_to_pb(e.status).into(),
+                    status: e.status.to_wire(),
                     actor: e.actor.to_string(),
                     at: convert::timestamp(e.at),
-                    outcome: outcome_to_pb(e.outcome).into(),
+                    outcome: enums::optional_to_wire(e.outcome),
                     resolution: e.resolution,
                 })
                 .collect()

@@ -6,19 +6,19 @@ use uuid::Uuid;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
-    convert::{self, optional, required_enum},
-    enums::PbEnum as _,
+    convert::{self, done, optional},
+    enums::{self, PbEnum as _},
     observe::observe,
     page::PageToken,
     pb::{self, disclosure_service_server::DisclosureService as Rpc},
 };
 use crate::{
     domain::{
-        self, Actor, FieldName, Justification, NewPersonalData, NoticeVersion, PersonalValue,
-        PurposeCode, RecipientId, Reference, RequestId, SubjectId, Violations,
+        self, Actor, Channel, FieldName, Justification, LegalBasis, NewPersonalData, NoticeVersion,
+        PersonalValue, PurposeCode, RecipientId, Reference, RequestId, SubjectId, Violations,
     },
     error::Error,
-    policy::{Category, DisclosureRequest, Ground, Policy, Reason, Recipient},
+    policy::{DisclosureRequest, Ground, Policy, Reason, Recipient},
     service::{DisclosureAnswer, DisclosureService, disclosure::MAX_DISCLOSURE_PAGE},
     telemetry::SubjectRefs,
 };
@@ -229,13 +229,7 @@ fn parse_put(
     // The description says what is wrong, never what the value was.
     let value = v.check("value", PersonalValue::parse(r.value));
     let collected_for = each(&mut v, "collected_for", r.collected_for, PurposeCode::parse);
-    let channel = required_enum(
-        &mut v,
-        "channel",
-        r.channel,
-        |n| pb::Channel::try_from(n).ok(),
-        domain::Channel::from_pb,
-    );
+    let channel = enums::required::<Channel>(&mut v, "channel", r.channel);
     let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
     let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
     v.merge(service.check_collection(field.as_ref(), &collected_for));
@@ -251,7 +245,7 @@ fn parse_put(
             request_id: request_id?,
         })
     })();
-    Ok(v.finish(parsed)?)
+    done(v, parsed)
 }
 
 fn parse_verify(
@@ -264,7 +258,7 @@ fn parse_verify(
     if let Some(field) = &field {
         v.merge(service.check_field(field));
     }
-    Ok(v.finish(subject_id.zip(field))?)
+    done(v, subject_id.zip(field))
 }
 
 struct Disclose {
@@ -284,13 +278,7 @@ fn parse_request(
     let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
     let recipient = v.check("recipient_id", RecipientId::parse(r.recipient_id));
     let fields = each(&mut v, "fields", r.fields, FieldName::parse);
-    let legal_basis = match pb::LegalBasis::try_from(r.legal_basis) {
-        Ok(basis) => Some(legal_basis(basis)),
-        Err(_) => {
-            v.push("legal_basis", format!("unknown value {}", r.legal_basis));
-            None
-        }
-    };
+    let legal_basis = enums::optional::<LegalBasis>(&mut v, "legal_basis", r.legal_basis);
     let ground = match (legal_basis, r.purpose.is_empty()) {
         (None, _) => None,
         (Some(None), true) => {
@@ -343,7 +331,7 @@ fn parse_request(
             request_id: request_id?,
         })
     })();
-    Ok(v.finish(parsed)?)
+    done(v, parsed)
 }
 
 /// Parses each element of a repeated field, keeping each one's place so
@@ -426,7 +414,7 @@ fn parse_list(r: pb::ListDisclosuresRequest) -> Result<List, Error> {
             scope,
         })
     })();
-    Ok(v.finish(parsed)?)
+    done(v, parsed)
 }
 
 /// The caller and the disclosure a follow-up call (approve, review) names.
@@ -434,7 +422,7 @@ fn actor_and_disclosure<T>(request: &Request<T>, raw_id: &str) -> Result<(Actor,
     let mut v = Violations::new();
     let actor = convert::actor(request, &mut v);
     let id = v.check("disclosure_id", disclosure_id(raw_id));
-    Ok(v.finish(actor.zip(id))?)
+    done(v, actor.zip(id))
 }
 
 fn disclosure_id(raw: &str) -> Result<Uuid, String> {
@@ -445,45 +433,9 @@ fn recipient_to_pb(r: &Recipient) -> pb::Recipient {
     pb::Recipient {
         recipient_id: r.id.to_string(),
         name: r.name.clone(),
-        category: category_to_pb(r.category).into(),
+        category: r.category.to_wire(),
         contact: r.contact.clone(),
         purposes: r.purposes.iter().map(ToString::to_string).collect(),
-    }
-}
-
-/// `None` for UNSPECIFIED: the request names a purpose instead.
-fn legal_basis(basis: pb::LegalBasis) -> Option<domain::LegalBasis> {
-    match basis {
-        pb::LegalBasis::Unspecified => None,
-        pb::LegalBasis::LegalProcess => Some(domain::LegalBasis::LegalProcess),
-        pb::LegalBasis::ProtectRightsProperty => Some(domain::LegalBasis::ProtectRightsProperty),
-        pb::LegalBasis::EmergencySafety => Some(domain::LegalBasis::EmergencySafety),
-    }
-}
-
-fn legal_basis_to_pb(basis: domain::LegalBasis) -> pb::LegalBasis {
-    match basis {
-        domain::LegalBasis::LegalProcess => pb::LegalBasis::LegalProcess,
-        domain::LegalBasis::ProtectRightsProperty => pb::LegalBasis::ProtectRightsProperty,
-        domain::LegalBasis::EmergencySafety => pb::LegalBasis::EmergencySafety,
-    }
-}
-
-fn category_to_pb(category: Category) -> pb::RecipientCategory {
-    match category {
-        Category::Courier => pb::RecipientCategory::Courier,
-        Category::Processor => pb::RecipientCategory::Processor,
-        Category::Partner => pb::RecipientCategory::Partner,
-        Category::Authority => pb::RecipientCategory::Authority,
-    }
-}
-
-fn status_to_pb(status: domain::DisclosureStatus) -> pb::DisclosureStatus {
-    match status {
-        domain::DisclosureStatus::Released => pb::DisclosureStatus::Released,
-        domain::DisclosureStatus::Partial => pb::DisclosureStatus::Partial,
-        domain::DisclosureStatus::Denied => pb::DisclosureStatus::Denied,
-        domain::DisclosureStatus::PendingApproval => pb::DisclosureStatus::PendingApproval,
     }
 }
 
@@ -502,7 +454,7 @@ fn answer_to_pb(answer: DisclosureAnswer) -> AnswerParts {
             .disclosure
             .map(|d| d.disclosure_id.to_string())
             .unwrap_or_default(),
-        status_to_pb(answer.status).into(),
+        answer.status.to_wire(),
         answer
             .released
             .into_iter()
@@ -526,10 +478,7 @@ pub(super) fn disclosure_to_pb(d: domain::Disclosure) -> pb::Disclosure {
         subject_id: d.subject_id.to_string(),
         recipient_id: d.recipient_id.to_string(),
         purpose: d.purpose.map(|p| p.to_string()).unwrap_or_default(),
-        legal_basis: d
-            .legal_basis
-            .map_or(pb::LegalBasis::Unspecified, legal_basis_to_pb)
-            .into(),
+        legal_basis: enums::optional_to_wire(d.legal_basis),
         reference: d.reference.map(|r| r.to_string()).unwrap_or_default(),
         justification: d.justification.map(|j| j.to_string()).unwrap_or_default(),
         fields: d.fields.iter().map(ToString::to_string).collect(),
@@ -538,7 +487,7 @@ pub(super) fn disclosure_to_pb(d: domain::Disclosure) -> pb::Disclosure {
             .iter()
             .map(|w| withheld_to_pb(&w.field, w.reason))
             .collect(),
-        status: status_to_pb(d.status).into(),
+        status: d.status.to_wire(),
         requested_by: d.requested_by.to_string(),
         requested_at: convert::timestamp(d.requested_at),
         approved_by: d.approved_by.map(|a| a.to_string()).unwrap_or_default(),
