@@ -130,13 +130,7 @@ impl Rpc for DisclosureGrpc {
                 .request_disclosure(&subject_id, &request, &actor, request_id)
                 .await?;
             self.observe_answer(&answer);
-            let (disclosure_id, status, released, withheld) = answer_to_pb(answer);
-            Ok(Response::new(pb::RequestDisclosureResponse {
-                disclosure_id,
-                status,
-                released,
-                withheld,
-            }))
+            Ok(Response::new(answer_to_pb(answer)))
         })
         .await
     }
@@ -149,7 +143,13 @@ impl Rpc for DisclosureGrpc {
             let (actor, id) = actor_and_disclosure(&r, &r.get_ref().disclosure_id)?;
             let answer = self.service.approve_disclosure(id, &actor).await?;
             self.observe_answer(&answer);
-            let (disclosure_id, status, released, withheld) = answer_to_pb(answer);
+            // An approval answers exactly like the request it completes.
+            let pb::RequestDisclosureResponse {
+                disclosure_id,
+                status,
+                released,
+                withheld,
+            } = answer_to_pb(answer);
             Ok(Response::new(pb::ApproveDisclosureResponse {
                 disclosure_id,
                 status,
@@ -446,16 +446,14 @@ fn withheld_to_pb(field: &FieldName, reason: Reason) -> pb::WithheldField {
     }
 }
 
-type AnswerParts = (String, i32, Vec<pb::ReleasedField>, Vec<pb::WithheldField>);
-
-fn answer_to_pb(answer: DisclosureAnswer) -> AnswerParts {
-    (
-        answer
+fn answer_to_pb(answer: DisclosureAnswer) -> pb::RequestDisclosureResponse {
+    pb::RequestDisclosureResponse {
+        disclosure_id: answer
             .disclosure
             .map(|d| d.disclosure_id.to_string())
             .unwrap_or_default(),
-        answer.status.to_wire(),
-        answer
+        status: answer.status.to_wire(),
+        released: answer
             .released
             .into_iter()
             .map(|r| pb::ReleasedField {
@@ -464,12 +462,12 @@ fn answer_to_pb(answer: DisclosureAnswer) -> AnswerParts {
                 needs_verification: r.needs_verification,
             })
             .collect(),
-        answer
+        withheld: answer
             .withheld
             .iter()
             .map(|(f, reason)| withheld_to_pb(f, *reason))
             .collect(),
-    )
+    }
 }
 
 pub(super) fn disclosure_to_pb(d: domain::Disclosure) -> pb::Disclosure {
