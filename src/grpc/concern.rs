@@ -174,14 +174,14 @@ fn parse_file(request: Request<pb::FileConcernRequest>) -> Result<NewConcern, Er
     })();
     done(v, parsed)
 }
+
 fn parse_acknowledge(
     request: Request<pb::AcknowledgeConcernRequest>,
 ) -> Result<(Actor, Uuid), Error> {
     let mut v = Violations::new();
     let actor = convert::actor(&request, &mut v);
     let id = v.check("concern_id", uuid(&request.get_ref().concern_id));
-    let parsed = actor.zip(id);
-    done(v, parsed)
+    done(v, actor.zip(id))
 }
 
 struct Resolve {
