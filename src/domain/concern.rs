@@ -55,6 +55,39 @@ impl Text {
     }
 }
 
+/// What was done about a concern. Any text may stand in it, but it must say
+/// something: a rejection must give its reasons (PIPL Art. 50), and every
+/// other outcome must say what was done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution(String);
+
+impl Resolution {
+    /// `outcome` is `None` when the caller's outcome did not parse; the text
+    /// is still checked, so one answer names both problems.
+    pub fn parse(
+        value: String,
+        outcome: Option<ConcernOutcome>,
+        max_chars: usize,
+    ) -> Result<Self, String> {
+        if value.chars().count() > max_chars {
+            return Err(format!("must be at most {max_chars} characters"));
+        }
+        if value.trim().is_empty() {
+            return Err(match outcome {
+                Some(ConcernOutcome::Rejected) => {
+                    "a rejection must give its reasons (PIPL Art. 50)".into()
+                }
+                _ => "must say what was done".into(),
+            });
+        }
+        Ok(Self(value))
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 /// A concern as a person files it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewConcern {
@@ -98,5 +131,31 @@ impl Concern {
 
     pub fn outcome(&self) -> Option<ConcernOutcome> {
         self.events.last().and_then(|e| e.outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resolution_must_say_something_and_a_rejection_must_give_reasons() {
+        let rejected = Some(ConcernOutcome::Rejected);
+        assert!(
+            Resolution::parse(" \n".into(), rejected, 10)
+                .unwrap_err()
+                .contains("PIPL Art. 50")
+        );
+        for outcome in [None, Some(ConcernOutcome::Fixed)] {
+            assert_eq!(
+                Resolution::parse(String::new(), outcome, 10),
+                Err("must say what was done".into())
+            );
+        }
+        assert!(Resolution::parse("x".repeat(11), rejected, 10).is_err());
+        assert_eq!(
+            Resolution::parse("x".repeat(10), rejected, 10).map(Resolution::into_string),
+            Ok("x".repeat(10))
+        );
     }
 }

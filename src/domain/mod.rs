@@ -43,7 +43,8 @@ mod record;
 mod state;
 
 pub use concern::{
-    Concern, ConcernCategory, ConcernEvent, ConcernOutcome, ConcernStatus, NewConcern, Text,
+    Concern, ConcernCategory, ConcernEvent, ConcernOutcome, ConcernStatus, NewConcern, Resolution,
+    Text,
 };
 pub use disclosure::{
     Disclosure, DisclosureStatus, FieldData, LegalBasis, NewPersonalData, ReleasedField,
@@ -107,6 +108,17 @@ impl Violations {
 
     pub fn into_vec(self) -> Vec<FieldViolation> {
         self.0
+    }
+
+    /// Adds the policy's violations of what parsed, except on a field
+    /// already named: a part that did not parse reaches the policy as
+    /// absent, and "missing" would only repeat the parse problem.
+    pub fn merge(&mut self, policy: Violations) {
+        for violation in policy.0 {
+            if !self.0.iter().any(|v| v.field == violation.field) {
+                self.0.push(violation);
+            }
+        }
     }
 }
 

@@ -17,22 +17,6 @@ pub fn timestamp(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
     })
 }
 
-/// Parses a required enum: unknown numbers and UNSPECIFIED are violations.
-/// Kept until concern.rs and disclosure.rs use [`enums::required`].
-pub fn required_enum<P, D>(
-    violations: &mut Violations,
-    field: &str,
-    raw: i32,
-    decode: impl Fn(i32) -> Option<P>,
-    to_domain: impl Fn(P) -> Option<D>,
-) -> Option<D> {
-    let parsed = match decode(raw) {
-        None => Err(format!("unknown value {raw}")),
-        Some(value) => to_domain(value).ok_or_else(|| "must be set".to_string()),
-    };
-    violations.check(field, parsed)
-}
-
 /// An optional string: empty means absent.
 pub fn optional<T>(
     violations: &mut Violations,

@@ -1,27 +1,25 @@
 //! `consent.v1.DisclosureService` over the domain service.
 
-use chrono::Utc;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
-    convert::{self, optional, required_enum},
-    enums::PbEnum as _,
+    convert::{self, done, optional},
+    enums::{self, PbEnum as _},
     observe::observe,
     page::PageToken,
     pb::{self, disclosure_service_server::DisclosureService as Rpc},
 };
 use crate::{
     domain::{
-        self, FieldName, Justification, NewPersonalData, NoticeVersion, PersonalValue, PurposeCode,
-        RecipientId, Reference, RequestId, SubjectId, Violations,
+        self, Actor, Channel, FieldName, Justification, LegalBasis, NewPersonalData, NoticeVersion,
+        PersonalValue, PurposeCode, RecipientId, Reference, RequestId, SubjectId, Violations,
     },
     error::Error,
-    policy::{Category, DisclosureRequest, Ground, Reason},
+    policy::{DisclosureRequest, Ground, Policy, Reason, Recipient},
     service::{DisclosureAnswer, DisclosureService, disclosure::MAX_DISCLOSURE_PAGE},
-    store::DisclosureFilter,
     telemetry::SubjectRefs,
 };
 
@@ -42,37 +40,31 @@ impl DisclosureGrpc {
         Self { service, refs }
     }
 
+    pub fn into_server(self) -> pb::disclosure_service_server::DisclosureServiceServer<Self> {
+        pb::disclosure_service_server::DisclosureServiceServer::new(self)
+    }
+
     /// Span attributes and the disclosures counter for one decision. Field
     /// names and counts only: never a value, and the subject only as its
     /// pseudonym.
-    fn observe_answer(
-        &self,
-        subject_id: &SubjectId,
-        recipient: &str,
-        basis: &'static str,
-        purpose: Option<&str>,
-        answer: &DisclosureAnswer,
-    ) {
+    fn observe_answer(&self, answer: &DisclosureAnswer) {
+        let about = &answer.about;
         let span = tracing::Span::current();
-        span.set_attribute("consent.subject_ref", self.refs.of(subject_id));
+        span.set_attribute("consent.subject_ref", self.refs.of(&about.subject_id));
         span.set_attribute(
             "consent.policy_version",
             self.service.policy().version().to_string(),
         );
-        if let Some(purpose) = purpose {
+        if let Some(purpose) = &about.purpose {
             span.set_attribute("consent.purpose", purpose.to_string());
         }
-        span.set_attribute("disclosure.recipient", recipient.to_string());
-        span.set_attribute("disclosure.basis", basis);
+        span.set_attribute("disclosure.recipient", about.recipient.to_string());
+        span.set_attribute("disclosure.basis", about.basis);
         span.set_attribute("disclosure.status", answer.status.as_str());
         span.set_attribute("disclosure.fields_released", answer.released.len() as i64);
         span.set_attribute("disclosure.fields_withheld", answer.withheld.len() as i64);
-        metrics::counter!(crate::metrics::DISCLOSURES, "basis" => basis, "status" => answer.status.as_str())
+        metrics::counter!(crate::metrics::DISCLOSURES, "basis" => about.basis, "status" => answer.status.as_str())
             .increment(1);
-    }
-
-    pub fn into_server(self) -> pb::disclosure_service_server::DisclosureServiceServer<Self> {
-        pb::disclosure_service_server::DisclosureServiceServer::new(self)
     }
 }
 
@@ -82,8 +74,11 @@ impl Rpc for DisclosureGrpc {
         &self,
         request: Request<pb::ListRecipientsRequest>,
     ) -> Result<Response<pb::ListRecipientsResponse>, Status> {
-        observe(SERVICE, "ListRecipients", request, |r| {
-            self.list_recipients_rpc(r)
+        observe(SERVICE, "ListRecipients", request, |_| async move {
+            Ok(Response::new(pb::ListRecipientsResponse {
+                recipients: self.service.recipients().map(recipient_to_pb).collect(),
+                policy_version: self.service.policy().version().to_string(),
+            }))
         })
         .await
     }
@@ -92,8 +87,12 @@ impl Rpc for DisclosureGrpc {
         &self,
         request: Request<pb::PutPersonalDataRequest>,
     ) -> Result<Response<pb::PutPersonalDataResponse>, Status> {
-        observe(SERVICE, "PutPersonalData", request, |r| {
-            self.put_personal_data_rpc(r)
+        observe(SERVICE, "PutPersonalData", request, |r| async move {
+            let new = parse_put(r, &self.service)?;
+            let collection_id = self.service.put_personal_data(&new).await?;
+            Ok(Response::new(pb::PutPersonalDataResponse {
+                collection_id: collection_id.to_string(),
+            }))
         })
         .await
     }
@@ -102,8 +101,15 @@ impl Rpc for DisclosureGrpc {
         &self,
         request: Request<pb::VerifyPersonalDataRequest>,
     ) -> Result<Response<pb::VerifyPersonalDataResponse>, Status> {
-        observe(SERVICE, "VerifyPersonalData", request, |r| {
-            self.verify_personal_data_rpc(r)
+        observe(SERVICE, "VerifyPersonalData", request, |r| async move {
+            let (subject_id, field) = parse_verify(r.into_inner(), &self.service)?;
+            let verified_at = self
+                .service
+                .verify_personal_data(&subject_id, &field)
+                .await?;
+            Ok(Response::new(pb::VerifyPersonalDataResponse {
+                verified_at: convert::timestamp(verified_at),
+            }))
         })
         .await
     }
@@ -112,8 +118,19 @@ impl Rpc for DisclosureGrpc {
         &self,
         request: Request<pb::RequestDisclosureRequest>,
     ) -> Result<Response<pb::RequestDisclosureResponse>, Status> {
-        observe(SERVICE, "RequestDisclosure", request, |r| {
-            self.request_disclosure_rpc(r)
+        observe(SERVICE, "RequestDisclosure", request, |r| async move {
+            let Disclose {
+                actor,
+                subject_id,
+                request,
+                request_id,
+            } = parse_request(r, self.service.policy())?;
+            let answer = self
+                .service
+                .request_disclosure(&subject_id, &request, &actor, request_id)
+                .await?;
+            self.observe_answer(&answer);
+            Ok(Response::new(answer_to_pb(answer)))
         })
         .await
     }
@@ -122,8 +139,23 @@ impl Rpc for DisclosureGrpc {
         &self,
         request: Request<pb::ApproveDisclosureRequest>,
     ) -> Result<Response<pb::ApproveDisclosureResponse>, Status> {
-        observe(SERVICE, "ApproveDisclosure", request, |r| {
-            self.approve_disclosure_rpc(r)
+        observe(SERVICE, "ApproveDisclosure", request, |r| async move {
+            let (actor, id) = actor_and_disclosure(&r, &r.get_ref().disclosure_id)?;
+            let answer = self.service.approve_disclosure(id, &actor).await?;
+            self.observe_answer(&answer);
+            // An approval answers exactly like the request it completes.
+            let pb::RequestDisclosureResponse {
+                disclosure_id,
+                status,
+                released,
+                withheld,
+            } = answer_to_pb(answer);
+            Ok(Response::new(pb::ApproveDisclosureResponse {
+                disclosure_id,
+                status,
+                released,
+                withheld,
+            }))
         })
         .await
     }
@@ -132,8 +164,12 @@ impl Rpc for DisclosureGrpc {
         &self,
         request: Request<pb::ReviewDisclosureRequest>,
     ) -> Result<Response<pb::ReviewDisclosureResponse>, Status> {
-        observe(SERVICE, "ReviewDisclosure", request, |r| {
-            self.review_disclosure_rpc(r)
+        observe(SERVICE, "ReviewDisclosure", request, |r| async move {
+            let (actor, id) = actor_and_disclosure(&r, &r.get_ref().disclosure_id)?;
+            let disclosure = self.service.review_disclosure(id, &actor).await?;
+            Ok(Response::new(pb::ReviewDisclosureResponse {
+                disclosure: Some(disclosure_to_pb(disclosure)),
+            }))
         })
         .await
     }
@@ -142,8 +178,25 @@ impl Rpc for DisclosureGrpc {
         &self,
         request: Request<pb::ListDisclosuresRequest>,
     ) -> Result<Response<pb::ListDisclosuresResponse>, Status> {
-        observe(SERVICE, "ListDisclosures", request, |r| {
-            self.list_disclosures_rpc(r)
+        observe(SERVICE, "ListDisclosures", request, |r| async move {
+            let List {
+                subject_id,
+                overdue_review_only,
+                after,
+                page_size,
+                scope,
+            } = parse_list(r.into_inner())?;
+            let page = self
+                .service
+                .list_disclosures(subject_id, overdue_review_only, after, page_size)
+                .await?;
+            Ok(Response::new(pb::ListDisclosuresResponse {
+                disclosures: page.disclosures.into_iter().map(disclosure_to_pb).collect(),
+                next_page_token: page
+                    .next_after
+                    .map(|id| PageToken::encode(&id.simple().to_string(), &scope))
+                    .unwrap_or_default(),
+            }))
         })
         .await
     }
@@ -152,380 +205,237 @@ impl Rpc for DisclosureGrpc {
         &self,
         request: Request<pb::GetDisclosureRequest>,
     ) -> Result<Response<pb::GetDisclosureResponse>, Status> {
-        observe(SERVICE, "GetDisclosure", request, |r| {
-            self.get_disclosure_rpc(r)
+        observe(SERVICE, "GetDisclosure", request, |r| async move {
+            let id = disclosure_id(&r.get_ref().disclosure_id)
+                .map_err(|e| Error::invalid("disclosure_id", e))?;
+            let disclosure = self.service.get_disclosure(id).await?;
+            Ok(Response::new(pb::GetDisclosureResponse {
+                disclosure: Some(disclosure_to_pb(disclosure)),
+            }))
         })
         .await
     }
 }
 
-impl DisclosureGrpc {
-    async fn put_personal_data_rpc(
-        &self,
-        request: Request<pb::PutPersonalDataRequest>,
-    ) -> Result<Response<pb::PutPersonalDataResponse>, Status> {
-        let mut v = Violations::new();
-        let actor = convert::actor(&request, &mut v);
-        let r = request.into_inner();
-        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
-        let field = v.check("field", FieldName::parse(r.field));
-        // The description says what is wrong, never what the value was.
-        let value = v.check("value", PersonalValue::parse(r.value));
-        let collected_for: Vec<_> = r
-            .collected_for
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, p)| v.check(format!("collected_for[{i}]"), PurposeCode::parse(p)))
-            .collect();
-        let channel = required_enum(
-            &mut v,
-            "channel",
-            r.channel,
-            |n| pb::Channel::try_from(n).ok(),
-            domain::Channel::from_pb,
-        );
-        let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
-        let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
-        let (
-            Some(actor),
-            Some(subject_id),
-            Some(field),
-            Some(value),
-            Some(channel),
-            Some(notice_version),
-            Some(request_id),
-            true,
-        ) = (
-            actor,
-            subject_id,
-            field,
-            value,
-            channel,
-            notice_version,
-            request_id,
-            v.is_empty(),
-        )
-        else {
-            return Err(Error::from(v).into());
-        };
-        let collection_id = self
-            .service
-            .put_personal_data(&NewPersonalData {
-                subject_id,
-                field,
-                value,
-                collected_for,
-                channel,
-                notice_version,
-                actor,
-                request_id,
-            })
-            .await?;
-        Ok(Response::new(pb::PutPersonalDataResponse {
-            collection_id: collection_id.to_string(),
-        }))
-    }
+fn parse_put(
+    request: Request<pb::PutPersonalDataRequest>,
+    service: &DisclosureService,
+) -> Result<NewPersonalData, Error> {
+    let mut v = Violations::new();
+    let actor = convert::actor(&request, &mut v);
+    let r = request.into_inner();
+    let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+    let field = v.check("field", FieldName::parse(r.field));
+    // The description says what is wrong, never what the value was.
+    let value = v.check("value", PersonalValue::parse(r.value));
+    let collected_for = each(&mut v, "collected_for", r.collected_for, PurposeCode::parse);
+    let channel = enums::required::<Channel>(&mut v, "channel", r.channel);
+    let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
+    let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
+    v.merge(service.check_collection(field.as_ref(), &collected_for));
+    let parsed = (|| {
+        Some(NewPersonalData {
+            subject_id: subject_id?,
+            field: field?,
+            value: value?,
+            collected_for: collected_for.into_iter().collect::<Option<_>>()?,
+            channel: channel?,
+            notice_version: notice_version?,
+            actor: actor?,
+            request_id: request_id?,
+        })
+    })();
+    done(v, parsed)
+}
 
-    async fn verify_personal_data_rpc(
-        &self,
-        request: Request<pb::VerifyPersonalDataRequest>,
-    ) -> Result<Response<pb::VerifyPersonalDataResponse>, Status> {
-        let r = request.into_inner();
-        let mut v = Violations::new();
-        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
-        let field = v.check("field", FieldName::parse(r.field));
-        let (Some(subject_id), Some(field)) = (subject_id, field) else {
-            return Err(Error::from(v).into());
-        };
-        let verified_at = self
-            .service
-            .verify_personal_data(&subject_id, &field)
-            .await?;
-        Ok(Response::new(pb::VerifyPersonalDataResponse {
-            verified_at: convert::timestamp(verified_at),
-        }))
+fn parse_verify(
+    r: pb::VerifyPersonalDataRequest,
+    service: &DisclosureService,
+) -> Result<(SubjectId, FieldName), Error> {
+    let mut v = Violations::new();
+    let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+    let field = v.check("field", FieldName::parse(r.field));
+    if let Some(field) = &field {
+        v.merge(service.check_field(field));
     }
+    done(v, subject_id.zip(field))
+}
 
-    async fn list_recipients_rpc(
-        &self,
-        _request: Request<pb::ListRecipientsRequest>,
-    ) -> Result<Response<pb::ListRecipientsResponse>, Status> {
-        let recipients = self
-            .service
-            .recipients()
-            .map(|r| pb::Recipient {
-                recipient_id: r.id.to_string(),
-                name: r.name.clone(),
-                category: category_to_pb(r.category).into(),
-                contact: r.contact.clone(),
-                purposes: r.purposes.iter().map(ToString::to_string).collect(),
-            })
-            .collect();
-        Ok(Response::new(pb::ListRecipientsResponse {
-            recipients,
-            policy_version: self.service.policy().version().to_string(),
-        }))
-    }
+struct Disclose {
+    actor: Actor,
+    subject_id: SubjectId,
+    request: DisclosureRequest,
+    request_id: Option<RequestId>,
+}
 
-    async fn request_disclosure_rpc(
-        &self,
-        request: Request<pb::RequestDisclosureRequest>,
-    ) -> Result<Response<pb::RequestDisclosureResponse>, Status> {
-        let mut v = Violations::new();
-        let actor = convert::actor(&request, &mut v);
-        let r = request.into_inner();
-        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
-        let recipient = v.check("recipient_id", RecipientId::parse(r.recipient_id));
-        let fields: Vec<_> = r
-            .fields
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, f)| v.check(format!("fields[{i}]"), FieldName::parse(f)))
-            .collect();
-        let legal_basis = match pb::LegalBasis::try_from(r.legal_basis) {
-            Ok(basis) => Some(legal_basis(basis)),
-            Err(_) => {
-                v.push("legal_basis", format!("unknown value {}", r.legal_basis));
-                None
-            }
-        };
-        let ground = match (legal_basis, r.purpose.is_empty()) {
-            (None, _) => None,
-            (Some(None), true) => {
-                v.push("purpose", "name a purpose, or a legal_basis instead");
-                None
-            }
-            (Some(None), false) => v
-                .check("purpose", PurposeCode::parse(r.purpose))
-                .map(Ground::Purpose),
-            (Some(Some(basis)), true) => Some(Ground::Legal(basis)),
-            (Some(Some(_)), false) => {
-                v.push(
-                    "purpose",
-                    "must be empty with a legal_basis: the legal basis is the purpose",
-                );
-                None
-            }
-        };
-        let reference = optional(&mut v, "reference", r.reference, Reference::parse);
-        let justification = optional(
-            &mut v,
-            "justification",
-            r.justification,
-            Justification::parse,
-        );
-        let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
-        let (
-            Some(actor),
-            Some(subject_id),
-            Some(recipient),
-            Some(ground),
-            Some(reference),
-            Some(justification),
-            Some(request_id),
-            true,
-        ) = (
-            actor,
-            subject_id,
+fn parse_request(
+    request: Request<pb::RequestDisclosureRequest>,
+    policy: &Policy,
+) -> Result<Disclose, Error> {
+    let mut v = Violations::new();
+    let actor = convert::actor(&request, &mut v);
+    let r = request.into_inner();
+    let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+    let recipient = v.check("recipient_id", RecipientId::parse(r.recipient_id));
+    let fields = each(&mut v, "fields", r.fields, FieldName::parse);
+    let legal_basis = enums::optional::<LegalBasis>(&mut v, "legal_basis", r.legal_basis);
+    let ground = match (legal_basis, r.purpose.is_empty()) {
+        (None, _) => None,
+        (Some(None), true) => {
+            v.push("purpose", "name a purpose, or a legal_basis instead");
+            None
+        }
+        (Some(None), false) => v
+            .check("purpose", PurposeCode::parse(r.purpose))
+            .map(Ground::Purpose),
+        (Some(Some(basis)), true) => Some(Ground::Legal(basis)),
+        (Some(Some(_)), false) => {
+            v.push(
+                "purpose",
+                "must be empty with a legal_basis: the legal basis is the purpose",
+            );
+            None
+        }
+    };
+    let reference = optional(&mut v, "reference", r.reference, Reference::parse);
+    let justification = optional(
+        &mut v,
+        "justification",
+        r.justification,
+        Justification::parse,
+    );
+    let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
+    // The policy needs a recipient and a ground to judge the rest; without
+    // them the parse problems are all there is to say.
+    let request = recipient
+        .zip(ground)
+        .map(|(recipient, ground)| DisclosureRequest {
             recipient,
             ground,
-            reference,
-            justification,
-            request_id,
-            v.is_empty(),
-        )
-        else {
-            return Err(Error::from(v).into());
-        };
-        let (basis, purpose) = match &ground {
-            Ground::Legal(basis) => (basis.as_str(), None),
-            Ground::Purpose(purpose) => ("purpose", Some(purpose.to_string())),
-        };
-        let recipient_name = recipient.to_string();
-        let answer = self
-            .service
-            .request_disclosure(
-                &subject_id,
-                &DisclosureRequest {
-                    recipient,
-                    ground,
-                    fields,
-                    reference,
-                    justification,
-                },
-                &actor,
-                request_id,
-            )
-            .await?;
-        self.observe_answer(
-            &subject_id,
-            &recipient_name,
-            basis,
-            purpose.as_deref(),
-            &answer,
-        );
-        let (disclosure_id, status, released, withheld) = answer_to_pb(answer);
-        Ok(Response::new(pb::RequestDisclosureResponse {
-            disclosure_id,
-            status,
-            released,
-            withheld,
-        }))
+            fields: fields.iter().flatten().cloned().collect(),
+            reference: reference.clone().flatten(),
+            justification: justification.clone().flatten(),
+        });
+    if let Some(request) = &request {
+        v.merge(renumbered(
+            policy.check_disclosure(request),
+            "fields",
+            &fields,
+        ));
     }
+    let parsed = (|| {
+        Some(Disclose {
+            actor: actor?,
+            subject_id: subject_id?,
+            request: request?,
+            request_id: request_id?,
+        })
+    })();
+    done(v, parsed)
+}
 
-    async fn approve_disclosure_rpc(
-        &self,
-        request: Request<pb::ApproveDisclosureRequest>,
-    ) -> Result<Response<pb::ApproveDisclosureResponse>, Status> {
-        let (actor, id) = actor_and_disclosure(&request, &request.get_ref().disclosure_id)?;
-        let answer = self.service.approve_disclosure(id, &actor).await?;
-        if let Some(d) = &answer.disclosure {
-            let basis = d.legal_basis.map_or("purpose", |b| b.as_str());
-            let purpose = d.purpose.as_ref().map(ToString::to_string);
-            self.observe_answer(
-                &d.subject_id,
-                d.recipient_id.as_str(),
-                basis,
-                purpose.as_deref(),
-                &answer,
-            );
+/// Parses each element of a repeated field, keeping each one's place so
+/// that a later check can name the caller's index.
+fn each<T>(
+    v: &mut Violations,
+    name: &str,
+    raw: Vec<String>,
+    parse: impl Fn(String) -> Result<T, String>,
+) -> Vec<Option<T>> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, item)| v.check(format!("{name}[{i}]"), parse(item)))
+        .collect()
+}
+
+/// A check ran over the elements of `list` that parsed; its `name[i]`
+/// violations get the caller's index back, and "`name` is empty" goes when
+/// the caller did send elements.
+fn renumbered<T>(checked: Violations, name: &str, list: &[Option<T>]) -> Violations {
+    let places: Vec<usize> = (0..list.len()).filter(|&i| list[i].is_some()).collect();
+    let mut out = Violations::new();
+    for violation in checked.into_vec() {
+        let index = violation
+            .field
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('['))
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|i| i.parse::<usize>().ok());
+        match index {
+            Some(i) => out.push(format!("{name}[{}]", places[i]), violation.description),
+            None if violation.field == name && !list.is_empty() => {}
+            None => out.push(violation.field, violation.description),
         }
-        let (disclosure_id, status, released, withheld) = answer_to_pb(answer);
-        Ok(Response::new(pb::ApproveDisclosureResponse {
-            disclosure_id,
-            status,
-            released,
-            withheld,
-        }))
     }
+    out
+}
 
-    async fn review_disclosure_rpc(
-        &self,
-        request: Request<pb::ReviewDisclosureRequest>,
-    ) -> Result<Response<pb::ReviewDisclosureResponse>, Status> {
-        let (actor, id) = actor_and_disclosure(&request, &request.get_ref().disclosure_id)?;
-        let disclosure = self.service.review_disclosure(id, &actor).await?;
-        Ok(Response::new(pb::ReviewDisclosureResponse {
-            disclosure: Some(disclosure_to_pb(disclosure)),
-        }))
-    }
+struct List {
+    subject_id: Option<SubjectId>,
+    overdue_review_only: bool,
+    after: Option<Uuid>,
+    page_size: usize,
+    /// What the page tokens are bound to, so one cannot page another
+    /// subject's disclosures.
+    scope: String,
+}
 
-    async fn list_disclosures_rpc(
-        &self,
-        request: Request<pb::ListDisclosuresRequest>,
-    ) -> Result<Response<pb::ListDisclosuresResponse>, Status> {
-        let r = request.into_inner();
-        let mut v = Violations::new();
-        let subject_id = if r.subject_id.is_empty() && r.overdue_review_only {
-            Some(None)
-        } else {
-            v.check("subject_id", SubjectId::parse(r.subject_id))
-                .map(Some)
-        };
-        let page_size = v.check(
-            "page_size",
-            PageToken::page_size(r.page_size, DEFAULT_PAGE_SIZE, MAX_DISCLOSURE_PAGE),
-        );
-        let (Some(subject_id), Some(page_size)) = (subject_id, page_size) else {
-            return Err(Error::from(v).into());
-        };
-        let scope = format!(
-            "disclosures:{}:{}",
-            subject_id.as_ref().map_or("", |s| s.as_str()),
-            r.overdue_review_only
-        );
-        let after = if r.page_token.is_empty() {
-            None
-        } else {
-            let cursor = PageToken::decode(&r.page_token, &scope)
-                .and_then(|c| {
-                    c.parse::<Uuid>()
-                        .map_err(|_| "is not a token this service issued".into())
-                })
-                .map_err(|e: String| Error::invalid("page_token", e))?;
-            Some(cursor)
-        };
-        let filter = DisclosureFilter {
-            subject_id,
-            overdue_at: r.overdue_review_only.then(Utc::now),
-        };
-        let page = self
-            .service
-            .list_disclosures(&filter, after, page_size)
-            .await?;
-        Ok(Response::new(pb::ListDisclosuresResponse {
-            disclosures: page.disclosures.into_iter().map(disclosure_to_pb).collect(),
-            next_page_token: page
-                .next_after
-                .map(|id| PageToken::encode(&id.simple().to_string(), &scope))
-                .unwrap_or_default(),
-        }))
-    }
-
-    async fn get_disclosure_rpc(
-        &self,
-        request: Request<pb::GetDisclosureRequest>,
-    ) -> Result<Response<pb::GetDisclosureResponse>, Status> {
-        let id = disclosure_id(&request.get_ref().disclosure_id)
-            .map_err(|e| Error::invalid("disclosure_id", e))?;
-        let disclosure = self.service.get_disclosure(id).await?;
-        Ok(Response::new(pb::GetDisclosureResponse {
-            disclosure: Some(disclosure_to_pb(disclosure)),
-        }))
-    }
+fn parse_list(r: pb::ListDisclosuresRequest) -> Result<List, Error> {
+    let mut v = Violations::new();
+    let subject_id = if r.subject_id.is_empty() && r.overdue_review_only {
+        Some(None)
+    } else {
+        v.check("subject_id", SubjectId::parse(r.subject_id.clone()))
+            .map(Some)
+    };
+    let page_size = v.check(
+        "page_size",
+        PageToken::page_size(r.page_size, DEFAULT_PAGE_SIZE, MAX_DISCLOSURE_PAGE),
+    );
+    let scope = format!("disclosures:{}:{}", r.subject_id, r.overdue_review_only);
+    let after = if r.page_token.is_empty() {
+        Some(None)
+    } else {
+        v.check(
+            "page_token",
+            PageToken::decode(&r.page_token, &scope).and_then(|c| {
+                c.parse::<Uuid>()
+                    .map_err(|_| "is not a token this service issued".into())
+            }),
+        )
+        .map(Some)
+    };
+    let parsed = (|| {
+        Some(List {
+            subject_id: subject_id?,
+            overdue_review_only: r.overdue_review_only,
+            after: after?,
+            page_size: page_size?,
+            scope,
+        })
+    })();
+    done(v, parsed)
 }
 
 /// The caller and the disclosure a follow-up call (approve, review) names.
-fn actor_and_disclosure<T>(
-    request: &Request<T>,
-    raw_id: &str,
-) -> Result<(domain::Actor, Uuid), Error> {
+fn actor_and_disclosure<T>(request: &Request<T>, raw_id: &str) -> Result<(Actor, Uuid), Error> {
     let mut v = Violations::new();
     let actor = convert::actor(request, &mut v);
     let id = v.check("disclosure_id", disclosure_id(raw_id));
-    match (actor, id) {
-        (Some(actor), Some(id)) => Ok((actor, id)),
-        _ => Err(Error::from(v)),
-    }
+    done(v, actor.zip(id))
 }
 
 fn disclosure_id(raw: &str) -> Result<Uuid, String> {
     Uuid::parse_str(raw).map_err(|_| "must be a disclosure id (a UUID)".to_string())
 }
 
-/// `None` for UNSPECIFIED: the request names a purpose instead.
-fn legal_basis(basis: pb::LegalBasis) -> Option<domain::LegalBasis> {
-    match basis {
-        pb::LegalBasis::Unspecified => None,
-        pb::LegalBasis::LegalProcess => Some(domain::LegalBasis::LegalProcess),
-        pb::LegalBasis::ProtectRightsProperty => Some(domain::LegalBasis::ProtectRightsProperty),
-        pb::LegalBasis::EmergencySafety => Some(domain::LegalBasis::EmergencySafety),
-    }
-}
-
-fn legal_basis_to_pb(basis: domain::LegalBasis) -> pb::LegalBasis {
-    match basis {
-        domain::LegalBasis::LegalProcess => pb::LegalBasis::LegalProcess,
-        domain::LegalBasis::ProtectRightsProperty => pb::LegalBasis::ProtectRightsProperty,
-        domain::LegalBasis::EmergencySafety => pb::LegalBasis::EmergencySafety,
-    }
-}
-
-fn category_to_pb(category: Category) -> pb::RecipientCategory {
-    match category {
-        Category::Courier => pb::RecipientCategory::Courier,
-        Category::Processor => pb::RecipientCategory::Processor,
-        Category::Partner => pb::RecipientCategory::Partner,
-        Category::Authority => pb::RecipientCategory::Authority,
-    }
-}
-
-fn status_to_pb(status: domain::DisclosureStatus) -> pb::DisclosureStatus {
-    match status {
-        domain::DisclosureStatus::Released => pb::DisclosureStatus::Released,
-        domain::DisclosureStatus::Partial => pb::DisclosureStatus::Partial,
-        domain::DisclosureStatus::Denied => pb::DisclosureStatus::Denied,
-        domain::DisclosureStatus::PendingApproval => pb::DisclosureStatus::PendingApproval,
+fn recipient_to_pb(r: &Recipient) -> pb::Recipient {
+    pb::Recipient {
+        recipient_id: r.id.to_string(),
+        name: r.name.clone(),
+        category: r.category.to_wire(),
+        contact: r.contact.clone(),
+        purposes: r.purposes.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -536,16 +446,14 @@ fn withheld_to_pb(field: &FieldName, reason: Reason) -> pb::WithheldField {
     }
 }
 
-type AnswerParts = (String, i32, Vec<pb::ReleasedField>, Vec<pb::WithheldField>);
-
-fn answer_to_pb(answer: DisclosureAnswer) -> AnswerParts {
-    (
-        answer
+fn answer_to_pb(answer: DisclosureAnswer) -> pb::RequestDisclosureResponse {
+    pb::RequestDisclosureResponse {
+        disclosure_id: answer
             .disclosure
             .map(|d| d.disclosure_id.to_string())
             .unwrap_or_default(),
-        status_to_pb(answer.status).into(),
-        answer
+        status: answer.status.to_wire(),
+        released: answer
             .released
             .into_iter()
             .map(|r| pb::ReleasedField {
@@ -554,12 +462,12 @@ fn answer_to_pb(answer: DisclosureAnswer) -> AnswerParts {
                 needs_verification: r.needs_verification,
             })
             .collect(),
-        answer
+        withheld: answer
             .withheld
             .iter()
             .map(|(f, reason)| withheld_to_pb(f, *reason))
             .collect(),
-    )
+    }
 }
 
 pub(super) fn disclosure_to_pb(d: domain::Disclosure) -> pb::Disclosure {
@@ -568,10 +476,7 @@ pub(super) fn disclosure_to_pb(d: domain::Disclosure) -> pb::Disclosure {
         subject_id: d.subject_id.to_string(),
         recipient_id: d.recipient_id.to_string(),
         purpose: d.purpose.map(|p| p.to_string()).unwrap_or_default(),
-        legal_basis: d
-            .legal_basis
-            .map_or(pb::LegalBasis::Unspecified, legal_basis_to_pb)
-            .into(),
+        legal_basis: enums::optional_to_wire(d.legal_basis),
         reference: d.reference.map(|r| r.to_string()).unwrap_or_default(),
         justification: d.justification.map(|j| j.to_string()).unwrap_or_default(),
         fields: d.fields.iter().map(ToString::to_string).collect(),
@@ -580,7 +485,7 @@ pub(super) fn disclosure_to_pb(d: domain::Disclosure) -> pb::Disclosure {
             .iter()
             .map(|w| withheld_to_pb(&w.field, w.reason))
             .collect(),
-        status: status_to_pb(d.status).into(),
+        status: d.status.to_wire(),
         requested_by: d.requested_by.to_string(),
         requested_at: convert::timestamp(d.requested_at),
         approved_by: d.approved_by.map(|a| a.to_string()).unwrap_or_default(),

@@ -126,8 +126,6 @@ pb_enums! {
     }
 }
 
-// Until concern.rs and disclosure.rs switch to these.
-#[allow(dead_code)]
 /// The proto number of an optional value: absent is `*_UNSPECIFIED` (0).
 pub fn optional_to_wire<E: PbEnum>(value: Option<E>) -> i32 {
     value.map_or(0, E::to_wire)
@@ -144,7 +142,6 @@ pub fn required<E: PbEnum>(v: &mut Violations, field: &str, raw: i32) -> Option<
     )
 }
 
-#[allow(dead_code)]
 /// An optional enum field: UNSPECIFIED means absent, an unknown number is a
 /// violation (the outer `None`).
 pub fn optional<E: PbEnum>(v: &mut Violations, field: &str, raw: i32) -> Option<Option<E>> {

@@ -7,7 +7,10 @@ use prost::Message as _;
 use super::{
     concern::concern_to_pb, convert, disclosure::disclosure_to_pb, enums::PbEnum as _, pb,
 };
-use crate::{policy::concern::ConcernDeadlines, service::export::SubjectExport};
+use crate::{
+    policy::concern::ConcernDeadlines,
+    service::{concern::ConcernView, export::SubjectExport},
+};
 
 pub fn export_to_pb(
     export: SubjectExport,
@@ -58,7 +61,7 @@ pub fn export_to_pb(
         concerns: export
             .concerns
             .into_iter()
-            .map(|c| concern_to_pb(c, deadlines, now, true))
+            .map(|c| concern_to_pb(ConcernView::new(c, deadlines, now), true))
             .collect(),
         exported_at: convert::timestamp(export.exported_at),
     }

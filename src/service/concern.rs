@@ -6,14 +6,52 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    domain::{Actor, Concern, ConcernOutcome, ConcernStatus, NewConcern},
+    domain::{Actor, Concern, ConcernOutcome, ConcernStatus, NewConcern, Resolution},
     error::{Error, Result},
     policy::{
         Policy,
         concern::{ConcernChange, ConcernChangeError, ConcernDeadlines, next_step},
     },
-    store::{ConcernFilter, ConcernPage, Store},
+    store::{ConcernFilter, Store},
 };
+
+/// A concern as callers see it: its history, plus what the policy's
+/// deadlines make of it at `now`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConcernView {
+    pub concern: Concern,
+    pub status: ConcernStatus,
+    pub outcome: Option<ConcernOutcome>,
+    pub acknowledge_by: DateTime<Utc>,
+    pub resolve_by: DateTime<Utc>,
+    pub overdue: bool,
+    pub age_seconds: i64,
+}
+
+impl ConcernView {
+    pub fn new(concern: Concern, deadlines: ConcernDeadlines, now: DateTime<Utc>) -> Self {
+        let status = concern.status();
+        let filed_at = concern.filed_at;
+        Self {
+            status,
+            outcome: concern.outcome(),
+            acknowledge_by: deadlines.acknowledge_by(filed_at),
+            resolve_by: deadlines.resolve_by(filed_at),
+            overdue: deadlines.is_overdue(status, filed_at, now),
+            // A clock behind the database's must not show a negative age.
+            age_seconds: (now - filed_at).num_seconds().max(0),
+            concern,
+        }
+    }
+}
+
+/// One page of concerns, oldest first.
+#[derive(Debug, Clone)]
+pub struct ConcernViewPage {
+    pub concerns: Vec<ConcernView>,
+    /// The filing time and id to continue after, when there are more.
+    pub next_after: Option<(DateTime<Utc>, Uuid)>,
+}
 
 #[derive(Clone)]
 pub struct ConcernService {
@@ -26,45 +64,34 @@ impl ConcernService {
         Self { store, policy }
     }
 
-    pub fn deadlines(&self) -> ConcernDeadlines {
-        self.policy.concern_deadlines()
+    fn view(&self, concern: Concern) -> ConcernView {
+        ConcernView::new(concern, self.policy.concern_deadlines(), Utc::now())
     }
 
-    pub async fn file(&self, new: &NewConcern) -> Result<Concern> {
-        self.store.file_concern(new).await
+    pub async fn file(&self, new: &NewConcern) -> Result<ConcernView> {
+        Ok(self.view(self.store.file_concern(new).await?))
     }
 
-    pub async fn acknowledge(&self, concern_id: Uuid, actor: &Actor) -> Result<Concern> {
-        self.change(concern_id, ConcernChange::Acknowledge, actor)
-            .await
+    pub async fn acknowledge(&self, concern_id: Uuid, actor: &Actor) -> Result<ConcernView> {
+        let concern = self
+            .change(concern_id, ConcernChange::Acknowledge, actor)
+            .await?;
+        Ok(self.view(concern))
     }
 
-    /// A rejection must say why (PIPL Art. 50); every resolution must say
-    /// something, so the rule is enforced on the text for all outcomes and
-    /// named specifically for rejections.
     pub async fn resolve(
         &self,
         concern_id: Uuid,
         outcome: ConcernOutcome,
-        resolution: String,
+        resolution: Resolution,
         actor: &Actor,
-    ) -> Result<Concern> {
-        if resolution.trim().is_empty() {
-            let why = match outcome {
-                ConcernOutcome::Rejected => "a rejection must give its reasons (PIPL Art. 50)",
-                _ => "must say what was done",
-            };
-            return Err(Error::invalid("resolution", why));
-        }
-        self.change(
-            concern_id,
-            ConcernChange::Resolve {
-                outcome,
-                resolution,
-            },
-            actor,
-        )
-        .await
+    ) -> Result<ConcernView> {
+        let change = ConcernChange::Resolve {
+            outcome,
+            resolution: resolution.into_string(),
+        };
+        let concern = self.change(concern_id, change, actor).await?;
+        Ok(self.view(concern))
     }
 
     /// The store applies the policy's rule under the concern's lock, so the
@@ -87,14 +114,16 @@ impl ConcernService {
         self.store.change_concern(concern_id, step, actor).await
     }
 
-    pub async fn get(&self, concern_id: Uuid) -> Result<Concern> {
-        self.store
+    pub async fn get(&self, concern_id: Uuid) -> Result<ConcernView> {
+        let concern = self
+            .store
             .concern(concern_id)
             .await?
             .ok_or_else(|| Error::NotFound {
                 resource_type: "consent.v1.Concern",
                 name: concern_id.to_string(),
-            })
+            })?;
+        Ok(self.view(concern))
     }
 
     pub async fn list(
@@ -103,14 +132,18 @@ impl ConcernService {
         overdue_only: bool,
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: usize,
-    ) -> Result<ConcernPage> {
-        let deadlines = self.deadlines();
+    ) -> Result<ConcernViewPage> {
+        let deadlines = self.policy.concern_deadlines();
         let filter = ConcernFilter {
             status,
             overdue_only,
             acknowledge_within: deadlines.acknowledge,
             resolve_within: deadlines.resolve,
         };
-        self.store.list_concerns(&filter, after, limit).await
+        let page = self.store.list_concerns(&filter, after, limit).await?;
+        Ok(ConcernViewPage {
+            concerns: page.concerns.into_iter().map(|c| self.view(c)).collect(),
+            next_after: page.next_after,
+        })
     }
 }

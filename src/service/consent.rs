@@ -179,7 +179,7 @@ impl ConsentService {
         // R3: the stored fields' ages, never their values.
         let data = self.store.field_data_for(&ids).await?;
         let now = chrono::Utc::now();
-        Ok(queries
+        queries
             .iter()
             .map(|q| {
                 let stored = data
@@ -200,9 +200,9 @@ impl ConsentService {
                     "reason" => decision.reason.as_str(),
                 )
                 .increment(1);
-                decision
+                Ok(decision)
             })
-            .collect())
+            .collect()
     }
 
     /// Adds an erased state for each unregistered id on the suppression

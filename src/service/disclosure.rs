@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        Actor, Disclosure, DisclosureStatus, FieldName, NewPersonalData, PersonalValue,
-        ReleasedField, RequestId, SubjectId, Violations, Withheld,
+        Actor, Disclosure, DisclosureStatus, FieldName, LegalBasis, NewPersonalData, PersonalValue,
+        PurposeCode, RecipientId, ReleasedField, RequestId, SubjectId, Violations, Withheld,
     },
     error::{Error, Result},
     policy::{
@@ -32,6 +32,34 @@ pub struct DisclosureAnswer {
     pub status: DisclosureStatus,
     pub released: Vec<ReleasedField>,
     pub withheld: Vec<(FieldName, Reason)>,
+    pub about: DisclosureAbout,
+}
+
+/// What a disclosure decision was about, for traces and metrics: names and
+/// codes only, never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisclosureAbout {
+    pub subject_id: SubjectId,
+    pub recipient: RecipientId,
+    /// `purpose`, or the legal basis that stands in for one (R7).
+    pub basis: &'static str,
+    pub purpose: Option<PurposeCode>,
+}
+
+impl DisclosureAbout {
+    fn new(
+        subject_id: &SubjectId,
+        recipient: &RecipientId,
+        purpose: Option<&PurposeCode>,
+        legal_basis: Option<LegalBasis>,
+    ) -> Self {
+        Self {
+            subject_id: subject_id.clone(),
+            recipient: recipient.clone(),
+            basis: legal_basis.map_or("purpose", LegalBasis::as_str),
+            purpose: purpose.cloned(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -54,40 +82,56 @@ impl DisclosureService {
         &self.policy
     }
 
-    /// Seals and stores a value, with its collection record (R2). The field
-    /// must be declared, and each stated purpose must be declared and use
-    /// the field: data is collected only for purposes that may use it.
-    pub async fn put_personal_data(&self, new: &NewPersonalData) -> Result<Uuid> {
-        let mut violations = Violations::new();
-        if !self.policy.declares_field(&new.field) {
-            violations.push("field", self.undeclared_field(&new.field));
-        }
-        if new.collected_for.is_empty() {
+    /// The policy's checks on a value to store (R2): a declared field, and
+    /// at least one purpose, each declared, using the field and listed once.
+    /// A part that did not parse is `None` and skipped, so that one answer
+    /// names the parse problems and the policy problems together.
+    pub fn check_collection(
+        &self,
+        field: Option<&FieldName>,
+        collected_for: &[Option<PurposeCode>],
+    ) -> Violations {
+        let mut violations = field.map_or_else(Violations::new, |f| self.check_field(f));
+        if collected_for.is_empty() {
             violations.push(
                 "collected_for",
                 "must name at least one purpose the value was collected for",
             );
         }
-        for (i, code) in new.collected_for.iter().enumerate() {
-            let name = format!("collected_for[{i}]");
-            match self.policy.purpose(code) {
-                None => violations.push(
-                    name,
-                    format!(
-                        "`{code}` is not a purpose of policy {}",
-                        self.policy.version()
-                    ),
+        for (i, code) in collected_for.iter().enumerate() {
+            let Some(code) = code else { continue };
+            let problem = match (self.policy.purpose(code), field) {
+                (None, _) => format!(
+                    "`{code}` is not a purpose of policy {}",
+                    self.policy.version()
                 ),
-                Some(p) if !p.permits(&new.field) => violations.push(
-                    name,
-                    format!("purpose `{code}` does not use field `{}`", new.field),
-                ),
-                Some(_) if new.collected_for[..i].contains(code) => {
-                    violations.push(name, format!("`{code}` is listed twice"))
+                (Some(p), Some(field)) if !p.permits(field) => {
+                    format!("purpose `{code}` does not use field `{field}`")
                 }
-                Some(_) => {}
-            }
+                _ if collected_for[..i].iter().any(|c| c.as_ref() == Some(code)) => {
+                    format!("`{code}` is listed twice")
+                }
+                _ => continue,
+            };
+            violations.push(format!("collected_for[{i}]"), problem);
         }
+        violations
+    }
+
+    /// The policy's check on a field named on its own: it must be declared.
+    pub fn check_field(&self, field: &FieldName) -> Violations {
+        let mut violations = Violations::new();
+        if !self.policy.declares_field(field) {
+            violations.push("field", self.undeclared_field(field));
+        }
+        violations
+    }
+
+    /// Seals and stores a value, with its collection record (R2), once it
+    /// passes [`Self::check_collection`].
+    pub async fn put_personal_data(&self, new: &NewPersonalData) -> Result<Uuid> {
+        let purposes: Vec<_> = new.collected_for.iter().cloned().map(Some).collect();
+        let violations = self.check_collection(Some(&new.field), &purposes);
         if !violations.is_empty() {
             return Err(violations.into());
         }
@@ -101,8 +145,9 @@ impl DisclosureService {
         subject_id: &SubjectId,
         field: &FieldName,
     ) -> Result<chrono::DateTime<Utc>> {
-        if !self.policy.declares_field(field) {
-            return Err(Error::invalid("field", self.undeclared_field(field)));
+        let violations = self.check_field(field);
+        if !violations.is_empty() {
+            return Err(violations.into());
         }
         self.store
             .verify_personal_data(subject_id, field)
@@ -154,12 +199,22 @@ impl DisclosureService {
         };
         let decision = decide_disclosure(&self.policy, facts, request);
         let withheld = withheld(&decision);
+        let (purpose, legal_basis) = match &request.ground {
+            Ground::Purpose(p) => (Some(p.clone()), None),
+            Ground::Legal(b) => (None, Some(*b)),
+        };
         if decision.status == DisclosureStatus::Denied {
             return Ok(DisclosureAnswer {
                 disclosure: None,
                 status: decision.status,
                 released: Vec::new(),
                 withheld,
+                about: DisclosureAbout::new(
+                    subject_id,
+                    &request.recipient,
+                    purpose.as_ref(),
+                    legal_basis,
+                ),
             });
         }
         let fields: Vec<FieldName> = decision.released().map(|(f, _)| f.clone()).collect();
@@ -171,10 +226,6 @@ impl DisclosureService {
             self.open(subject_id, &fields).await?
         } else {
             Vec::new()
-        };
-        let (purpose, legal_basis) = match &request.ground {
-            Ground::Purpose(p) => (Some(p.clone()), None),
-            Ground::Legal(b) => (None, Some(*b)),
         };
         let disclosure = self
             .store
@@ -286,14 +337,21 @@ impl DisclosureService {
             })
     }
 
+    /// A subject's disclosures, or with `overdue_review_only` the emergency
+    /// releases whose review is past due now (of one subject, or of all).
     pub async fn list_disclosures(
         &self,
-        filter: &DisclosureFilter,
+        subject_id: Option<SubjectId>,
+        overdue_review_only: bool,
         after: Option<Uuid>,
         page_size: usize,
     ) -> Result<DisclosurePage> {
+        let filter = DisclosureFilter {
+            subject_id,
+            overdue_at: overdue_review_only.then(Utc::now),
+        };
         self.store
-            .list_disclosures(filter, after, page_size.clamp(1, MAX_DISCLOSURE_PAGE))
+            .list_disclosures(&filter, after, page_size.clamp(1, MAX_DISCLOSURE_PAGE))
             .await
     }
 
@@ -327,6 +385,12 @@ impl DisclosureService {
             .map(|w| (w.field.clone(), w.reason))
             .collect();
         DisclosureAnswer {
+            about: DisclosureAbout::new(
+                &disclosure.subject_id,
+                &disclosure.recipient_id,
+                disclosure.purpose.as_ref(),
+                disclosure.legal_basis,
+            ),
             status: disclosure.status,
             released: values
                 .into_iter()

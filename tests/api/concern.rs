@@ -8,11 +8,11 @@ use tonic::Code;
 
 use crate::helpers::{TestApp, as_actor, spawn_app, violated_fields};
 
-fn client(app: &TestApp) -> ConcernServiceClient<tonic::transport::Channel> {
+pub fn client(app: &TestApp) -> ConcernServiceClient<tonic::transport::Channel> {
     ConcernServiceClient::new(app.channel.clone())
 }
 
-fn concern_request(description: &str) -> pb::FileConcernRequest {
+pub fn concern_request(description: &str) -> pb::FileConcernRequest {
     pb::FileConcernRequest {
         subject_id: "C-1042".into(),
         contact: "reader@example.com".into(),
@@ -23,7 +23,7 @@ fn concern_request(description: &str) -> pb::FileConcernRequest {
     }
 }
 
-async fn file(app: &TestApp, description: &str) -> pb::Concern {
+pub async fn file(app: &TestApp, description: &str) -> pb::Concern {
     client(app)
         .file_concern(as_actor("web-form", concern_request(description)))
         .await
@@ -310,9 +310,13 @@ async fn a_retried_filing_returns_the_first_concern() {
         .into_inner();
     assert_eq!(first.concern_id, again.concern_id);
     assert_eq!(app.count("concerns").await, 1);
+    let events = event_count(&app).await;
     request.description = "something else".into();
     let status = client(&app).file_concern(request).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
+    // The conflicting reuse wrote nothing either.
+    assert_eq!(app.count("concerns").await, 1);
+    assert_eq!(event_count(&app).await, events);
 }
 
 #[tokio::test]

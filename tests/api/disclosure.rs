@@ -20,7 +20,7 @@ const NAME: &str = "Wang Xiaoming";
 const PHONE: &str = "+86 138 0013 8000";
 const EMAIL: &str = "xiaoming@example.cn";
 
-fn client(app: &TestApp) -> DisclosureServiceClient<Channel> {
+pub fn client(app: &TestApp) -> DisclosureServiceClient<Channel> {
     DisclosureServiceClient::new(app.channel.clone())
 }
 
@@ -31,7 +31,7 @@ async fn put(app: &TestApp, subject: &str, field: &str, value: &str, purposes: &
         .expect("put_personal_data");
 }
 
-fn put_request(
+pub fn put_request(
     subject: &str,
     field: &str,
     value: &str,
@@ -49,7 +49,7 @@ fn put_request(
 }
 
 /// A registered subject with name, address, phone and email on file.
-async fn customer(app: &TestApp, subject: &str) {
+pub async fn customer(app: &TestApp, subject: &str) {
     app.register(subject).await;
     put(
         app,
@@ -64,7 +64,7 @@ async fn customer(app: &TestApp, subject: &str) {
     put(app, subject, "email", EMAIL, &["partner_offers"]).await;
 }
 
-fn courier_request(subject: &str, fields: &[&str]) -> pb::RequestDisclosureRequest {
+pub fn courier_request(subject: &str, fields: &[&str]) -> pb::RequestDisclosureRequest {
     pb::RequestDisclosureRequest {
         subject_id: subject.into(),
         recipient_id: "express-courier".into(),
@@ -75,7 +75,7 @@ fn courier_request(subject: &str, fields: &[&str]) -> pb::RequestDisclosureReque
     }
 }
 
-fn legal_request(subject: &str, basis: LegalBasis) -> pb::RequestDisclosureRequest {
+pub fn legal_request(subject: &str, basis: LegalBasis) -> pb::RequestDisclosureRequest {
     pb::RequestDisclosureRequest {
         subject_id: subject.into(),
         recipient_id: "public-security".into(),
@@ -95,7 +95,7 @@ fn released(fields: &[pb::ReleasedField]) -> Vec<(&str, &str)> {
 }
 
 /// Rows in every table the DisclosureService writes.
-async fn vault_counts(app: &TestApp) -> [i64; 5] {
+pub async fn vault_counts(app: &TestApp) -> [i64; 5] {
     [
         app.count("personal_data").await,
         app.count("collection_records").await,
@@ -925,7 +925,11 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
         .put_personal_data(put_request("C-70", "fax", "", &["promo", "order_delivery"]))
         .await
         .unwrap_err();
-    assert_eq!(violated_fields(&bad_put), ["value"]);
+    // The policy's checks run on what parsed: every offending field at once.
+    assert_eq!(
+        violated_fields(&bad_put),
+        ["value", "field", "collected_for[0]", "collected_for[1]"]
+    );
     let wrong_purpose = c
         .put_personal_data(put_request("C-70", "phone", PHONE, &["partner_offers"]))
         .await
