@@ -21,7 +21,7 @@ use crate::{
     keys::KeyFile as _,
     policy::Policy,
     service::{
-        export::Exporter,
+        export::{Exporter, SubjectExport},
         import::{self, ImportOptions, ImportProgress},
         vault::{self, DataKeys},
     },
@@ -160,23 +160,29 @@ pub async fn rotate_keys(args: &RotateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn export_subject(args: &ExportArgs) -> anyhow::Result<()> {
+/// `render` turns the export into the JSON the ExportSubject RPC answers
+/// with; `main` passes the gRPC layer's, so the two cannot drift.
+pub async fn export_subject(
+    args: &ExportArgs,
+    render: impl FnOnce(SubjectExport) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
     let subject_id =
         SubjectId::parse(args.subject_id.clone()).map_err(|e| anyhow!("SUBJECT_ID {e}"))?;
     let policy = Policy::load(&args.policy)?;
     let keys = DataKeys::load(&args.data_keys_file)?;
     let database = Database::open(&args.database).await?;
-    let export = Exporter::new(database.store.clone(), Arc::new(keys))
-        .export(&subject_id)
-        .await
-        .map_err(|e| match e {
-            Error::NotFound { .. } => anyhow!("no subject is registered under that id"),
-            other => anyhow!(other),
-        })?;
-    let json = crate::grpc::export_to_json(&crate::grpc::export_to_pb(
-        export,
+    let export = Exporter::new(
+        database.store.clone(),
+        Arc::new(keys),
         policy.concern_deadlines(),
-    ))?;
+    )
+    .export(&subject_id)
+    .await
+    .map_err(|e| match e {
+        Error::NotFound { .. } => anyhow!("no subject is registered under that id"),
+        other => anyhow!(other),
+    })?;
+    let json = render(export)?;
     match &args.output {
         Some(path) => {
             std::fs::write(path, json + "\n")

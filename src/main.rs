@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use consentd::{
-    commands,
+    commands, grpc,
     settings::{Cli, Command, KeysCommand, PolicyCommand},
     startup::{self, Application},
     telemetry,
@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => commands::migrate(&args).await,
         Command::Policy(PolicyCommand::Check { file }) => commands::check_policy(&file),
         Command::ImportRefusals(args) => commands::import_refusals(&args).await,
-        Command::ExportSubject(args) => commands::export_subject(&args).await,
+        Command::ExportSubject(args) => commands::export_subject(&args, grpc::export_json).await,
         Command::Keys(KeysCommand::Rotate(args)) => commands::rotate_keys(&args).await,
     };
     telemetry.shutdown();

@@ -157,9 +157,8 @@ impl Application {
             ConcernGrpc::new(ConcernService::new(store.clone(), policy.clone())).into_server();
         let concern_deadlines = policy.concern_deadlines();
         let rights = SubjectRightsGrpc::new(
-            Exporter::new(store.clone(), data_keys.clone()),
+            Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines()),
             Eraser::new(store.clone(), erasure_refs.clone()),
-            policy.concern_deadlines(),
         )
         .into_server();
         let disclosure = DisclosureGrpc::new(

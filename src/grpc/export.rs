@@ -1,22 +1,15 @@
 //! The subject export as protobuf, shared by the ExportSubject RPC and the
-//! `export-subject` command (which prints it as proto-JSON).
+//! `export-subject` command (which prints it as proto-JSON, through the
+//! renderer `main` hands it, so that commands never see prost types).
 
-use chrono::Utc;
 use prost::Message as _;
 
 use super::{
     concern::concern_to_pb, convert, disclosure::disclosure_to_pb, enums::PbEnum as _, pb,
 };
-use crate::{
-    policy::concern::ConcernDeadlines,
-    service::{concern::ConcernView, export::SubjectExport},
-};
+use crate::service::export::SubjectExport;
 
-pub fn export_to_pb(
-    export: SubjectExport,
-    deadlines: ConcernDeadlines,
-) -> pb::ExportSubjectResponse {
-    let now = Utc::now();
+pub fn export_to_pb(export: SubjectExport) -> pb::ExportSubjectResponse {
     pb::ExportSubjectResponse {
         subject: Some(convert::subject_to_pb(export.subject)),
         personal_data: export
@@ -61,10 +54,15 @@ pub fn export_to_pb(
         concerns: export
             .concerns
             .into_iter()
-            .map(|c| concern_to_pb(ConcernView::new(c, deadlines, now), true))
+            .map(|c| concern_to_pb(c, true))
             .collect(),
         exported_at: convert::timestamp(export.exported_at),
     }
+}
+
+/// The export as the ExportSubject RPC answers it, in proto-JSON.
+pub fn export_json(export: SubjectExport) -> anyhow::Result<String> {
+    to_json(&export_to_pb(export))
 }
 
 /// Canonical proto-JSON (field names in lowerCamelCase, enums by name,

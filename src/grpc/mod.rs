@@ -16,7 +16,7 @@ mod status;
 pub use concern::ConcernGrpc;
 pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
-pub use export::{export_to_pb, to_json as export_to_json};
+pub use export::export_json;
 pub use rights::SubjectRightsGrpc;
 
 /// The generated `consent.v1` types and service traits. Generated code is

@@ -12,7 +12,6 @@ use super::{
 use crate::{
     domain::{Actor, RequestId, SubjectId, Violations},
     error::{Error, Result},
-    policy::concern::ConcernDeadlines,
     service::{erasure::Eraser, export::Exporter},
 };
 
@@ -23,16 +22,11 @@ const SERVICE: &str = "consent.v1.SubjectRightsService";
 pub struct SubjectRightsGrpc {
     exporter: Exporter,
     eraser: Eraser,
-    deadlines: ConcernDeadlines,
 }
 
 impl SubjectRightsGrpc {
-    pub fn new(exporter: Exporter, eraser: Eraser, deadlines: ConcernDeadlines) -> Self {
-        Self {
-            exporter,
-            eraser,
-            deadlines,
-        }
+    pub fn new(exporter: Exporter, eraser: Eraser) -> Self {
+        Self { exporter, eraser }
     }
 
     pub fn into_server(
@@ -52,7 +46,7 @@ impl Rpc for SubjectRightsGrpc {
             let subject_id = SubjectId::parse(r.into_inner().subject_id)
                 .map_err(|e| Error::invalid("subject_id", e))?;
             let export = self.exporter.export(&subject_id).await?;
-            Ok(Response::new(export_to_pb(export, self.deadlines)))
+            Ok(Response::new(export_to_pb(export)))
         })
         .await
     }

@@ -6,11 +6,11 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        Concern, ConsentRecord, Disclosure, FieldName, PersonalValue, StoredChoice, Subject,
-        SubjectId,
+        ConsentRecord, Disclosure, FieldName, PersonalValue, StoredChoice, Subject, SubjectId,
     },
     error::{Error, Result},
-    service::vault::DataKeys,
+    policy::concern::ConcernDeadlines,
+    service::{concern::ConcernView, vault::DataKeys},
     store::{CollectionRecord, DisclosureFilter, Store},
 };
 
@@ -33,7 +33,8 @@ pub struct SubjectExport {
     pub consent_history: Vec<ConsentRecord>,
     pub current_choices: Vec<StoredChoice>,
     pub disclosures: Vec<Disclosure>,
-    pub concerns: Vec<Concern>,
+    /// With their deadlines and whether they are overdue at `exported_at`.
+    pub concerns: Vec<ConcernView>,
     pub exported_at: DateTime<Utc>,
 }
 
@@ -41,11 +42,17 @@ pub struct SubjectExport {
 pub struct Exporter {
     store: Store,
     keys: Arc<DataKeys>,
+    /// The policy's concern deadlines, for each concern's view.
+    deadlines: ConcernDeadlines,
 }
 
 impl Exporter {
-    pub fn new(store: Store, keys: Arc<DataKeys>) -> Self {
-        Self { store, keys }
+    pub fn new(store: Store, keys: Arc<DataKeys>, deadlines: ConcernDeadlines) -> Self {
+        Self {
+            store,
+            keys,
+            deadlines,
+        }
     }
 
     /// Reads every table in `store::EXPORTED_TABLES` for the subject.
@@ -100,6 +107,14 @@ impl Exporter {
                 None => break,
             }
         }
+        let exported_at = Utc::now();
+        let concerns = self
+            .store
+            .concerns_of(subject_id)
+            .await?
+            .into_iter()
+            .map(|concern| ConcernView::new(concern, self.deadlines, exported_at))
+            .collect();
         Ok(SubjectExport {
             subject,
             personal_data,
@@ -107,8 +122,8 @@ impl Exporter {
             consent_history,
             current_choices,
             disclosures,
-            concerns: self.store.concerns_of(subject_id).await?,
-            exported_at: Utc::now(),
+            concerns,
+            exported_at,
         })
     }
 }
