@@ -16,8 +16,9 @@
 //!   maps it to `Status`.
 //! - [`startup`]: builds and runs the whole server (`Application`).
 //! - [`settings`]: command line and environment.
-//! - [`commands`]: the one-shot subcommands (migrate, policy check, import,
-//!   keys rotate).
+//! - [`commands`]: the one-shot subcommands (migrate, check-config, policy
+//!   check, import-refusals, keys rotate, export-subject). They never see
+//!   prost types: `main` hands export-subject its renderer.
 //! - [`keys`]: key files (unsubscribe link keys, data keys, the subject-ref
 //!   key): parsing, loading, random keys with a warning, redacted `Debug`.
 //! - [`telemetry`]: logs, OpenTelemetry traces, subject trace refs.
