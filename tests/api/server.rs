@@ -191,21 +191,48 @@ fn blocked_refusal(
     })
 }
 
+/// A real process, so that a server which exits without waiting for its
+/// calls cuts them, as it would in production.
 #[tokio::test]
 async fn a_call_in_flight_when_the_listeners_close_still_finishes() {
-    let mut app = spawn_app().await;
-    app.register("C-1").await;
-    let locker = app.connect_db().await;
+    let db = fresh_database().await;
+    let served = spawn_serve_with(&["--database-url", &db.db_url], &[]);
+    let client = pb::consent_service_client::ConsentServiceClient::connect(format!(
+        "http://{}",
+        served.grpc_addr
+    ))
+    .await
+    .unwrap();
+    client
+        .clone()
+        .register_subject(pb::RegisterSubjectRequest {
+            subject_id: "C-1".into(),
+            kind: pb::SubjectKind::Individual.into(),
+            notice_version: "2026-11".into(),
+            channel: pb::Channel::Web.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let locker = store::admin_connect(&db.db_url).await.unwrap();
     locker
         .batch_execute("BEGIN; LOCK TABLE consent_records IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let call = blocked_refusal(&app.client);
-    wait_until_blocked(&app.db).await;
+    let call = blocked_refusal(&client);
+    wait_until_blocked(&locker).await;
 
-    app.stop_token().cancel();
+    let mut child = served.child;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let closed = async {
-        while tokio::net::TcpStream::connect(app.grpc_addr).await.is_ok() {
+        while tokio::net::TcpStream::connect(&served.grpc_addr)
+            .await
+            .is_ok()
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -213,6 +240,10 @@ async fn a_call_in_flight_when_the_listeners_close_still_finishes() {
         .await
         .expect("the listener closes while the call is in flight");
     assert!(!call.is_finished(), "the call is still waiting");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "serve waits for the call"
+    );
 
     locker.batch_execute("COMMIT").await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(5), call)
@@ -224,11 +255,17 @@ async fn a_call_in_flight_when_the_listeners_close_still_finishes() {
         answer.into_inner().record.unwrap().choice(),
         pb::Choice::Refuse
     );
-    tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+    let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(app.count("consent_records").await, 1);
+    assert!(status.success(), "serve exited with {status}");
+    let written: i64 = locker
+        .query_one("SELECT count(*) FROM consent_records", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 1);
 }
 
 /// `--shutdown-timeout-seconds`: a real server with a call stuck past the
