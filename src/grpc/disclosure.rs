@@ -18,7 +18,7 @@ use crate::{
         PersonalValue, PurposeCode, RecipientId, Reference, RequestId, SubjectId, Violations,
     },
     error::Error,
-    policy::{DisclosureRequest, Ground, Policy, Reason, Recipient},
+    policy::{DisclosureParts, DisclosureRequest, Ground, Policy, Reason, Recipient},
     service::{DisclosureAnswer, DisclosureService, disclosure::MAX_DISCLOSURE_PAGE},
     telemetry::SubjectRefs,
 };
@@ -305,24 +305,28 @@ fn parse_request(
         Justification::parse,
     );
     let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
-    // The policy needs a recipient and a ground to judge the rest; without
-    // them the parse problems are all there is to say.
+    // The policy judges whatever parsed, so one answer names every problem.
+    let parsed_fields: Vec<FieldName> = fields.iter().flatten().cloned().collect();
+    v.merge(renumbered(
+        policy.check_disclosure_parts(&DisclosureParts {
+            recipient: recipient.as_ref(),
+            ground: ground.as_ref(),
+            fields: &parsed_fields,
+            has_reference: matches!(reference, Some(Some(_))),
+            has_justification: matches!(justification, Some(Some(_))),
+        }),
+        "fields",
+        &fields,
+    ));
     let request = recipient
         .zip(ground)
         .map(|(recipient, ground)| DisclosureRequest {
             recipient,
             ground,
-            fields: fields.iter().flatten().cloned().collect(),
+            fields: parsed_fields,
             reference: reference.clone().flatten(),
             justification: justification.clone().flatten(),
         });
-    if let Some(request) = &request {
-        v.merge(renumbered(
-            policy.check_disclosure(request),
-            "fields",
-            &fields,
-        ));
-    }
     let parsed = (|| {
         Some(Disclose {
             actor: actor?,

@@ -7,7 +7,17 @@
 //! passed, so they cannot fail.
 
 use super::{DisclosureRequest, Ground, Policy};
-use crate::domain::{FieldName, PurposeCode, Violations};
+use crate::domain::{FieldName, PurposeCode, RecipientId, Violations};
+
+/// What parsed of a disclosure request; `None` did not.
+#[derive(Debug, Clone, Copy)]
+pub struct DisclosureParts<'a> {
+    pub recipient: Option<&'a RecipientId>,
+    pub ground: Option<&'a Ground>,
+    pub fields: &'a [FieldName],
+    pub has_reference: bool,
+    pub has_justification: bool,
+}
 
 impl Policy {
     /// Whether a Check names a declared purpose and a declared field. Both
@@ -27,18 +37,31 @@ impl Policy {
     /// declared fields each listed once, a declared purpose, and the
     /// reference and justification that R6 and R7 require.
     pub fn check_disclosure(&self, request: &DisclosureRequest) -> Violations {
+        self.check_disclosure_parts(&DisclosureParts {
+            recipient: Some(&request.recipient),
+            ground: Some(&request.ground),
+            fields: &request.fields,
+            has_reference: request.reference.is_some(),
+            has_justification: request.justification.is_some(),
+        })
+    }
+
+    /// [`check_disclosure`](Self::check_disclosure) over what parsed of a
+    /// request, so that one answer names the policy's problems beside the
+    /// parse errors: a rule that needs a missing part is skipped.
+    pub fn check_disclosure_parts(&self, request: &DisclosureParts<'_>) -> Violations {
         let mut violations = Violations::new();
         let version = self.version();
-        let recipient = self.recipient(&request.recipient);
-        if recipient.is_none() {
-            violations.push(
-                "recipient_id",
-                format!(
-                    "`{}` is not a recipient of policy {version}",
-                    request.recipient
-                ),
-            );
-        }
+        let recipient = request.recipient.and_then(|id| {
+            let recipient = self.recipient(id);
+            if recipient.is_none() {
+                violations.push(
+                    "recipient_id",
+                    format!("`{id}` is not a recipient of policy {version}"),
+                );
+            }
+            recipient
+        });
         if request.fields.is_empty() {
             violations.push("fields", "must name at least one field");
         }
@@ -52,8 +75,9 @@ impl Policy {
                 violations.push(format!("fields[{i}]"), format!("`{field}` is listed twice"));
             }
         }
-        let purpose = match &request.ground {
-            Ground::Purpose(code) => {
+        let purpose = match request.ground {
+            None => None,
+            Some(Ground::Purpose(code)) => {
                 let purpose = self.purpose(code);
                 if purpose.is_none() {
                     violations.push(
@@ -63,15 +87,15 @@ impl Policy {
                 }
                 purpose
             }
-            Ground::Legal(_) => {
+            Some(Ground::Legal(_)) => {
                 // R7: a legal basis must say what it rests on and why.
-                if request.reference.is_none() {
+                if !request.has_reference {
                     violations.push(
                         "reference",
                         "a legal-basis request needs the notice or case number",
                     );
                 }
-                if request.justification.is_none() {
+                if !request.has_justification {
                     violations.push(
                         "justification",
                         "a legal-basis request needs a justification",
@@ -86,7 +110,7 @@ impl Policy {
         };
         // R6: the courier exception is tied to one delivery; without the order
         // it is a request we cannot decide rather than a quiet denial.
-        if courier_rule.is_some() && request.reference.is_none() {
+        if courier_rule.is_some() && !request.has_reference {
             violations.push(
                 "reference",
                 "a delivery disclosure needs the order reference",

@@ -22,6 +22,7 @@ mod load;
 mod model;
 
 pub use crate::domain::Reason;
+pub use check::DisclosureParts;
 pub use decide::{Decision, Outcome, decide, decide_with_data, is_stale};
 pub use disclose::{
     DisclosureDecision, DisclosureFacts, DisclosureRequest, EMERGENCY_REVIEW_HOURS, FieldOutcome,

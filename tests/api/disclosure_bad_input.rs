@@ -146,6 +146,14 @@ async fn disclosure_requests_name_every_offending_field_at_once_and_write_nothin
         disclose_fails(&app, Request::new(unknown_basis)).await,
         ["subject_id", "legal_basis"]
     );
+    // Without a ground or a recipient that parsed, the fields are still judged.
+    let mut bad_purpose = courier_request("C-71", &["fax"]);
+    bad_purpose.purpose = "Not A Purpose!".into();
+    bad_purpose.recipient_id = "Not A Recipient!".into();
+    assert_eq!(
+        disclose_fails(&app, Request::new(bad_purpose)).await,
+        ["recipient_id", "purpose", "fields[0]"]
+    );
 
     assert_eq!(rows(&app).await, before);
 }
