@@ -307,13 +307,7 @@ async fn register_and_check(addr: &str) -> pb::CheckResponse {
         .await
         .unwrap();
     client
-        .register_subject(pb::RegisterSubjectRequest {
-            subject_id: "C-1042".into(),
-            kind: pb::SubjectKind::Individual.into(),
-            notice_version: "2026-11".into(),
-            channel: pb::Channel::Web.into(),
-            request_id: String::new(),
-        })
+        .register_subject(crate::helpers::registration("C-1042"))
         .await
         .unwrap();
     client

@@ -379,13 +379,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exposed_by_metrics() {
         .unwrap();
     let mut client = pb::consent_service_client::ConsentServiceClient::new(channel.clone());
     client
-        .register_subject(pb::RegisterSubjectRequest {
-            subject_id: "C-1".into(),
-            kind: pb::SubjectKind::Individual.into(),
-            notice_version: "2026-11".into(),
-            channel: pb::Channel::Web.into(),
-            request_id: String::new(),
-        })
+        .register_subject(crate::helpers::registration("C-1"))
         .await
         .unwrap();
     client

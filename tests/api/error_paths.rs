@@ -64,13 +64,7 @@ async fn error_paths_put_no_subject_id_or_value_in_logs_or_spans() {
     let mut vault = DisclosureServiceClient::new(channel);
     let sql = store::admin_connect(&db.db_url).await.unwrap();
     consent
-        .register_subject(pb::RegisterSubjectRequest {
-            subject_id: SUBJECT.into(),
-            kind: pb::SubjectKind::Individual.into(),
-            notice_version: "2026-11".into(),
-            channel: pb::Channel::Web.into(),
-            request_id: String::new(),
-        })
+        .register_subject(crate::helpers::registration(SUBJECT))
         .await
         .unwrap();
     vault.put_personal_data(put("name", NAME)).await.unwrap();

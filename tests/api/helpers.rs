@@ -348,13 +348,7 @@ impl TestApp {
     pub async fn register(&self, subject_id: &str) -> pb::Subject {
         self.client
             .clone()
-            .register_subject(pb::RegisterSubjectRequest {
-                subject_id: subject_id.into(),
-                kind: pb::SubjectKind::Individual.into(),
-                notice_version: "2026-11".into(),
-                channel: pb::Channel::Web.into(),
-                request_id: String::new(),
-            })
+            .register_subject(registration(subject_id))
             .await
             .expect("register_subject")
             .into_inner()
@@ -390,6 +384,17 @@ impl TestApp {
             .await
             .expect("check")
             .into_inner()
+    }
+}
+
+/// An individual registered through the web under notice 2026-11.
+pub fn registration(subject_id: &str) -> pb::RegisterSubjectRequest {
+    pb::RegisterSubjectRequest {
+        subject_id: subject_id.into(),
+        kind: pb::SubjectKind::Individual.into(),
+        notice_version: "2026-11".into(),
+        channel: pb::Channel::Web.into(),
+        request_id: String::new(),
     }
 }
 

@@ -205,13 +205,7 @@ async fn a_call_in_flight_when_the_listeners_close_still_finishes() {
     .unwrap();
     client
         .clone()
-        .register_subject(pb::RegisterSubjectRequest {
-            subject_id: "C-1".into(),
-            kind: pb::SubjectKind::Individual.into(),
-            notice_version: "2026-11".into(),
-            channel: pb::Channel::Web.into(),
-            request_id: String::new(),
-        })
+        .register_subject(crate::helpers::registration("C-1"))
         .await
         .unwrap();
     let locker = store::admin_connect(&db.db_url).await.unwrap();
@@ -290,13 +284,7 @@ async fn a_call_still_running_at_the_shutdown_timeout_is_cut() {
     let client = pb::consent_service_client::ConsentServiceClient::new(channel);
     client
         .clone()
-        .register_subject(pb::RegisterSubjectRequest {
-            subject_id: "C-1".into(),
-            kind: pb::SubjectKind::Individual.into(),
-            notice_version: "2026-11".into(),
-            channel: pb::Channel::Web.into(),
-            request_id: String::new(),
-        })
+        .register_subject(crate::helpers::registration("C-1"))
         .await
         .unwrap();
     let locker = store::admin_connect(&db.db_url).await.unwrap();

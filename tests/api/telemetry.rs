@@ -103,13 +103,7 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
 
     client
         .register_subject(with_traceparent(
-            pb::RegisterSubjectRequest {
-                subject_id: SUBJECT.into(),
-                kind: pb::SubjectKind::Individual.into(),
-                notice_version: "2026-11".into(),
-                channel: pb::Channel::Web.into(),
-                request_id: String::new(),
-            },
+            crate::helpers::registration(SUBJECT),
             &traceparent,
         ))
         .await
