@@ -918,7 +918,11 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
     assert_eq!(violated_fields(&disclose(both).await), ["purpose"]);
     let mut neither = courier_request("C-70", &[]);
     neither.purpose.clear();
-    assert_eq!(violated_fields(&disclose(neither).await), ["purpose"]);
+    // No ground and no field: both are named at once.
+    assert_eq!(
+        violated_fields(&disclose(neither).await),
+        ["purpose", "fields"]
+    );
 
     let mut c = client(&app);
     let bad_put = c
