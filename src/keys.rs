@@ -5,12 +5,23 @@
 //! signs or encrypts new data while every listed key still verifies or
 //! decrypts, so keys rotate by adding a new first line. A single key is one
 //! base64 line. In both, `#` starts a comment and keys hold at least 32
-//! bytes. Without a file a kind of key can be made at random, which only
-//! suits trying things out, so that is logged as a warning.
+//! bytes. A kind of key given no file is kept in the state directory:
+//! created there once, then read at every start, because a key made afresh
+//! at each start would make stored values unreadable, links dead and erased
+//! ids unrecognised after a restart.
 //!
 //! Key bytes never appear in `Debug` output, errors or logs.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
+    path::Path,
+    sync::Arc,
+};
 
 use anyhow::{Context as _, bail};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
@@ -25,16 +36,20 @@ const MIN_KEY_BYTES: usize = 32;
 /// The key id of a key made at random for this process.
 const RANDOM_KEY_ID: &str = "ephemeral";
 
-/// A kind of key that comes from a file, or at random when none is given.
+/// A kind of key that comes from a file: the one given, or its own file in
+/// the state directory.
 pub trait KeyFile: Sized {
-    /// What is lost when no file is given, logged once at start.
-    const WITHOUT_FILE: &'static str;
+    /// What the keys are, for the log line that names their file.
+    const WHAT: &'static str;
+
+    /// Its file's name in the state directory.
+    const STATE_FILE: &'static str;
 
     /// Parses the text of a key file; `origin` names it in errors.
     fn parse(text: &str, origin: &str) -> anyhow::Result<Self>;
 
-    /// A random key that lives as long as the process.
-    fn random() -> Self;
+    /// The text of a new file holding one fresh random key.
+    fn new_file() -> String;
 
     fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -42,16 +57,101 @@ pub trait KeyFile: Sized {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// The file's keys, or a random key with a warning when no file is given.
-    fn load_or_random(path: Option<&Path>) -> anyhow::Result<Self> {
-        match path {
-            Some(path) => Self::load(path),
+    /// The given file's keys, or else the state directory's file, created
+    /// there on first start. The log names the file either way.
+    fn load_or_create(file: Option<&Path>, state_dir: &Path) -> anyhow::Result<Self> {
+        let (path, created) = match file {
+            Some(file) => (file.to_path_buf(), false),
             None => {
-                tracing::warn!("{}", Self::WITHOUT_FILE);
-                Ok(Self::random())
+                let path = state_dir.join(Self::STATE_FILE);
+                let created = create_key_file(state_dir, &path, &Self::new_file())?;
+                (path, created)
             }
+        };
+        let keys = Self::load(&path)?;
+        let file = path.display();
+        if created {
+            tracing::info!(%file, "{} created in {file}; every start reuses it", Self::WHAT);
+        } else {
+            tracing::info!(%file, "{} read from {file}", Self::WHAT);
+        }
+        Ok(keys)
+    }
+}
+
+/// Creates `path` holding `text` (mode 0600) unless it exists, and `dir`
+/// (mode 0700) if needed. Returns whether this call created it. Servers
+/// starting at once on one directory all end up reading the same key, and
+/// none reads a half-written file: the key is written under a temporary
+/// name and linked into place, which fails if another got there first.
+pub fn create_key_file(dir: &Path, path: &Path, text: &str) -> anyhow::Result<bool> {
+    let hint = "set --state-dir to a directory this user can write, or give the key files";
+    ensure_private_dir(dir).with_context(|| {
+        format!(
+            "cannot keep keys in the state directory {} ({hint})",
+            dir.display()
+        )
+    })?;
+    if path.exists() {
+        return Ok(false);
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    let temporary = dir.join(format!(".{name}.{}", std::process::id()));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    })();
+    let linked = written.and_then(|()| fs::hard_link(&temporary, path));
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot create {} ({hint})", path.display())),
+    }
+}
+
+/// Creates `dir` with mode 0700, or narrows an existing one of ours to
+/// 0700. As root the private cluster's `pgdata` inside runs as the
+/// `postgres` user, who must still pass through: 0711 then.
+fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent)?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
         }
     }
+    let meta = fs::metadata(dir)?;
+    let me = nix::unistd::geteuid();
+    let mode = if me.is_root() && dir.join("pgdata").is_dir() {
+        0o711
+    } else {
+        0o700
+    };
+    if meta.uid() == me.as_raw() && meta.mode() & 0o777 != mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// A new key ring file: one random key, under an id that says when it was
+/// made, so a later rotation can add its own id above it.
+pub fn new_ring_file(what: &str) -> String {
+    let kid = chrono::Utc::now().format("k%Y%m%d");
+    format!(
+        "# consentd {what}, created by consentd; keep it secret.\n\
+         # To rotate, add a new `key-id=base64-key` line above this one.\n\
+         {kid}={}\n",
+        STANDARD.encode(Secret::random().expose())
+    )
 }
 
 /// Key bytes, which `Debug` never shows.
@@ -152,9 +252,8 @@ impl SubjectKey {
 }
 
 impl KeyFile for SubjectKey {
-    const WITHOUT_FILE: &'static str = "no --subject-ref-key-file: subject pseudonyms use a \
-        random key; trace refs change, and erased ids are no longer recognised, after this \
-        process stops";
+    const WHAT: &'static str = "subject-ref key (trace refs, erased ids)";
+    const STATE_FILE: &'static str = "subject-ref.key";
 
     fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
         let (index, line) = meaningful_lines(text)
@@ -163,8 +262,11 @@ impl KeyFile for SubjectKey {
         Ok(Self(decode_key(line, &format!("{origin}:{}", index + 1))?))
     }
 
-    fn random() -> Self {
-        Self(Secret::random())
+    fn new_file() -> String {
+        format!(
+            "# consentd subject-ref key, created by consentd; keep it secret.\n{}\n",
+            STANDARD.encode(Secret::random().expose())
+        )
     }
 }
 

@@ -16,7 +16,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::helpers::{fresh_database, policy_path};
+use crate::helpers::{fresh_database, policy_path, test_state_dir};
 
 mod readme_settings {
     include!("readme_settings.rs");
@@ -242,6 +242,7 @@ pub fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
 /// Starts `consentd serve` with extra environment variables.
 pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
     let mut child = Command::new(BIN)
+        .env("CONSENTD_STATE_DIR", test_state_dir())
         .envs(envs.iter().copied())
         .arg("serve")
         .args(args)
