@@ -232,6 +232,8 @@ pub struct Served {
     pub grpc_addr: String,
     pub http_addr: String,
     pub logs: mpsc::Receiver<String>,
+    /// The lines logged before the one saying it serves.
+    pub started: Vec<String>,
 }
 
 pub fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
@@ -275,6 +277,7 @@ pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
                 grpc_addr: words[0].to_string(),
                 http_addr: words[4].to_string(),
                 logs: rx,
+                started: seen,
             };
         }
         seen.push(line);
