@@ -96,7 +96,8 @@ pub fn create_key_file(dir: &Path, path: &Path, text: &str) -> anyhow::Result<bo
         return Ok(false);
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
-    let temporary = dir.join(format!(".{name}.{}", std::process::id()));
+    // Unique per call: servers in one process (the tests) start at once too.
+    let temporary = dir.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
     let written = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -383,5 +384,95 @@ mod tests {
         assert_ne!(key.derive("a:", &id), key.derive("b:", &id));
         let other = SubjectKey(Secret(Arc::from([8u8; 32].as_slice())));
         assert_ne!(key.derive("a:", &id), other.derive("a:", &id));
+    }
+
+    /// A directory of its own under the system temp dir, removed at the end.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("consentd-keys-{}", uuid::Uuid::new_v4()));
+            fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn derived(key: &SubjectKey) -> Vec<u8> {
+        key.derive("test:", &SubjectId::parse("C-1").unwrap())
+    }
+
+    #[test]
+    fn a_key_without_a_file_is_created_once_private_and_then_reused() {
+        let temp = TempDir::new();
+        let state = temp.0.join("state");
+        let first = SubjectKey::load_or_create(None, &state).unwrap();
+        let file = state.join(SubjectKey::STATE_FILE);
+        assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+        let again = SubjectKey::load_or_create(None, &state).unwrap();
+        assert_eq!(derived(&first), derived(&again));
+    }
+
+    #[test]
+    fn a_given_key_file_wins_and_the_state_dir_is_left_alone() {
+        let temp = TempDir::new();
+        let given = temp.0.join("given.key");
+        fs::write(&given, K1.trim_start_matches("k1=")).unwrap();
+        let state = temp.0.join("state");
+        let key = SubjectKey::load_or_create(Some(&given), &state).unwrap();
+        assert_eq!(key.0.expose(), b"0123456789abcdef0123456789abcdef");
+        assert!(!state.exists(), "nothing was created in the state dir");
+    }
+
+    #[test]
+    fn a_state_dir_that_cannot_be_made_is_refused_with_the_reason() {
+        let temp = TempDir::new();
+        // Root may write anywhere, but nobody can make a directory inside a file.
+        let blocker = temp.0.join("a-file");
+        fs::write(&blocker, "").unwrap();
+        let state = blocker.join("state");
+        let error = format!(
+            "{:#}",
+            SubjectKey::load_or_create(None, &state).unwrap_err()
+        );
+        assert!(
+            error.starts_with(&format!(
+                "cannot keep keys in the state directory {}",
+                state.display()
+            )),
+            "{error}"
+        );
+        assert!(error.contains("--state-dir"), "{error}");
+    }
+
+    #[test]
+    fn servers_starting_at_once_on_one_state_dir_agree_on_one_key() {
+        let temp = TempDir::new();
+        let state = temp.0.join("state");
+        let keys: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| SubjectKey::load_or_create(None, &state).unwrap()))
+                .collect();
+            starts
+                .into_iter()
+                .map(|s| derived(&s.join().unwrap()))
+                .collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]));
+    }
+
+    #[test]
+    fn a_new_ring_file_holds_one_key_under_a_dated_id() {
+        let ring = KeyRing::parse(&new_ring_file("test keys"), "new").unwrap();
+        let today = chrono::Utc::now().format("k%Y%m%d").to_string();
+        assert_eq!(ring.current(), today);
+        assert_eq!(ring.iter().count(), 1);
+        assert_eq!(ring.get(&today).unwrap().expose().len(), MIN_KEY_BYTES);
     }
 }

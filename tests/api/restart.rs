@@ -88,7 +88,10 @@ async fn the_default_server_reads_its_data_links_and_erasures_again_after_a_rest
             "the log names the new {file}:\n{}",
             first.started.join("\n")
         );
-        let mode = std::fs::metadata(state_dir.join(file)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(state_dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
     let mode = std::fs::metadata(&state_dir).unwrap().permissions().mode();
@@ -161,7 +164,10 @@ async fn the_default_server_reads_its_data_links_and_erasures_again_after_a_rest
     assert_eq!(values, [("name", "Zhang Wei Kept")]);
 
     let mut client = ConsentServiceClient::new(channel_2);
-    assert_eq!(check(&mut client, "C-linked").await.decision(), Decision::Allow);
+    assert_eq!(
+        check(&mut client, "C-linked").await.decision(),
+        Decision::Allow
+    );
     let clicked = http_request(
         second.http_addr.parse().unwrap(),
         "POST",
