@@ -18,7 +18,7 @@
 //! - [`commands`]: the one-shot subcommands (migrate, policy check, import,
 //!   keys rotate).
 //! - [`keys`]: key files (unsubscribe link keys, data keys, the subject-ref
-//!   key): parsing, loading, random keys with a warning, redacted `Debug`.
+//!   key): parsing, loading, creating once in the state dir, redacted `Debug`.
 //! - [`telemetry`]: logs, OpenTelemetry traces, subject trace refs.
 //! - [`metrics`]: the Prometheus metrics and their names.
 
