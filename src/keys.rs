@@ -5,12 +5,23 @@
 //! signs or encrypts new data while every listed key still verifies or
 //! decrypts, so keys rotate by adding a new first line. A single key is one
 //! base64 line. In both, `#` starts a comment and keys hold at least 32
-//! bytes. Without a file a kind of key can be made at random, which only
-//! suits trying things out, so that is logged as a warning.
+//! bytes. A kind of key given no file is kept in the state directory:
+//! created there once, then read at every start, because a key made afresh
+//! at each start would make stored values unreadable, links dead and erased
+//! ids unrecognised after a restart.
 //!
 //! Key bytes never appear in `Debug` output, errors or logs.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
+    path::Path,
+    sync::Arc,
+};
 
 use anyhow::{Context as _, bail};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
@@ -25,16 +36,20 @@ const MIN_KEY_BYTES: usize = 32;
 /// The key id of a key made at random for this process.
 const RANDOM_KEY_ID: &str = "ephemeral";
 
-/// A kind of key that comes from a file, or at random when none is given.
+/// A kind of key that comes from a file: the one given, or its own file in
+/// the state directory.
 pub trait KeyFile: Sized {
-    /// What is lost when no file is given, logged once at start.
-    const WITHOUT_FILE: &'static str;
+    /// What the keys are, for the log line that names their file.
+    const WHAT: &'static str;
+
+    /// Its file's name in the state directory.
+    const STATE_FILE: &'static str;
 
     /// Parses the text of a key file; `origin` names it in errors.
     fn parse(text: &str, origin: &str) -> anyhow::Result<Self>;
 
-    /// A random key that lives as long as the process.
-    fn random() -> Self;
+    /// The text of a new file holding one fresh random key.
+    fn new_file() -> String;
 
     fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -42,16 +57,102 @@ pub trait KeyFile: Sized {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// The file's keys, or a random key with a warning when no file is given.
-    fn load_or_random(path: Option<&Path>) -> anyhow::Result<Self> {
-        match path {
-            Some(path) => Self::load(path),
+    /// The given file's keys, or else the state directory's file, created
+    /// there on first start. The log names the file either way.
+    fn load_or_create(file: Option<&Path>, state_dir: &Path) -> anyhow::Result<Self> {
+        let (path, created) = match file {
+            Some(file) => (file.to_path_buf(), false),
             None => {
-                tracing::warn!("{}", Self::WITHOUT_FILE);
-                Ok(Self::random())
+                let path = state_dir.join(Self::STATE_FILE);
+                let created = create_key_file(state_dir, &path, &Self::new_file())?;
+                (path, created)
             }
+        };
+        let keys = Self::load(&path)?;
+        let file = path.display();
+        if created {
+            tracing::info!(%file, "{} created in {file}; every start reuses it", Self::WHAT);
+        } else {
+            tracing::info!(%file, "{} read from {file}", Self::WHAT);
+        }
+        Ok(keys)
+    }
+}
+
+/// Creates `path` holding `text` (mode 0600) unless it exists, and `dir`
+/// (mode 0700) if needed. Returns whether this call created it. Servers
+/// starting at once on one directory all end up reading the same key, and
+/// none reads a half-written file: the key is written under a temporary
+/// name and linked into place, which fails if another got there first.
+pub fn create_key_file(dir: &Path, path: &Path, text: &str) -> anyhow::Result<bool> {
+    let hint = "set --state-dir to a directory this user can write, or give the key files";
+    ensure_private_dir(dir).with_context(|| {
+        format!(
+            "cannot keep keys in the state directory {} ({hint})",
+            dir.display()
+        )
+    })?;
+    if path.exists() {
+        return Ok(false);
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    // Unique per call: servers in one process (the tests) start at once too.
+    let temporary = dir.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    })();
+    let linked = written.and_then(|()| fs::hard_link(&temporary, path));
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot create {} ({hint})", path.display())),
+    }
+}
+
+/// Creates `dir` with mode 0700, or narrows an existing one of ours to
+/// 0700. As root the private cluster's `pgdata` inside runs as the
+/// `postgres` user, who must still pass through: 0711 then.
+fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent)?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
         }
     }
+    let meta = fs::metadata(dir)?;
+    let me = nix::unistd::geteuid();
+    let mode = if me.is_root() && dir.join("pgdata").is_dir() {
+        0o711
+    } else {
+        0o700
+    };
+    if meta.uid() == me.as_raw() && meta.mode() & 0o777 != mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// A new key ring file: one random key, under an id that says when it was
+/// made, so a later rotation can add its own id above it.
+pub fn new_ring_file(what: &str) -> String {
+    let kid = chrono::Utc::now().format("k%Y%m%d");
+    format!(
+        "# consentd {what}, created by consentd; keep it secret.\n\
+         # To rotate, add a new `key-id=base64-key` line above this one.\n\
+         {kid}={}\n",
+        STANDARD.encode(Secret::random().expose())
+    )
 }
 
 /// Key bytes, which `Debug` never shows.
@@ -152,9 +253,8 @@ impl SubjectKey {
 }
 
 impl KeyFile for SubjectKey {
-    const WITHOUT_FILE: &'static str = "no --subject-ref-key-file: subject pseudonyms use a \
-        random key; trace refs change, and erased ids are no longer recognised, after this \
-        process stops";
+    const WHAT: &'static str = "subject-ref key (trace refs, erased ids)";
+    const STATE_FILE: &'static str = "subject-ref.key";
 
     fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
         let (index, line) = meaningful_lines(text)
@@ -163,8 +263,11 @@ impl KeyFile for SubjectKey {
         Ok(Self(decode_key(line, &format!("{origin}:{}", index + 1))?))
     }
 
-    fn random() -> Self {
-        Self(Secret::random())
+    fn new_file() -> String {
+        format!(
+            "# consentd subject-ref key, created by consentd; keep it secret.\n{}\n",
+            STANDARD.encode(Secret::random().expose())
+        )
     }
 }
 
@@ -281,5 +384,95 @@ mod tests {
         assert_ne!(key.derive("a:", &id), key.derive("b:", &id));
         let other = SubjectKey(Secret(Arc::from([8u8; 32].as_slice())));
         assert_ne!(key.derive("a:", &id), other.derive("a:", &id));
+    }
+
+    /// A directory of its own under the system temp dir, removed at the end.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("consentd-keys-{}", uuid::Uuid::new_v4()));
+            fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn derived(key: &SubjectKey) -> Vec<u8> {
+        key.derive("test:", &SubjectId::parse("C-1").unwrap())
+    }
+
+    #[test]
+    fn a_key_without_a_file_is_created_once_private_and_then_reused() {
+        let temp = TempDir::new();
+        let state = temp.0.join("state");
+        let first = SubjectKey::load_or_create(None, &state).unwrap();
+        let file = state.join(SubjectKey::STATE_FILE);
+        assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+        let again = SubjectKey::load_or_create(None, &state).unwrap();
+        assert_eq!(derived(&first), derived(&again));
+    }
+
+    #[test]
+    fn a_given_key_file_wins_and_the_state_dir_is_left_alone() {
+        let temp = TempDir::new();
+        let given = temp.0.join("given.key");
+        fs::write(&given, K1.trim_start_matches("k1=")).unwrap();
+        let state = temp.0.join("state");
+        let key = SubjectKey::load_or_create(Some(&given), &state).unwrap();
+        assert_eq!(key.0.expose(), b"0123456789abcdef0123456789abcdef");
+        assert!(!state.exists(), "nothing was created in the state dir");
+    }
+
+    #[test]
+    fn a_state_dir_that_cannot_be_made_is_refused_with_the_reason() {
+        let temp = TempDir::new();
+        // Root may write anywhere, but nobody can make a directory inside a file.
+        let blocker = temp.0.join("a-file");
+        fs::write(&blocker, "").unwrap();
+        let state = blocker.join("state");
+        let error = format!(
+            "{:#}",
+            SubjectKey::load_or_create(None, &state).unwrap_err()
+        );
+        assert!(
+            error.starts_with(&format!(
+                "cannot keep keys in the state directory {}",
+                state.display()
+            )),
+            "{error}"
+        );
+        assert!(error.contains("--state-dir"), "{error}");
+    }
+
+    #[test]
+    fn servers_starting_at_once_on_one_state_dir_agree_on_one_key() {
+        let temp = TempDir::new();
+        let state = temp.0.join("state");
+        let keys: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| SubjectKey::load_or_create(None, &state).unwrap()))
+                .collect();
+            starts
+                .into_iter()
+                .map(|s| derived(&s.join().unwrap()))
+                .collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]));
+    }
+
+    #[test]
+    fn a_new_ring_file_holds_one_key_under_a_dated_id() {
+        let ring = KeyRing::parse(&new_ring_file("test keys"), "new").unwrap();
+        let today = chrono::Utc::now().format("k%Y%m%d").to_string();
+        assert_eq!(ring.current(), today);
+        assert_eq!(ring.iter().count(), 1);
+        assert_eq!(ring.get(&today).unwrap().expose().len(), MIN_KEY_BYTES);
     }
 }

@@ -20,7 +20,7 @@
 //!   check, import-refusals, keys rotate, export-subject). They never see
 //!   prost types: `main` hands export-subject its renderer.
 //! - [`keys`]: key files (unsubscribe link keys, data keys, the subject-ref
-//!   key): parsing, loading, random keys with a warning, redacted `Debug`.
+//!   key): parsing, loading, creating once in the state dir, redacted `Debug`.
 //! - [`telemetry`]: logs, OpenTelemetry traces, subject trace refs.
 //! - [`metrics`]: the Prometheus metrics and their names.
 

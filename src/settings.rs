@@ -224,22 +224,22 @@ pub struct ServeArgs {
 
     /// File of unsubscribe-token signing keys, one `key-id=base64-key` per
     /// line (keys of 32 bytes or more). The first signs new links; all
-    /// verify, so keys rotate by adding a new first line. Without it a
-    /// random key is made at start and links die with the process.
+    /// verify, so keys rotate by adding a new first line. Without it the
+    /// keys are `unsubscribe.keys` in --state-dir, created on first start.
     #[arg(long, env = "CONSENTD_UNSUBSCRIBE_KEYS_FILE")]
     pub unsubscribe_keys_file: Option<PathBuf>,
 
     /// File holding the key (one base64 line, 32 bytes or more) that turns
     /// subject ids into the stable pseudonyms traces carry
-    /// (`consent.subject_ref`). Without it a random key is made at start, so
-    /// refs change at every restart.
+    /// (`consent.subject_ref`) and erased ids into keyed hashes. Without it
+    /// the key is `subject-ref.key` in --state-dir, created on first start.
     #[arg(long, env = "CONSENTD_SUBJECT_REF_KEY_FILE")]
     pub subject_ref_key_file: Option<PathBuf>,
     /// File of data keys that encrypt personal data at rest (AES-256-GCM),
     /// one `key-id=base64-key` line per 32-byte key. The first encrypts new
     /// values; all decrypt, so keys rotate by adding a new first line and
-    /// running `consentd keys rotate`. Without it a random key is made at
-    /// start and stored values are unreadable after a restart.
+    /// running `consentd keys rotate`. Without it the keys are `data.keys`
+    /// in --state-dir, created on first start.
     #[arg(long, env = "CONSENTD_DATA_KEYS_FILE")]
     pub data_keys_file: Option<PathBuf>,
 
@@ -252,6 +252,13 @@ pub struct ServeArgs {
     /// it: a safety net for a lost notification, not the normal path.
     #[arg(long, env = "CONSENTD_FEED_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub feed_poll_interval_ms: u64,
+
+    /// Where the server keeps its own files: every key no key file is given
+    /// for, created there (mode 0600) on first start and reused after.
+    /// Defaults to $XDG_DATA_HOME/consentd, or /var/lib/consentd when running
+    /// as root.
+    #[arg(long, env = "CONSENTD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -303,9 +310,29 @@ impl ServeArgs {
                 "--feed-poll-interval-ms",
                 Some(self.feed_poll_interval_ms.to_string()),
             ),
+            ("--state-dir", path(&self.state_dir)),
             ("--log-format", log_format),
         ]
     }
+
+    /// `--state-dir`, or its default.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(default_state_dir)
+    }
+}
+
+/// Where consentd keeps its files when not told: $XDG_DATA_HOME/consentd
+/// (~/.local/share/consentd), or /var/lib/consentd as root. The private
+/// cluster's default data directory is `pgdata` inside it.
+pub fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/consentd");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("consentd")
 }
 
 #[cfg(test)]

@@ -76,10 +76,14 @@ impl Application {
         let http_listener = TcpListener::bind(args.http_addr)
             .await
             .with_context(|| format!("cannot bind the HTTP address {}", args.http_addr))?;
+        // Keys made afresh at each start would strand what was stored under
+        // the old ones, so a key without a file lives in the state directory.
+        let state_dir = args.state_dir();
         let unsubscribe_keys =
-            UnsubscribeKeys::load_or_random(args.unsubscribe_keys_file.as_deref())?;
-        let subject_key = SubjectKey::load_or_random(args.subject_ref_key_file.as_deref())?;
-        let data_keys = DataKeys::load_or_random(args.data_keys_file.as_deref())?;
+            UnsubscribeKeys::load_or_create(args.unsubscribe_keys_file.as_deref(), &state_dir)?;
+        let subject_key =
+            SubjectKey::load_or_create(args.subject_ref_key_file.as_deref(), &state_dir)?;
+        let data_keys = DataKeys::load_or_create(args.data_keys_file.as_deref(), &state_dir)?;
         let http_addr = http_listener.local_addr()?;
         let public_url = args
             .public_url

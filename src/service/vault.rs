@@ -17,7 +17,7 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::{
     domain::{FieldName, PersonalValue, SealedValue, SubjectId},
-    keys::{KeyFile, KeyRing},
+    keys::{self, KeyFile, KeyRing},
 };
 
 const NONCE_BYTES: usize = 12;
@@ -37,16 +37,16 @@ impl std::fmt::Debug for DataKeys {
 }
 
 impl KeyFile for DataKeys {
-    const WITHOUT_FILE: &'static str = "no --data-keys-file: encrypting personal data with a \
-        random key; every value stored now is UNREADABLE after this process stops";
+    const WHAT: &'static str = "data keys (personal data at rest)";
+    const STATE_FILE: &'static str = "data.keys";
 
     /// AES-256 keys must be exactly 32 bytes.
     fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
         Self::new(KeyRing::parse(text, origin)?, origin)
     }
 
-    fn random() -> Self {
-        Self::new(KeyRing::random(), "random").expect("a random key is 32 bytes")
+    fn new_file() -> String {
+        keys::new_ring_file("data keys")
     }
 }
 

@@ -16,7 +16,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::helpers::{fresh_database, policy_path};
+use crate::helpers::{fresh_database, policy_path, test_state_dir};
 
 mod readme_settings {
     include!("readme_settings.rs");
@@ -232,6 +232,8 @@ pub struct Served {
     pub grpc_addr: String,
     pub http_addr: String,
     pub logs: mpsc::Receiver<String>,
+    /// The lines logged before the one saying it serves.
+    pub started: Vec<String>,
 }
 
 pub fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
@@ -242,6 +244,7 @@ pub fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
 /// Starts `consentd serve` with extra environment variables.
 pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
     let mut child = Command::new(BIN)
+        .env("CONSENTD_STATE_DIR", test_state_dir())
         .envs(envs.iter().copied())
         .arg("serve")
         .args(args)
@@ -274,6 +277,7 @@ pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
                 grpc_addr: words[0].to_string(),
                 http_addr: words[4].to_string(),
                 logs: rx,
+                started: seen,
             };
         }
         seen.push(line);

@@ -32,6 +32,7 @@ fn sample(flag: &str) -> Option<String> {
         "--shutdown-timeout-seconds" => "12",
         "--feed-poll-interval-ms" => "250",
         "--log-format" => "json",
+        "--state-dir" => "/srv/consentd/state",
         _ => return None,
     };
     Some(value.to_string())

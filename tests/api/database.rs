@@ -22,7 +22,7 @@ use tokio_postgres::config::Host;
 
 use crate::{
     cli::tempdir,
-    helpers::{FreshDatabase, fresh_database, policy_path},
+    helpers::{FreshDatabase, fresh_database, policy_path, test_state_dir},
 };
 
 /// What one run of `consentd serve` wrote, and whether it got as far as
@@ -48,6 +48,7 @@ async fn serve(args: &[&str]) -> ServeRun {
         .arg("--policy")
         .arg(policy_path())
         .env("RUST_LOG", "info")
+        .env("CONSENTD_STATE_DIR", test_state_dir())
         .env_remove("CONSENTD_DATABASE_URL")
         .env_remove("CONSENTD_MIGRATE")
         .env_remove("CONSENTD_LOCAL_SERVER_URL")

@@ -447,3 +447,118 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exposed_by_metrics() {
     drop(stream);
     terminate_and_wait(served.child, &served.logs).await;
 }
+
+/// `serve`'s key-file flags and their variables, read from the command line
+/// itself, so a key flag added later is held to the manifests too.
+fn key_file_variables() -> Vec<String> {
+    use clap::CommandFactory as _;
+    let command = consentd::settings::Cli::command();
+    let serve = command.find_subcommand("serve").unwrap();
+    let variables: Vec<String> = serve
+        .get_arguments()
+        .filter(|arg| {
+            arg.get_long()
+                .is_some_and(|long| long.ends_with("-key-file") || long.ends_with("-keys-file"))
+        })
+        .map(|arg| arg.get_env().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(variables.len() >= 3, "{variables:?}");
+    variables
+}
+
+/// Parses a mounted key file as serve would, so a file the server would
+/// refuse (or one holding the wrong kind of key) fails here.
+fn parses_as_its_kind(variable: &str, path: &Path) {
+    use consentd::{
+        keys::{KeyFile as _, SubjectKey},
+        service::{unsubscribe::UnsubscribeKeys, vault::DataKeys},
+    };
+    let parsed = match variable {
+        "CONSENTD_DATA_KEYS_FILE" => DataKeys::load(path).map(drop),
+        "CONSENTD_UNSUBSCRIBE_KEYS_FILE" => UnsubscribeKeys::load(path).map(drop),
+        "CONSENTD_SUBJECT_REF_KEY_FILE" => SubjectKey::load(path).map(drop),
+        other => panic!("a new key flag ({other}): say here which kind of key it reads"),
+    };
+    parsed.unwrap_or_else(|e| panic!("{variable}: {e:#}"));
+}
+
+/// Replicas that made their own keys could not read each other's data, so
+/// every key file comes from the Secret, mounted where its variable points.
+#[test]
+fn the_kubernetes_deployment_sets_every_key_file_from_the_secret() {
+    let deployment = yaml("k8s/deployment.yaml");
+    let secret = yaml("k8s/secret.example.yaml");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = pod["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| s(&c["name"]) == "consentd")
+        .unwrap();
+    let env = container["env"].as_sequence().unwrap();
+    for variable in key_file_variables() {
+        let path = env
+            .iter()
+            .find(|e| s(&e["name"]) == variable)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("deployment.yaml does not set {variable}"));
+        let (dir, file) = path.rsplit_once('/').unwrap();
+        let mount = container["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| s(&m["mountPath"]) == dir)
+            .unwrap_or_else(|| panic!("{variable}: nothing is mounted at {dir}"));
+        let volume = pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(
+            volume["secret"]["secretName"].as_str(),
+            secret["metadata"]["name"].as_str(),
+            "{variable}: {dir} is the Secret"
+        );
+        let key = volume["secret"]["items"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|item| s(&item["path"]) == file)
+            .map(|item| s(&item["key"]))
+            .unwrap_or_else(|| panic!("{variable}: the Secret volume has no {file}"));
+        assert!(
+            secret["stringData"][key].is_string(),
+            "{variable}: secret.example.yaml lacks `{key}`"
+        );
+    }
+}
+
+/// The same in compose: each key file variable points at a mounted
+/// dev-secrets file that the server would accept.
+#[test]
+fn the_compose_stack_sets_every_key_file_to_a_mounted_dev_secret() {
+    let compose = yaml("docker-compose.yml");
+    let consentd = &compose["services"]["consentd"];
+    let mounts: Vec<&str> = consentd["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    for variable in key_file_variables() {
+        let path = consentd["environment"][variable.as_str()]
+            .as_str()
+            .unwrap_or_else(|| panic!("docker-compose.yml does not set {variable}"));
+        let source = mounts
+            .iter()
+            .find_map(|m| {
+                let mut parts = m.split(':');
+                let source = parts.next()?;
+                (parts.next()? == path).then_some(source)
+            })
+            .unwrap_or_else(|| panic!("{variable}: nothing is mounted at {path}"));
+        assert!(source.starts_with("./dev-secrets/"), "{variable}: {source}");
+        parses_as_its_kind(&variable, &deploy().join(source));
+    }
+}

@@ -246,6 +246,12 @@ pub fn test_data_keys_file() -> PathBuf {
     .clone()
 }
 
+/// One state directory per test process, for the keys of servers given no
+/// key file (never the real one of the user running the tests).
+pub fn test_state_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("consentd-test-state-{}", std::process::id()))
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -273,6 +279,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
         unsubscribe_keys_file: Some(test_keys_file()),
         subject_ref_key_file: None,
         data_keys_file: Some(test_data_keys_file()),
+        state_dir: Some(test_state_dir()),
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());

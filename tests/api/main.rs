@@ -20,6 +20,7 @@ mod helpers;
 mod import;
 mod metrics;
 mod otlp;
+mod restart;
 mod rights;
 mod server;
 mod telemetry;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{FieldName, PurposeCode},
-    keys::{KeyFile, KeyRing},
+    keys::{self, KeyFile, KeyRing},
 };
 
 type HmacSha256 = Hmac<Sha256>;
@@ -27,15 +27,15 @@ pub const MAX_CAMPAIGN_CHARS: usize = 128;
 pub struct UnsubscribeKeys(KeyRing);
 
 impl KeyFile for UnsubscribeKeys {
-    const WITHOUT_FILE: &'static str = "no --unsubscribe-keys-file: signing unsubscribe links \
-        with a random key; links stop working when this process stops";
+    const WHAT: &'static str = "unsubscribe link keys";
+    const STATE_FILE: &'static str = "unsubscribe.keys";
 
     fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
         KeyRing::parse(text, origin).map(Self)
     }
 
-    fn random() -> Self {
-        Self(KeyRing::random())
+    fn new_file() -> String {
+        keys::new_ring_file("unsubscribe link keys")
     }
 }
 
