@@ -248,6 +248,12 @@ pub struct ServeArgs {
     /// it: a safety net for a lost notification, not the normal path.
     #[arg(long, env = "CONSENTD_FEED_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub feed_poll_interval_ms: u64,
+
+    /// Serve even when PostgreSQL can lose commits it has acknowledged
+    /// (`synchronous_commit = off` or `fsync = off`). Without it such a
+    /// database is refused at start. For throw-away test clusters only.
+    #[arg(long, env = "CONSENTD_ALLOW_UNSAFE_DURABILITY")]
+    pub allow_unsafe_durability: bool,
 }
 
 impl ServeArgs {
@@ -335,6 +341,7 @@ mod tests {
             "--data-keys-file" => path(&args.data_keys_file),
             "--shutdown-timeout-seconds" => Some(args.shutdown_timeout_seconds.to_string()),
             "--feed-poll-interval-ms" => Some(args.feed_poll_interval_ms.to_string()),
+            "--allow-unsafe-durability" => Some(args.allow_unsafe_durability.to_string()),
             "--log-format" => {
                 use clap::ValueEnum as _;
                 let value = cli.log_format.to_possible_value().unwrap();

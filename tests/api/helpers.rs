@@ -273,6 +273,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
         unsubscribe_keys_file: Some(test_keys_file()),
         subject_ref_key_file: None,
         data_keys_file: Some(test_data_keys_file()),
+        // The fallback test cluster runs with fsync off, for speed.
+        allow_unsafe_durability: server().await._embedded.is_some(),
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
