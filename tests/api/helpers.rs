@@ -252,7 +252,12 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like `spawn_app`, with a chance to change the serve settings.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
-    let fresh = fresh_database().await;
+    spawn_app_on(fresh_database().await, configure).await
+}
+
+/// Like `spawn_app_with`, on a database the test made itself (on a
+/// PostgreSQL server of its own, say).
+pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
     let (admin_url, db_url) = (fresh.admin_url.clone(), fresh.db_url.clone());
 
     let mut args = ServeArgs {

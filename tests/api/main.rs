@@ -5,8 +5,10 @@
 mod bad_input;
 mod browser;
 mod cli;
+mod cluster;
 mod concern;
 mod consent;
+mod crash;
 mod database;
 mod deploy;
 mod disclosure;
