@@ -20,6 +20,7 @@ mod import;
 mod metrics;
 mod otlp;
 mod rights;
+mod rolling;
 mod server;
 mod telemetry;
 mod unsubscribe;
