@@ -38,11 +38,14 @@ pub enum Error {
     #[error("request_id was already used for a different request")]
     RequestIdReused,
 
-    /// INTERNAL: the database pool gave no connection in time.
+    /// UNAVAILABLE: the database pool gave no connection in time, or could
+    /// not open one.
     #[error("no database connection available")]
     Pool(#[from] deadpool_postgres::PoolError),
 
-    /// INTERNAL: the database failed.
+    /// UNAVAILABLE when the connection was lost or the server is shutting
+    /// down or starting up ([`Error::is_unavailable`]): a retry can succeed.
+    /// INTERNAL otherwise.
     #[error("database error")]
     Database(#[from] tokio_postgres::Error),
 
@@ -66,6 +69,17 @@ impl Error {
 }
 
 impl Error {
+    /// Whether the database could not be reached, so that the same call can
+    /// succeed once it answers again. A write that failed this way may
+    /// still have committed; a retry with the same `request_id` finds it.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Pool(_) => true,
+            Error::Database(e) => connection_failed(e),
+            _ => false,
+        }
+    }
+
     /// Logs what an operator needs to see: the internal failures, with
     /// their cause (never a value). Errors the caller made are answered,
     /// not logged. Every adapter calls this, so gRPC and HTTP log alike.
@@ -93,6 +107,21 @@ impl Error {
             | Error::RequestIdReused => {}
         }
     }
+}
+
+/// A lost or refused connection, or a server that is shutting down, crashed
+/// or is still recovering, as opposed to a failing statement.
+fn connection_failed(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    if e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()) {
+        return true;
+    }
+    e.code().is_some_and(|code| {
+        let code = code.code();
+        // 08: connection exception; 57P01-57P03: admin shutdown, crash
+        // shutdown, cannot connect now; 53300: too many connections.
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+    })
 }
 
 fn summarize(violations: &[FieldViolation]) -> String {

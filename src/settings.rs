@@ -259,6 +259,11 @@ pub struct ServeArgs {
     /// as root.
     #[arg(long, env = "CONSENTD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Serve even when PostgreSQL can lose commits it has acknowledged
+    /// (`synchronous_commit = off` or `fsync = off`). Without it such a
+    /// database is refused at start. For throw-away test clusters only.
+    #[arg(long, env = "CONSENTD_ALLOW_UNSAFE_DURABILITY")]
+    pub allow_unsafe_durability: bool,
 }
 
 impl ServeArgs {
@@ -311,6 +316,10 @@ impl ServeArgs {
                 Some(self.feed_poll_interval_ms.to_string()),
             ),
             ("--state-dir", path(&self.state_dir)),
+            (
+                "--allow-unsafe-durability",
+                Some(self.allow_unsafe_durability.to_string()),
+            ),
             ("--log-format", log_format),
         ]
     }

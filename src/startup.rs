@@ -70,6 +70,7 @@ impl Application {
         database: Database,
         policy: Arc<Policy>,
     ) -> anyhow::Result<Self> {
+        check_durability(&database.store, args.allow_unsafe_durability).await?;
         let grpc_listener = TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("cannot bind the gRPC address {}", args.grpc_addr))?;
@@ -231,6 +232,31 @@ impl Application {
         tracing::info!("consentd stopped");
         Ok(())
     }
+}
+
+/// Refuses a database that can lose commits it acknowledged: every write
+/// consentd answers must survive a crash of PostgreSQL.
+async fn check_durability(store: &Store, allow_unsafe: bool) -> anyhow::Result<()> {
+    let problems = store
+        .durability_settings()
+        .await
+        .context("cannot read the database's durability settings")?
+        .problems();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let problems = problems.join("; ");
+    if allow_unsafe {
+        tracing::warn!(
+            problems,
+            "serving a database that can lose acknowledged writes, as --allow-unsafe-durability asks"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve: {problems}. Fix the PostgreSQL settings, or pass \
+         --allow-unsafe-durability (CONSENTD_ALLOW_UNSAFE_DURABILITY=true) for a throw-away test database"
+    )
 }
 
 /// Sets the health of the server as a whole ("") and of every service.

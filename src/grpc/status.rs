@@ -5,9 +5,14 @@ use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt
 
 use crate::error::Error;
 
+/// Clients (and gRPC retry policies) retry UNAVAILABLE; writes carry a
+/// `request_id`, so a retry never writes twice.
+const UNAVAILABLE: &str = "the database is unavailable; retry later";
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         error.log();
+        let unavailable = error.is_unavailable();
         match error {
             Error::InvalidArgument(violations) => {
                 let message = error_message(&violations);
@@ -44,7 +49,8 @@ impl From<Error> for Status {
             Error::RequestIdReused => Status::already_exists(
                 "request_id was already used for a different request; use a new request_id",
             ),
-            Error::Pool(_) => Status::unavailable("the database is unavailable; retry later"),
+            Error::Pool(_) => Status::unavailable(UNAVAILABLE),
+            Error::Database(_) if unavailable => Status::unavailable(UNAVAILABLE),
             Error::Database(_) | Error::Internal(_) => Status::internal("internal error"),
         }
     }

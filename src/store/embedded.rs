@@ -36,6 +36,7 @@ pub enum Durability {
 pub struct EmbeddedPostgres {
     data_dir: PathBuf,
     port: u16,
+    durability: Durability,
     child: Mutex<Option<Child>>,
 }
 
@@ -46,12 +47,13 @@ impl EmbeddedPostgres {
         let data_dir = data_dir.to_path_buf();
         let (port, child) = tokio::task::spawn_blocking({
             let data_dir = data_dir.clone();
-            move || launch(&data_dir, durability)
+            move || launch(&data_dir, durability, None)
         })
         .await??;
         let cluster = Self {
             data_dir,
             port,
+            durability,
             child: Mutex::new(Some(child)),
         };
         cluster.wait_until_ready(Duration::from_secs(60)).await?;
@@ -69,6 +71,43 @@ impl EmbeddedPostgres {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The postmaster's process id, while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .expect("child lock")
+            .as_ref()
+            .map(Child::id)
+    }
+
+    /// Starts the server again on the same port, after it stopped or died,
+    /// so that URLs handed out before still reach it. After a crash the
+    /// old server's backends can hold its shared memory for a moment, and
+    /// PostgreSQL refuses to start until they are gone: that is retried.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let child = tokio::task::spawn_blocking({
+                let (data_dir, durability, port) =
+                    (self.data_dir.clone(), self.durability, self.port);
+                move || launch(&data_dir, durability, Some(port))
+            })
+            .await??
+            .1;
+            *self.child.lock().expect("child lock") = Some(child);
+            match self.wait_until_ready(Duration::from_secs(60)).await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "the restarted PostgreSQL exited; retrying");
+                    self.stop();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn wait_until_ready(&self, limit: Duration) -> anyhow::Result<()> {
@@ -182,8 +221,12 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// Creates and initialises the data directory if needed and starts the
-/// server process. Blocking.
-fn launch(data_dir: &Path, durability: Durability) -> anyhow::Result<(u16, Child)> {
+/// server process, on `port` or a free one. Blocking.
+fn launch(
+    data_dir: &Path,
+    durability: Durability,
+    port: Option<u16>,
+) -> anyhow::Result<(u16, Child)> {
     let bin_dir = find_bin_dir()?;
     let owner = if geteuid().is_root() {
         Some(
@@ -236,10 +279,22 @@ fn launch(data_dir: &Path, durability: Durability) -> anyhow::Result<(u16, Child
         }
     }
 
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port();
-    let log = fs::File::create(log_path(data_dir))?;
+    // A restart keeps the log, which says why the last run ended.
+    let (port, log) = match port {
+        Some(port) => (
+            port,
+            fs::File::options()
+                .create(true)
+                .append(true)
+                .open(log_path(data_dir))?,
+        ),
+        None => (
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+                .local_addr()?
+                .port(),
+            fs::File::create(log_path(data_dir))?,
+        ),
+    };
     let mut cmd = as_owner("postgres");
     cmd.arg("-D")
         .arg(data_dir)

@@ -5,6 +5,7 @@
 mod concern;
 mod consent;
 mod disclosure;
+mod durability;
 pub mod embedded;
 mod erasure;
 mod export;
@@ -27,6 +28,7 @@ use tokio_postgres::NoTls;
 pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
 pub use consent::HistoryPage;
 pub use disclosure::{DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure};
+pub use durability::DurabilitySettings;
 pub use erasure::Erased;
 pub use export::{CollectionRecord, EXPORTED_TABLES, StoredField};
 pub use feed::FeedRead;
@@ -41,6 +43,13 @@ mod migrations {
     refinery::embed_migrations!("src/store/migrations");
 }
 
+/// How long opening a connection may take, unless the URL sets `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a call waits for a free pooled connection before it is answered
+/// UNAVAILABLE: past this the database is saturated, and a retry elsewhere
+/// or later does better than a longer queue.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
 /// A handle on the database, cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -53,7 +62,13 @@ impl Store {
     /// Builds a pool for `url`. Connections are opened lazily; call
     /// [`Store::ping`] to find out at start whether the database answers.
     pub fn connect(url: &str, max_connections: usize) -> anyhow::Result<Self> {
-        let config = tokio_postgres::Config::from_str(url).context("invalid database URL")?;
+        let mut config = tokio_postgres::Config::from_str(url).context("invalid database URL")?;
+        // A database that does not answer must fail calls fast (UNAVAILABLE,
+        // which clients retry), not hold them: bounded connect, and a
+        // bounded wait for a pooled connection.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -64,9 +79,9 @@ impl Store {
         let pool = Pool::builder(manager)
             .max_size(max_connections)
             .timeouts(Timeouts {
-                wait: Some(Duration::from_secs(10)),
-                create: Some(Duration::from_secs(10)),
-                recycle: Some(Duration::from_secs(5)),
+                wait: Some(POOL_WAIT),
+                create: Some(CONNECT_TIMEOUT),
+                recycle: Some(CONNECT_TIMEOUT),
             })
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()

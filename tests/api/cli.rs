@@ -241,14 +241,20 @@ pub fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
     (served.child, served.grpc_addr, served.logs)
 }
 
-/// Starts `consentd serve` with extra environment variables.
+/// Starts `consentd serve` with extra environment variables, on free ports
+/// unless `args` name them.
 pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
     let mut child = Command::new(BIN)
         .env("CONSENTD_STATE_DIR", test_state_dir())
         .envs(envs.iter().copied())
         .arg("serve")
         .args(args)
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(
+            ["--grpc-addr", "--http-addr"]
+                .into_iter()
+                .filter(|flag| !args.contains(flag))
+                .flat_map(|flag| [flag, "127.0.0.1:0"]),
+        )
         .arg("--policy")
         .arg(policy_path())
         .env("RUST_LOG", "info")

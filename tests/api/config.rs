@@ -33,6 +33,7 @@ fn sample(flag: &str) -> Option<String> {
         "--feed-poll-interval-ms" => "250",
         "--log-format" => "json",
         "--state-dir" => "/srv/consentd/state",
+        "--allow-unsafe-durability" => "true",
         _ => return None,
     };
     Some(value.to_string())

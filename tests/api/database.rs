@@ -271,6 +271,39 @@ async fn serve_with_migrate_brings_an_empty_database_up_to_date() {
     );
 }
 
+#[tokio::test]
+async fn serve_refuses_a_database_that_can_lose_acknowledged_commits_unless_told_to_allow_it() {
+    let db = fresh_database().await;
+    let admin = store::admin_connect(&db.admin_url).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET synchronous_commit = off",
+            store::quote_ident(&db.db_name)
+        ))
+        .await
+        .unwrap();
+
+    let refused = serve(&["--database-url", &db.db_url]).await;
+    assert!(
+        !refused.served,
+        "served with synchronous_commit off:\n{}",
+        refused.text()
+    );
+    let text = refused.text();
+    assert!(
+        text.contains("synchronous_commit is off") && text.contains("--allow-unsafe-durability"),
+        "serve did not say why it refused, and how to override:\n{text}"
+    );
+
+    let allowed = serve(&["--database-url", &db.db_url, "--allow-unsafe-durability"]).await;
+    assert!(allowed.served, "{}", allowed.text());
+    assert!(
+        allowed.text().contains("can lose acknowledged writes"),
+        "the override is not logged:\n{}",
+        allowed.text()
+    );
+}
+
 /// The default setup, on a PostgreSQL server of the test's own, so a
 /// developer's real `consentd` database is never touched.
 #[tokio::test]
@@ -281,6 +314,8 @@ async fn without_a_database_url_serve_creates_and_migrates_consentd_on_the_local
         .unwrap();
     let admin_url = local.admin_url();
     let run = serve(&[
+        // The test's own cluster is ephemeral: fsync off.
+        "--allow-unsafe-durability",
         "--local-server-url",
         &admin_url,
         // Where a private cluster would go if the local server were ignored.

@@ -329,6 +329,47 @@ fn the_kubernetes_manifests_agree_with_each_other_and_with_the_policy() {
 
 /// Metric names in deploy/'s queries: the dashboard's `expr` fields and the
 /// alert rules' `expr` values.
+#[test]
+fn the_kubelet_waits_for_the_pre_stop_hook_the_drain_and_in_flight_calls_before_killing() {
+    let deployment = yaml("k8s/deployment.yaml");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = pod["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| s(&c["name"]) == "consentd")
+        .unwrap();
+    let env = |name: &str| -> u64 {
+        container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| s(&e["name"]) == name)
+            .map(|e| s(&e["value"]).parse().unwrap())
+            .unwrap_or_else(|| panic!("{name} is set"))
+    };
+    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .expect("a preStop sleep, so endpoints update before SIGTERM");
+    let drain = env("CONSENTD_DRAIN_SECONDS");
+    let shutdown = env("CONSENTD_SHUTDOWN_TIMEOUT_SECONDS");
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > pre_stop + drain + shutdown,
+        "terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + drain {drain} + shutdown {shutdown}"
+    );
+    // Readiness must fail within the drain, or the pod still gets calls
+    // when its listeners close.
+    let readiness = &container["readinessProbe"];
+    let to_unready = readiness["periodSeconds"].as_u64().unwrap()
+        * readiness["failureThreshold"].as_u64().unwrap()
+        + readiness["timeoutSeconds"].as_u64().unwrap();
+    assert!(
+        to_unready <= drain,
+        "readiness takes {to_unready} s to fail, longer than the {drain} s drain"
+    );
+}
+
 fn metrics_deploy_queries() -> BTreeSet<String> {
     let mut expressions = Vec::new();
     collect_exprs(&json("grafana/dashboards/consentd.json"), &mut expressions);

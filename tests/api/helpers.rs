@@ -258,7 +258,12 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like `spawn_app`, with a chance to change the serve settings.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
-    let fresh = fresh_database().await;
+    spawn_app_on(fresh_database().await, configure).await
+}
+
+/// Like `spawn_app_with`, on a database the test made itself (on a
+/// PostgreSQL server of its own, say).
+pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
     let (admin_url, db_url) = (fresh.admin_url.clone(), fresh.db_url.clone());
 
     let mut args = ServeArgs {
@@ -280,6 +285,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
         subject_ref_key_file: None,
         data_keys_file: Some(test_data_keys_file()),
         state_dir: Some(test_state_dir()),
+        // The fallback test cluster runs with fsync off, for speed.
+        allow_unsafe_durability: server().await._embedded.is_some(),
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
