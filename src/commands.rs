@@ -1,5 +1,5 @@
 //! The one-shot subcommands (`migrate`, `policy check`, `import-refusals`,
-//! `keys rotate`):
+//! `keys rotate`, `verify`):
 //! what they print and how they report progress. `serve` lives in `startup`.
 
 use std::{
@@ -22,6 +22,7 @@ use crate::{
     service::{
         export::Exporter,
         import::{self, ImportOptions, ImportProgress},
+        ledger,
         vault::{self, DataKeys},
     },
     settings::{DatabaseArgs, ExportArgs, ImportArgs, RotateArgs},
@@ -34,6 +35,27 @@ pub async fn migrate(args: &DatabaseArgs) -> anyhow::Result<()> {
     let applied = database.store.migrate().await?;
     println!("applied {applied} migration(s); the database is up to date");
     Ok(())
+}
+
+/// Walks the tamper-evident history (`consentd verify`).
+pub async fn verify(args: &DatabaseArgs) -> anyhow::Result<()> {
+    let database = Database::open(args).await?;
+    if database.is_default {
+        database.store.migrate().await?;
+    }
+    match ledger::verify(&database.store).await? {
+        Ok(intact) => {
+            println!(
+                "{} records, {} checkpoints, intact",
+                intact.records, intact.checkpoints
+            );
+            Ok(())
+        }
+        Err(broken) => {
+            println!("{broken}");
+            Err(anyhow!("the history is not intact"))
+        }
+    }
 }
 
 pub fn check_policy(file: &Path) -> anyhow::Result<()> {

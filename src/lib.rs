@@ -11,6 +11,8 @@
 //!   holds the data keys and is the only code that sees plaintext values.
 //! - [`grpc`]: the tonic adapter; the only place prost types live.
 //! - [`http`]: probes and the one-click unsubscribe pages (axum).
+//! - [`ledger`]: the tamper-evident history: chain encoding, signed
+//!   checkpoints and `verify`'s judgement; pure.
 //! - [`error`]: the one error enum; `grpc` maps it to `Status`.
 //! - [`startup`]: builds and runs the whole server (`Application`).
 //! - [`settings`]: command line and environment.
@@ -24,6 +26,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod policy;
 pub mod service;

@@ -55,6 +55,10 @@ pub enum Command {
     /// the subject, its personal data decrypted, collection records, consent
     /// history, current choices, disclosures and concerns.
     ExportSubject(ExportArgs),
+    /// Walk every chain of the tamper-evident history and every signed
+    /// checkpoint. Prints "N records, M checkpoints, intact", or the first
+    /// broken link with its record id and exits 1.
+    Verify(DatabaseArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -243,6 +247,17 @@ pub struct ServeArgs {
     /// to finish before the server exits anyway.
     #[arg(long, env = "CONSENTD_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
     pub shutdown_timeout_seconds: u64,
+
+    /// Where the server keeps its own files: the checkpoint signing key,
+    /// created there (mode 0600) on first start and reused after. Defaults to
+    /// $XDG_DATA_HOME/consentd, or /var/lib/consentd when running as root.
+    #[arg(long, env = "CONSENTD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// How often the server signs a checkpoint of the history's chain heads
+    /// (only when something changed; one more at shutdown).
+    #[arg(long, env = "CONSENTD_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub checkpoint_interval_seconds: u64,
 }
 
 impl ServeArgs {
@@ -252,6 +267,25 @@ impl ServeArgs {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_seconds)
+    }
+
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_secs(self.checkpoint_interval_seconds)
+    }
+
+    /// `--state-dir`, or its default.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/consentd");
+        }
+        std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("consentd")
     }
 }
 

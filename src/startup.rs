@@ -23,6 +23,7 @@ use crate::{
         concern::ConcernService,
         erasure::Eraser,
         export::Exporter,
+        ledger::Checkpointer,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
     },
@@ -137,6 +138,9 @@ pub struct Application {
     /// Encrypt personal data at rest (R8).
     data_keys: Arc<DataKeys>,
     public_url: String,
+    /// Signs checkpoints of the history's chain heads, now and then and at
+    /// shutdown.
+    checkpointer: Checkpointer,
 }
 
 impl Application {
@@ -198,6 +202,18 @@ impl Application {
                 DataKeys::ephemeral()
             }
         };
+        let (checkpoint_key, key_path) = crate::ledger::key::load_or_create(&args.state_dir())?;
+        let checkpointer = Checkpointer::new(
+            database.store.clone(),
+            checkpoint_key,
+            args.checkpoint_interval(),
+        );
+        tracing::info!(
+            key = %key_path.display(),
+            key_id = %checkpointer.key_id(),
+            "ledger checkpoints are signed with the key in {}",
+            key_path.display()
+        );
         let http_addr = http_listener.local_addr()?;
         let public_url = args
             .public_url
@@ -214,6 +230,7 @@ impl Application {
             subject_refs,
             data_keys: Arc::new(data_keys),
             public_url,
+            checkpointer,
         })
     }
 
@@ -251,6 +268,7 @@ impl Application {
             subject_refs,
             data_keys,
             public_url,
+            checkpointer,
         } = self;
         // Install the recorder before anything records.
         crate::metrics::handle();
@@ -265,6 +283,7 @@ impl Application {
             .context("cannot build the reflection service")?;
         let stop = CancellationToken::new();
         let wake = store.spawn_change_listener(stop.clone());
+        let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
         let unsubscribes =
             Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url);
         let concerns =
@@ -339,6 +358,11 @@ impl Application {
                 timeout = ?shutdown_timeout,
                 "connections still open after the shutdown timeout; stopping anyway"
             ),
+        }
+        // The last checkpoint covers every call that finished above.
+        let _ = checkpoints.await;
+        if let Err(e) = checkpointer.checkpoint().await {
+            tracing::warn!(error = %e, "the shutdown checkpoint failed");
         }
         if let Some(cluster) = database.embedded {
             tracing::info!("stopping the private PostgreSQL cluster");

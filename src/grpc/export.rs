@@ -59,6 +59,10 @@ pub fn export_to_pb(
             .map(|c| concern_to_pb(c, deadlines, now, true))
             .collect(),
         exported_at: convert::timestamp(export.exported_at),
+        chain_head: export.chain_head.map(|h| pb::ChainHead {
+            hash: crate::telemetry::hex(&h.head),
+            length: h.length,
+        }),
     }
 }
 

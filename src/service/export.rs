@@ -10,6 +10,7 @@ use crate::{
         SubjectId,
     },
     error::{Error, Result},
+    ledger::ChainHead,
     service::vault::DataKeys,
     store::{CollectionRecord, DisclosureFilter, Store},
 };
@@ -35,6 +36,8 @@ pub struct SubjectExport {
     pub disclosures: Vec<Disclosure>,
     pub concerns: Vec<Concern>,
     pub exported_at: DateTime<Utc>,
+    /// The end of the subject's history chain; None before its first record.
+    pub chain_head: Option<ChainHead>,
 }
 
 #[derive(Clone)]
@@ -109,6 +112,7 @@ impl Exporter {
             disclosures,
             concerns: self.store.concerns_of(subject_id).await?,
             exported_at: Utc::now(),
+            chain_head: self.store.chain_head_of(subject_id).await?,
         })
     }
 }

@@ -11,6 +11,7 @@ mod export;
 mod feed;
 mod idempotency;
 mod import;
+mod ledger;
 
 use std::{str::FromStr, time::Duration};
 

@@ -246,6 +246,11 @@ pub fn test_data_keys_file() -> PathBuf {
     .clone()
 }
 
+/// One state directory per test process (the checkpoint signing key).
+pub fn test_state_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("consentd-test-state-{}", std::process::id()))
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -272,6 +277,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
         unsubscribe_keys_file: Some(test_keys_file()),
         subject_ref_key_file: None,
         data_keys_file: Some(test_data_keys_file()),
+        state_dir: Some(test_state_dir()),
+        checkpoint_interval_seconds: 60,
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
