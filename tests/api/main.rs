@@ -12,6 +12,7 @@ mod erasure;
 mod feed;
 mod helpers;
 mod import;
+mod ledger;
 mod rights;
 mod server;
 mod telemetry;
