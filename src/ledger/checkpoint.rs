@@ -71,8 +71,7 @@ pub fn signature_holds(checkpoint: &Checkpoint) -> bool {
     let Ok(signature) = Signature::from_slice(&checkpoint.signature) else {
         return false;
     };
-    key_id(&public) == checkpoint.key_id
-        && public.verify(&message(checkpoint), &signature).is_ok()
+    key_id(&public) == checkpoint.key_id && public.verify(&message(checkpoint), &signature).is_ok()
 }
 
 #[cfg(test)]
@@ -139,7 +138,10 @@ mod tests {
         let digest = heads_digest([&a, &b]);
         assert_ne!(digest, heads_digest([&b, &a]));
         assert_ne!(digest, heads_digest([&a]));
-        let longer = ChainHead { length: 3, ..b.clone() };
+        let longer = ChainHead {
+            length: 3,
+            ..b.clone()
+        };
         assert_ne!(digest, heads_digest([&a, &longer]));
     }
 }

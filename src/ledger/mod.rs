@@ -74,7 +74,12 @@ impl Encoder {
 
     /// Microseconds since the epoch: what PostgreSQL stores, so nothing rounds.
     pub fn time(self, value: Option<DateTime<Utc>>) -> Self {
-        self.bytes(value.map(|t| t.timestamp_micros().to_be_bytes()).as_ref().map(|b| &b[..]))
+        self.bytes(
+            value
+                .map(|t| t.timestamp_micros().to_be_bytes())
+                .as_ref()
+                .map(|b| &b[..]),
+        )
     }
 
     /// The element count, then each element as a field.
@@ -262,8 +267,14 @@ mod tests {
 
     #[test]
     fn fields_are_length_prefixed_and_none_differs_from_empty() {
-        assert_eq!(Encoder::default().text("ab").finish(), [0, 0, 0, 2, b'a', b'b']);
-        assert_eq!(Encoder::default().opt_text(None).finish(), [255, 255, 255, 255]);
+        assert_eq!(
+            Encoder::default().text("ab").finish(),
+            [0, 0, 0, 2, b'a', b'b']
+        );
+        assert_eq!(
+            Encoder::default().opt_text(None).finish(),
+            [255, 255, 255, 255]
+        );
         assert_eq!(Encoder::default().opt_text(Some("")).finish(), [0, 0, 0, 0]);
         // "a","bc" and "ab","c" must not encode alike.
         assert_ne!(
@@ -277,7 +288,9 @@ mod tests {
         let base = record();
         let digest = base.text_digest();
         let encoded = base.encode(1, &digest);
-        let Content::ConsentRecord(r) = &base else { unreachable!() };
+        let Content::ConsentRecord(r) = &base else {
+            unreachable!()
+        };
         let changes: Vec<Box<dyn Fn(&mut ConsentRecordLink)>> = vec![
             Box::new(|r| r.record_id = Uuid::max()),
             Box::new(|r| r.sequence += 1),
@@ -302,7 +315,9 @@ mod tests {
     #[test]
     fn free_text_reaches_the_chain_only_through_its_digest() {
         let base = record();
-        let Content::ConsentRecord(r) = &base else { unreachable!() };
+        let Content::ConsentRecord(r) = &base else {
+            unreachable!()
+        };
         let blanked = Content::ConsentRecord(ConsentRecordLink {
             evidence: String::new(),
             ..r.clone()
@@ -315,6 +330,9 @@ mod tests {
     #[test]
     fn a_chain_starts_from_its_subject_key() {
         assert_ne!(genesis(Uuid::nil()), genesis(Uuid::max()));
-        assert_ne!(link(&genesis(Uuid::nil()), b"x"), link(&genesis(Uuid::max()), b"x"));
+        assert_ne!(
+            link(&genesis(Uuid::nil()), b"x"),
+            link(&genesis(Uuid::max()), b"x")
+        );
     }
 }

@@ -49,9 +49,7 @@ pub struct Ledger {
 
 pub fn verify(mut ledger: Ledger) -> Result<Intact, Broken> {
     let records = ledger.links.len();
-    ledger
-        .links
-        .sort_by_key(|l| (l.subject_key, l.position));
+    ledger.links.sort_by_key(|l| (l.subject_key, l.position));
     let chains = walk_chains(ledger.links)?;
     compare_heads(&chains, &ledger.heads)?;
     let checkpoints = ledger.checkpoints.len();
@@ -123,9 +121,10 @@ fn walk_chains(links: Vec<Link>) -> Result<BTreeMap<Uuid, Walked>, Broken> {
 
 /// The last link's name, for messages about a chain's end.
 fn last_name(chain: Option<&Walked>, key: Uuid) -> String {
-    chain
-        .and_then(|c| c.last())
-        .map_or_else(|| format!("the chain of subject key {key}"), |(_, n)| n.clone())
+    chain.and_then(|c| c.last()).map_or_else(
+        || format!("the chain of subject key {key}"),
+        |(_, n)| n.clone(),
+    )
 }
 
 /// The database's own record of each chain's end must match the walk: a
@@ -161,7 +160,10 @@ fn compare_heads(chains: &BTreeMap<Uuid, Walked>, heads: &[ChainHead]) -> Result
             .and_then(|c| c.last())
             .map_or_else(|| genesis(head.subject_key), |(h, _)| *h);
         if last[..] != head.head[..] {
-            return Err(broken(at, "it does not match the hash its chain's head holds"));
+            return Err(broken(
+                at,
+                "it does not match the hash its chain's head holds",
+            ));
         }
     }
     if let Some((_, chain)) = chains.iter().find(|(key, _)| !seen.contains(*key)) {
@@ -183,10 +185,11 @@ fn replay_checkpoints(
     for (id, head) in checkpoint_heads {
         deltas.entry(id).or_default().push(head);
     }
-    if let Some(id) = deltas
-        .keys()
-        .find(|id| checkpoints.binary_search_by_key(*id, |c| c.checkpoint_id).is_err())
-    {
+    if let Some(id) = deltas.keys().find(|id| {
+        checkpoints
+            .binary_search_by_key(*id, |c| c.checkpoint_id)
+            .is_err()
+    }) {
         return Err(broken(
             format!("checkpoint {id}"),
             "heads are stored for it, but the checkpoint itself is gone",
@@ -194,7 +197,10 @@ fn replay_checkpoints(
     }
     let mut state: BTreeMap<Uuid, ChainHead> = BTreeMap::new();
     for checkpoint in checkpoints {
-        let at = format!("checkpoint {} of {}", checkpoint.checkpoint_id, checkpoint.made_at);
+        let at = format!(
+            "checkpoint {} of {}",
+            checkpoint.checkpoint_id, checkpoint.made_at
+        );
         for head in deltas.remove(&checkpoint.checkpoint_id).unwrap_or_default() {
             let chain = chains.get(&head.subject_key);
             let length = chain.map_or(0, Vec::len) as i64;

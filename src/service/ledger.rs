@@ -10,7 +10,7 @@ use crate::{
     error::Result,
     ledger::{
         checkpoint::{self, Checkpoint},
-        verify::{self, Broken, Intact, Ledger},
+        verify::{self, Broken, Intact},
     },
     store::Store,
 };
@@ -76,13 +76,5 @@ impl Checkpointer {
 
 /// Walks every chain and every checkpoint.
 pub async fn verify(store: &Store) -> Result<std::result::Result<Intact, Broken>> {
-    let links = store.ledger_links().await?;
-    let heads = store.chain_heads().await?;
-    let (checkpoints, checkpoint_heads) = store.checkpoints().await?;
-    Ok(verify::verify(Ledger {
-        links,
-        heads,
-        checkpoints,
-        checkpoint_heads,
-    }))
+    Ok(verify::verify(store.ledger().await?))
 }

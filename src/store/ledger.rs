@@ -3,6 +3,7 @@
 //! by triggers (V6), so no append function here changes.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::Store;
@@ -11,7 +12,7 @@ use crate::{
     error::Result,
     ledger::{
         ChainHead, ConsentRecordLink, Content, DisclosureEventLink, DisclosureLink, Link,
-        checkpoint::Checkpoint,
+        checkpoint::Checkpoint, verify::Ledger,
     },
 };
 
@@ -25,7 +26,9 @@ fn link(row: &Row, content: Content) -> Link {
         subject_key: row.get("subject_key"),
         // Read leniently: verify must name a tampered row, not fail on it.
         position: row.get::<_, Option<i64>>("chain_seq").unwrap_or(0),
-        text_digest: row.get::<_, Option<Vec<u8>>>("text_digest").unwrap_or_default(),
+        text_digest: row
+            .get::<_, Option<Vec<u8>>>("text_digest")
+            .unwrap_or_default(),
         hash: row.get::<_, Option<Vec<u8>>>("hash").unwrap_or_default(),
         content,
     }
@@ -40,116 +43,25 @@ fn head(row: &Row) -> ChainHead {
 }
 
 impl Store {
-    /// Every chained row of every subject, in no particular order.
-    #[tracing::instrument(name = "store.ledger_links", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "ledger_links"))]
-    pub async fn ledger_links(&self) -> Result<Vec<Link>> {
-        let client = self.pool.get().await?;
-        let mut links = Vec::new();
-        for row in client
-            .query(
-                "SELECT s.subject_key, r.chain_seq, r.text_digest, r.hash, r.record_id, r.sequence,
-                        r.purpose, r.field, r.recipient, r.choice, r.channel, r.notice_version,
-                        r.actor, r.request_id, r.recorded_at, r.evidence
-                   FROM consent_records r LEFT JOIN subjects s USING (subject_id)",
-                &[],
-            )
-            .await?
-        {
-            let content = Content::ConsentRecord(ConsentRecordLink {
-                record_id: row.get("record_id"),
-                sequence: row.get("sequence"),
-                purpose: row.get("purpose"),
-                field: row.get("field"),
-                recipient: row.get("recipient"),
-                choice: row.get("choice"),
-                channel: row.get("channel"),
-                notice_version: row.get("notice_version"),
-                actor: row.get("actor"),
-                request_id: row.get("request_id"),
-                recorded_at: row.get("recorded_at"),
-                evidence: row.get("evidence"),
-            });
-            links.push(link(&row, content));
-        }
-        for row in client
-            .query(
-                "SELECT s.subject_key, d.chain_seq, d.text_digest, d.hash, d.disclosure_id,
-                        d.recipient_id, d.purpose, d.legal_basis, d.fields, d.withheld, d.status,
-                        d.review_due, d.requested_by, d.request_id, d.requested_at, d.reference,
-                        d.justification
-                   FROM disclosures d LEFT JOIN subjects s USING (subject_id)",
-                &[],
-            )
-            .await?
-        {
-            let content = Content::Disclosure(DisclosureLink {
-                disclosure_id: row.get("disclosure_id"),
-                recipient_id: row.get("recipient_id"),
-                purpose: row.get("purpose"),
-                legal_basis: row.get("legal_basis"),
-                fields: row.get("fields"),
-                withheld: row.get("withheld"),
-                status: row.get("status"),
-                review_due: row.get("review_due"),
-                requested_by: row.get("requested_by"),
-                request_id: row.get("request_id"),
-                requested_at: row.get("requested_at"),
-                reference: row.get("reference"),
-                justification: row.get("justification"),
-            });
-            links.push(link(&row, content));
-        }
-        for row in client
-            .query(
-                "SELECT s.subject_key, e.chain_seq, e.text_digest, e.hash, e.disclosure_id,
-                        e.kind, e.actor, e.at, e.note
-                   FROM disclosure_events e LEFT JOIN subjects s USING (subject_id)",
-                &[],
-            )
-            .await?
-        {
-            let content = Content::DisclosureEvent(DisclosureEventLink {
-                disclosure_id: row.get("disclosure_id"),
-                kind: row.get("kind"),
-                actor: row.get("actor"),
-                at: row.get("at"),
-                note: row.get("note"),
-            });
-            links.push(link(&row, content));
-        }
-        Ok(links)
-    }
-
-    /// The head the database keeps for every chain.
-    #[tracing::instrument(name = "store.chain_heads", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "chain_heads"))]
-    pub async fn chain_heads(&self) -> Result<Vec<ChainHead>> {
-        let client = self.pool.get().await?;
-        let rows = client
+    /// Everything `verify` reads, from one snapshot, so that appends going on
+    /// meanwhile cannot make a chain and its head disagree.
+    #[tracing::instrument(name = "store.ledger", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "ledger"))]
+    pub async fn ledger(&self) -> Result<Ledger> {
+        let mut client = self.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let links = links(&tx).await?;
+        let heads = tx
             .query("SELECT subject_key, length, head FROM ledger_heads", &[])
-            .await?;
-        Ok(rows.iter().map(head).collect())
-    }
-
-    /// The head of one subject's chain; None before its first record.
-    #[tracing::instrument(name = "store.chain_head_of", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "chain_head_of"))]
-    pub async fn chain_head_of(&self, subject_id: &SubjectId) -> Result<Option<ChainHead>> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT h.subject_key, h.length, h.head
-                   FROM ledger_heads h JOIN subjects s USING (subject_key)
-                  WHERE s.subject_id = $1",
-                &[&subject_id.as_str()],
-            )
-            .await?;
-        Ok(row.as_ref().map(head))
-    }
-
-    /// Every checkpoint, and the heads each one stored.
-    #[tracing::instrument(name = "store.checkpoints", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "checkpoints"))]
-    pub async fn checkpoints(&self) -> Result<(Vec<Checkpoint>, Vec<(i64, ChainHead)>)> {
-        let client = self.pool.get().await?;
-        let checkpoints = client
+            .await?
+            .iter()
+            .map(head)
+            .collect();
+        let checkpoints = tx
             .query(
                 "SELECT checkpoint_id, made_at, chains, records, heads_digest, key_id, public_key,
                         signature
@@ -169,7 +81,7 @@ impl Store {
                 signature: row.get("signature"),
             })
             .collect();
-        let heads = client
+        let checkpoint_heads = tx
             .query(
                 "SELECT checkpoint_id, subject_key, length, head FROM ledger_checkpoint_heads",
                 &[],
@@ -178,7 +90,28 @@ impl Store {
             .iter()
             .map(|row| (row.get("checkpoint_id"), head(row)))
             .collect();
-        Ok((checkpoints, heads))
+        tx.commit().await?;
+        Ok(Ledger {
+            links,
+            heads,
+            checkpoints,
+            checkpoint_heads,
+        })
+    }
+
+    /// The head of one subject's chain; None before its first record.
+    #[tracing::instrument(name = "store.chain_head_of", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "chain_head_of"))]
+    pub async fn chain_head_of(&self, subject_id: &SubjectId) -> Result<Option<ChainHead>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT h.subject_key, h.length, h.head
+                   FROM ledger_heads h JOIN subjects s USING (subject_key)
+                  WHERE s.subject_id = $1",
+                &[&subject_id.as_str()],
+            )
+            .await?;
+        Ok(row.as_ref().map(head))
     }
 
     /// Writes a checkpoint of every chain head that changed since the last
@@ -281,4 +214,82 @@ impl Store {
             .await?;
         written
     }
+}
+
+/// Every chained row of every subject, in no particular order.
+async fn links(tx: &Transaction<'_>) -> Result<Vec<Link>> {
+    let mut links = Vec::new();
+    for row in tx
+        .query(
+            "SELECT s.subject_key, r.chain_seq, r.text_digest, r.hash, r.record_id, r.sequence,
+                    r.purpose, r.field, r.recipient, r.choice, r.channel, r.notice_version,
+                    r.actor, r.request_id, r.recorded_at, r.evidence
+               FROM consent_records r LEFT JOIN subjects s USING (subject_id)",
+            &[],
+        )
+        .await?
+    {
+        let content = Content::ConsentRecord(ConsentRecordLink {
+            record_id: row.get("record_id"),
+            sequence: row.get("sequence"),
+            purpose: row.get("purpose"),
+            field: row.get("field"),
+            recipient: row.get("recipient"),
+            choice: row.get("choice"),
+            channel: row.get("channel"),
+            notice_version: row.get("notice_version"),
+            actor: row.get("actor"),
+            request_id: row.get("request_id"),
+            recorded_at: row.get("recorded_at"),
+            evidence: row.get("evidence"),
+        });
+        links.push(link(&row, content));
+    }
+    for row in tx
+        .query(
+            "SELECT s.subject_key, d.chain_seq, d.text_digest, d.hash, d.disclosure_id,
+                    d.recipient_id, d.purpose, d.legal_basis, d.fields, d.withheld, d.status,
+                    d.review_due, d.requested_by, d.request_id, d.requested_at, d.reference,
+                    d.justification
+               FROM disclosures d LEFT JOIN subjects s USING (subject_id)",
+            &[],
+        )
+        .await?
+    {
+        let content = Content::Disclosure(DisclosureLink {
+            disclosure_id: row.get("disclosure_id"),
+            recipient_id: row.get("recipient_id"),
+            purpose: row.get("purpose"),
+            legal_basis: row.get("legal_basis"),
+            fields: row.get("fields"),
+            withheld: row.get("withheld"),
+            status: row.get("status"),
+            review_due: row.get("review_due"),
+            requested_by: row.get("requested_by"),
+            request_id: row.get("request_id"),
+            requested_at: row.get("requested_at"),
+            reference: row.get("reference"),
+            justification: row.get("justification"),
+        });
+        links.push(link(&row, content));
+    }
+    for row in tx
+        .query(
+            "SELECT s.subject_key, e.chain_seq, e.text_digest, e.hash, e.disclosure_id,
+                    e.kind, e.actor, e.at, e.note
+               FROM disclosure_events e LEFT JOIN subjects s USING (subject_id)",
+            &[],
+        )
+        .await?
+    {
+        let content = Content::DisclosureEvent(DisclosureEventLink {
+            disclosure_id: row.get("disclosure_id"),
+            kind: row.get("kind"),
+            actor: row.get("actor"),
+            at: row.get("at"),
+            note: row.get("note"),
+        });
+        links.push(link(&row, content));
+    }
+    Ok(links)
 }

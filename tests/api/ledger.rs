@@ -41,9 +41,12 @@ struct History {
 async fn a_history(app: &TestApp) -> History {
     app.register("A-1").await;
     app.register("B-2").await;
-    app.record("A-1", "promotional_mail", "", Choice::Refuse).await;
-    app.record("A-1", "partner_offers", "email", Choice::Grant).await;
-    app.record("A-1", "promotional_mail", "", Choice::Grant).await;
+    app.record("A-1", "promotional_mail", "", Choice::Refuse)
+        .await;
+    app.record("A-1", "partner_offers", "email", Choice::Grant)
+        .await;
+    app.record("A-1", "promotional_mail", "", Choice::Grant)
+        .await;
     let mut vault = DisclosureServiceClient::new(app.channel.clone());
     vault
         .put_personal_data(pb::PutPersonalDataRequest {
@@ -127,7 +130,10 @@ async fn a_clean_history_with_an_erasure_in_it_verifies_intact() {
     let mut waited = Duration::ZERO;
     while app
         .db
-        .query_opt("SELECT 1 FROM ledger_checkpoints WHERE records = $1", &[&rows])
+        .query_opt(
+            "SELECT 1 FROM ledger_checkpoints WHERE records = $1",
+            &[&rows],
+        )
         .await
         .unwrap()
         .is_none()
@@ -136,7 +142,8 @@ async fn a_clean_history_with_an_erasure_in_it_verifies_intact() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         waited += Duration::from_millis(100);
     }
-    app.record("A-1", "promotional_mail", "", Choice::Refuse).await;
+    app.record("A-1", "promotional_mail", "", Choice::Refuse)
+        .await;
     erase(&app, "A-1").await;
     // The same id again: its refusal is carried into a new chain.
     app.register("A-1").await;
@@ -205,37 +212,72 @@ fn rewrite_last_record_and_its_hashes(h: &History) -> String {
 const TAMPERS: &[Tamper] = &[
     Tamper {
         what: "a record's choice is edited",
-        sql: |h| format!("UPDATE consent_records SET choice = 'grant' WHERE record_id = '{}'", h.records[0]),
+        sql: |h| {
+            format!(
+                "UPDATE consent_records SET choice = 'grant' WHERE record_id = '{}'",
+                h.records[0]
+            )
+        },
         names: |h| record(h.records[0]),
     },
     Tamper {
         what: "a record's evidence is edited",
-        sql: |h| format!("UPDATE consent_records SET evidence = 'forged' WHERE record_id = '{}'", h.records[1]),
+        sql: |h| {
+            format!(
+                "UPDATE consent_records SET evidence = 'forged' WHERE record_id = '{}'",
+                h.records[1]
+            )
+        },
         names: |h| record(h.records[1]),
     },
     Tamper {
         what: "a disclosure's fields are edited",
-        sql: |h| format!("UPDATE disclosures SET fields = ARRAY['phone'] WHERE disclosure_id = '{}'", h.disclosure),
+        sql: |h| {
+            format!(
+                "UPDATE disclosures SET fields = ARRAY['phone'] WHERE disclosure_id = '{}'",
+                h.disclosure
+            )
+        },
         names: |h| format!("disclosure {}", h.disclosure),
     },
     Tamper {
         what: "an approval's actor is edited",
-        sql: |h| format!("UPDATE disclosure_events SET actor = 'officer-li' WHERE disclosure_id = '{}'", h.disclosure),
+        sql: |h| {
+            format!(
+                "UPDATE disclosure_events SET actor = 'officer-li' WHERE disclosure_id = '{}'",
+                h.disclosure
+            )
+        },
         names: |h| format!("disclosure event {} (approved)", h.disclosure),
     },
     Tamper {
         what: "a record is moved to another subject",
-        sql: |h| format!("UPDATE consent_records SET subject_id = 'B-2' WHERE record_id = '{}'", h.records[2]),
+        sql: |h| {
+            format!(
+                "UPDATE consent_records SET subject_id = 'B-2' WHERE record_id = '{}'",
+                h.records[2]
+            )
+        },
         names: |h| record(h.records[2]),
     },
     Tamper {
         what: "a record in the middle is deleted",
-        sql: |h| format!("DELETE FROM consent_records WHERE record_id = '{}'", h.records[1]),
+        sql: |h| {
+            format!(
+                "DELETE FROM consent_records WHERE record_id = '{}'",
+                h.records[1]
+            )
+        },
         names: |h| record(h.records[2]),
     },
     Tamper {
         what: "the last link of a chain is deleted",
-        sql: |h| format!("DELETE FROM disclosure_events WHERE disclosure_id = '{}'", h.disclosure),
+        sql: |h| {
+            format!(
+                "DELETE FROM disclosure_events WHERE disclosure_id = '{}'",
+                h.disclosure
+            )
+        },
         names: |h| format!("disclosure {}", h.disclosure),
     },
     Tamper {
@@ -373,11 +415,97 @@ async fn export_carries_the_chain_head_that_verify_holds_the_history_to() {
         .get(0);
     let hex: String = last.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(head.hash, hex);
-    assert_eq!(export("B-2").await.length, 2, "a disclosure and its approval");
+    assert_eq!(
+        export("B-2").await.length,
+        2,
+        "a disclosure and its approval"
+    );
 
     // The head a person kept stays a link of their history as it grows.
-    app.record("A-1", "partner_offers", "email", Choice::Refuse).await;
+    app.record("A-1", "partner_offers", "email", Choice::Refuse)
+        .await;
     let later = export("A-1").await;
     assert_eq!(later.length, 4);
     assert_ne!(later.hash, head.hash);
+}
+
+#[tokio::test]
+async fn concurrent_appends_for_one_subject_chain_one_after_another() {
+    let app = spawn_app().await;
+    app.register("A-1").await;
+    let writes = (0..24).map(|i| {
+        let mut client = app.client.clone();
+        let choice = if i % 2 == 0 {
+            Choice::Grant
+        } else {
+            Choice::Refuse
+        };
+        async move {
+            client
+                .record_consent(crate::helpers::record_request(
+                    "A-1",
+                    "promotional_mail",
+                    "",
+                    choice,
+                ))
+                .await
+                .unwrap();
+        }
+    });
+    let mut writers = tokio::task::JoinSet::new();
+    for write in writes {
+        writers.spawn(write);
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let positions: Vec<i64> = app
+        .db
+        .query(
+            "SELECT chain_seq FROM consent_records WHERE subject_id = 'A-1' ORDER BY chain_seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(positions, (1..=24).collect::<Vec<i64>>());
+    let (ok, out, err) = verify(&app).await;
+    assert!(ok, "{out}{err}");
+}
+
+#[tokio::test]
+async fn an_append_waits_only_for_appends_to_the_same_subject() {
+    let app = spawn_app().await;
+    for subject in ["A-1", "B-2"] {
+        app.register(subject).await;
+    }
+    // An open transaction that appended to A holds A's chain head.
+    let mut holder = app.connect_db().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        "INSERT INTO consent_records (subject_id, record_id, purpose, choice, channel,
+             notice_version, actor)
+         VALUES ('A-1', gen_random_uuid(), 'promotional_mail', 'refuse', 'web', '2026-11', 'crm')",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    let other = tokio::time::timeout(
+        Duration::from_secs(5),
+        app.record("B-2", "promotional_mail", "", Choice::Refuse),
+    )
+    .await;
+    assert!(other.is_ok(), "an append for B waited for A's transaction");
+    let same = tokio::time::timeout(
+        Duration::from_millis(500),
+        app.record("A-1", "partner_offers", "", Choice::Grant),
+    )
+    .await;
+    assert!(same.is_err(), "an append for A went past A's open append");
+    held.commit().await.unwrap();
+    let (ok, out, err) = verify(&app).await;
+    assert!(ok, "{out}{err}");
 }
