@@ -202,17 +202,24 @@ impl Application {
                 DataKeys::ephemeral()
             }
         };
-        let (checkpoint_key, key_path) = crate::ledger::key::load_or_create(&args.state_dir())?;
+        let checkpoint_key = match crate::ledger::key::load_or_create(&args.state_dir()) {
+            Ok((key, path)) => {
+                tracing::info!(key = %path.display(), "ledger checkpoints are signed with the key in {}", path.display());
+                key
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot keep a checkpoint signing key in the state directory (set --state-dir \
+                     to a writable directory); signing with a random key for this process"
+                );
+                crate::ledger::key::ephemeral()
+            }
+        };
         let checkpointer = Checkpointer::new(
             database.store.clone(),
             checkpoint_key,
             args.checkpoint_interval(),
-        );
-        tracing::info!(
-            key = %key_path.display(),
-            key_id = %checkpointer.key_id(),
-            "ledger checkpoints are signed with the key in {}",
-            key_path.display()
         );
         let http_addr = http_listener.local_addr()?;
         let public_url = args

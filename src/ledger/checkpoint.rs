@@ -98,14 +98,14 @@ mod tests {
     #[test]
     fn a_signed_checkpoint_verifies_and_any_change_to_it_does_not() {
         assert!(signature_holds(&signed()));
-        let changes: Vec<Box<dyn Fn(&mut Checkpoint)>> = vec![
-            Box::new(|c| c.checkpoint_id += 1),
-            Box::new(|c| c.made_at += chrono::Duration::microseconds(1)),
-            Box::new(|c| c.chains += 1),
-            Box::new(|c| c.records += 1),
-            Box::new(|c| c.heads_digest[0] ^= 1),
-            Box::new(|c| c.signature[0] ^= 1),
-            Box::new(|c| c.key_id = "0000000000000000".into()),
+        let changes: Vec<fn(&mut Checkpoint)> = vec![
+            |c| c.checkpoint_id += 1,
+            |c| c.made_at += chrono::Duration::microseconds(1),
+            |c| c.chains += 1,
+            |c| c.records += 1,
+            |c| c.heads_digest[0] ^= 1,
+            |c| c.signature[0] ^= 1,
+            |c| c.key_id = "0000000000000000".into(),
         ];
         for change in changes {
             let mut checkpoint = signed();

@@ -26,6 +26,14 @@ pub fn load_or_create(dir: &Path) -> anyhow::Result<(SigningKey, PathBuf)> {
     Ok((load(&path)?, path))
 }
 
+/// A random key for a server that cannot keep one: its checkpoints still
+/// verify, under a key id of their own.
+pub fn ephemeral() -> SigningKey {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).expect("the OS random source works");
+    SigningKey::from_bytes(&seed)
+}
+
 /// One base64 line holding the 32-byte seed; `#` comments.
 fn load(path: &Path) -> anyhow::Result<SigningKey> {
     let text =

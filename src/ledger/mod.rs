@@ -291,18 +291,18 @@ mod tests {
         let Content::ConsentRecord(r) = &base else {
             unreachable!()
         };
-        let changes: Vec<Box<dyn Fn(&mut ConsentRecordLink)>> = vec![
-            Box::new(|r| r.record_id = Uuid::max()),
-            Box::new(|r| r.sequence += 1),
-            Box::new(|r| r.purpose.push('x')),
-            Box::new(|r| r.field.push('x')),
-            Box::new(|r| r.recipient.push('x')),
-            Box::new(|r| r.choice = "grant".into()),
-            Box::new(|r| r.channel = "api".into()),
-            Box::new(|r| r.notice_version.push('x')),
-            Box::new(|r| r.actor.push('x')),
-            Box::new(|r| r.request_id = Some(String::new())),
-            Box::new(|r| r.recorded_at += chrono::Duration::microseconds(1)),
+        let changes: Vec<fn(&mut ConsentRecordLink)> = vec![
+            |r| r.record_id = Uuid::max(),
+            |r| r.sequence += 1,
+            |r| r.purpose.push('x'),
+            |r| r.field.push('x'),
+            |r| r.recipient.push('x'),
+            |r| r.choice = "grant".into(),
+            |r| r.channel = "api".into(),
+            |r| r.notice_version.push('x'),
+            |r| r.actor.push('x'),
+            |r| r.request_id = Some(String::new()),
+            |r| r.recorded_at += chrono::Duration::microseconds(1),
         ];
         for change in changes {
             let mut changed = r.clone();
