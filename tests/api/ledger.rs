@@ -456,6 +456,24 @@ async fn concurrent_appends_for_one_subject_chain_one_after_another() {
     for write in writes {
         writers.spawn(write);
     }
+    // Writers that do not go through the API's subject lock (as a bulk
+    // import does), each holding its transaction open a moment after its
+    // append, so that appends overlap.
+    for _ in 0..12 {
+        let mut db = app.connect_db().await;
+        writers.spawn(async move {
+            let tx = db.transaction().await.unwrap();
+            tx.batch_execute(
+                "INSERT INTO consent_records (subject_id, record_id, purpose, choice, channel,
+                     notice_version, actor)
+                 VALUES ('A-1', gen_random_uuid(), 'partner_offers', 'grant', 'import', 'v', 'sql');
+                 SELECT pg_sleep(0.05);",
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        });
+    }
     while let Some(done) = writers.join_next().await {
         done.unwrap();
     }
@@ -470,7 +488,7 @@ async fn concurrent_appends_for_one_subject_chain_one_after_another() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(positions, (1..=24).collect::<Vec<i64>>());
+    assert_eq!(positions, (1..=36).collect::<Vec<i64>>());
     let (ok, out, err) = verify(&app).await;
     assert!(ok, "{out}{err}");
 }
