@@ -1,5 +1,5 @@
 //! The one-shot subcommands (`migrate`, `check-config`, `policy check`,
-//! `import-refusals`, `keys rotate`, `export-subject`):
+//! `import-refusals`, `keys rotate`, `export-subject`, `verify`):
 //! what they print and how they report progress. `serve` lives in `startup`.
 
 use std::{
@@ -23,6 +23,7 @@ use crate::{
     service::{
         export::{Exporter, SubjectExport},
         import::{self, ImportOptions, ImportProgress},
+        ledger,
         vault::{self, DataKeys},
     },
     settings::{DatabaseArgs, ExportArgs, ImportArgs, RotateArgs, ServeArgs},
@@ -54,6 +55,27 @@ pub fn check_config(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<(
     println!("{}", serde_json::to_string_pretty(&settings)?);
     Policy::load(&args.policy)?;
     Ok(())
+}
+
+/// Walks the tamper-evident history (`consentd verify`).
+pub async fn verify(args: &DatabaseArgs) -> anyhow::Result<()> {
+    let database = Database::open(args).await?;
+    if database.is_default {
+        database.store.migrate().await?;
+    }
+    match ledger::verify(&database.store).await? {
+        Ok(intact) => {
+            println!(
+                "{} records, {} checkpoints, intact",
+                intact.records, intact.checkpoints
+            );
+            Ok(())
+        }
+        Err(broken) => {
+            println!("{broken}");
+            Err(anyhow!("the history is not intact"))
+        }
+    }
 }
 
 pub fn check_policy(file: &Path) -> anyhow::Result<()> {

@@ -12,6 +12,8 @@
 //!   holds the data keys and is the only code that sees plaintext values.
 //! - [`grpc`]: the tonic adapter; the only place prost types live.
 //! - [`http`]: probes and the one-click unsubscribe pages (axum).
+//! - [`ledger`]: the tamper-evident history: chain encoding, signed
+//!   checkpoints and `verify`'s judgement; pure.
 //! - [`error`]: the one error enum and how its failures are logged; `grpc`
 //!   maps it to `Status`.
 //! - [`startup`]: builds and runs the whole server (`Application`).
@@ -30,6 +32,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod keys;
+pub mod ledger;
 pub mod metrics;
 pub mod policy;
 pub mod service;

@@ -31,6 +31,7 @@ async fn main() -> ExitCode {
         Command::ImportRefusals(args) => commands::import_refusals(&args).await,
         Command::ExportSubject(args) => commands::export_subject(&args, grpc::export_json).await,
         Command::Keys(KeysCommand::Rotate(args)) => commands::rotate_keys(&args).await,
+        Command::Verify(args) => commands::verify(&args).await,
     };
     telemetry.shutdown();
     match result {

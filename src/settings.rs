@@ -59,6 +59,10 @@ pub enum Command {
     /// the subject, its personal data decrypted, collection records, consent
     /// history, current choices, disclosures and concerns.
     ExportSubject(ExportArgs),
+    /// Walk every chain of the tamper-evident history and every signed
+    /// checkpoint. Prints "N records, M checkpoints, intact", or the first
+    /// broken link with its record id and exits 1.
+    Verify(DatabaseArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -254,7 +258,7 @@ pub struct ServeArgs {
     pub feed_poll_interval_ms: u64,
 
     /// Where the server keeps its own files: every key no key file is given
-    /// for, created there (mode 0600) on first start and reused after.
+    /// for and the checkpoint signing key, created there (mode 0600) on first start and reused after.
     /// Defaults to $XDG_DATA_HOME/consentd, or /var/lib/consentd when running
     /// as root.
     #[arg(long, env = "CONSENTD_STATE_DIR")]
@@ -264,6 +268,11 @@ pub struct ServeArgs {
     /// database is refused at start. For throw-away test clusters only.
     #[arg(long, env = "CONSENTD_ALLOW_UNSAFE_DURABILITY")]
     pub allow_unsafe_durability: bool,
+
+    /// How often the server signs a checkpoint of the history's chain heads
+    /// (only when something changed; one more at shutdown).
+    #[arg(long, env = "CONSENTD_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub checkpoint_interval_seconds: u64,
 }
 
 impl ServeArgs {
@@ -273,6 +282,10 @@ impl ServeArgs {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_seconds)
+    }
+
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_secs(self.checkpoint_interval_seconds)
     }
 
     pub fn feed_poll_interval(&self) -> Duration {
@@ -319,6 +332,10 @@ impl ServeArgs {
             (
                 "--allow-unsafe-durability",
                 Some(self.allow_unsafe_durability.to_string()),
+            ),
+            (
+                "--checkpoint-interval-seconds",
+                Some(self.checkpoint_interval_seconds.to_string()),
             ),
             ("--log-format", log_format),
         ]

@@ -24,6 +24,7 @@ use crate::{
         concern::ConcernService,
         erasure::{Eraser, ErasureRefs},
         export::Exporter,
+        ledger::Checkpointer,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
     },
@@ -48,6 +49,9 @@ pub struct Application {
     /// Encrypt personal data at rest (R8).
     data_keys: Arc<DataKeys>,
     public_url: String,
+    /// Signs checkpoints of the history's chain heads, now and then and at
+    /// shutdown.
+    checkpointer: Checkpointer,
 }
 
 impl Application {
@@ -85,6 +89,17 @@ impl Application {
         let subject_key =
             SubjectKey::load_or_create(args.subject_ref_key_file.as_deref(), &state_dir)?;
         let data_keys = DataKeys::load_or_create(args.data_keys_file.as_deref(), &state_dir)?;
+        // Like the other keys: refuse to start rather than sign with a key
+        // that dies with the process.
+        let (checkpoint_key, key_path) = crate::ledger::key::load_or_create(&state_dir).context(
+            "cannot keep the checkpoint signing key in the state directory (--state-dir)",
+        )?;
+        tracing::info!(key = %key_path.display(), "ledger checkpoints are signed with the key in {}", key_path.display());
+        let checkpointer = Checkpointer::new(
+            database.store.clone(),
+            checkpoint_key,
+            args.checkpoint_interval(),
+        );
         let http_addr = http_listener.local_addr()?;
         let public_url = args
             .public_url
@@ -102,6 +117,7 @@ impl Application {
             subject_key,
             data_keys: Arc::new(data_keys),
             public_url,
+            checkpointer,
         })
     }
 
@@ -140,6 +156,7 @@ impl Application {
             subject_key,
             data_keys,
             public_url,
+            checkpointer,
         } = self;
         let subject_refs = SubjectRefs::new(subject_key.clone());
         let erasure_refs = ErasureRefs::new(subject_key);
@@ -156,6 +173,7 @@ impl Application {
             .context("cannot build the reflection service")?;
         let stop = CancellationToken::new();
         let wake = store.spawn_change_listener(stop.clone());
+        let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
         let unsubscribes =
             Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url);
         let concerns =
@@ -224,6 +242,11 @@ impl Application {
                 timeout = ?shutdown_timeout,
                 "connections still open after the shutdown timeout; stopping anyway"
             ),
+        }
+        // The last checkpoint covers every call that finished above.
+        let _ = checkpoints.await;
+        if let Err(e) = checkpointer.checkpoint().await {
+            tracing::warn!(error = %e, "the shutdown checkpoint failed");
         }
         if let Some(cluster) = database.embedded {
             tracing::info!("stopping the private PostgreSQL cluster");

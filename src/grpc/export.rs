@@ -57,6 +57,10 @@ pub fn export_to_pb(export: SubjectExport) -> pb::ExportSubjectResponse {
             .map(|c| concern_to_pb(c, true))
             .collect(),
         exported_at: convert::timestamp(export.exported_at),
+        chain_head: export.chain_head.map(|h| pb::ChainHead {
+            hash: crate::keys::hex(&h.head),
+            length: h.length,
+        }),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::{
         ConsentRecord, Disclosure, FieldName, PersonalValue, StoredChoice, Subject, SubjectId,
     },
     error::{Error, Result},
+    ledger::ChainHead,
     policy::concern::ConcernDeadlines,
     service::{concern::ConcernView, vault::DataKeys},
     store::{CollectionRecord, DisclosureFilter, Store},
@@ -36,6 +37,8 @@ pub struct SubjectExport {
     /// With their deadlines and whether they are overdue at `exported_at`.
     pub concerns: Vec<ConcernView>,
     pub exported_at: DateTime<Utc>,
+    /// The end of the subject's history chain; None before its first record.
+    pub chain_head: Option<ChainHead>,
 }
 
 #[derive(Clone)]
@@ -124,6 +127,7 @@ impl Exporter {
             disclosures,
             concerns,
             exported_at,
+            chain_head: self.store.chain_head_of(subject_id).await?,
         })
     }
 }

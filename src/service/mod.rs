@@ -9,6 +9,7 @@ pub mod erasure;
 pub mod export;
 pub mod feed;
 pub mod import;
+pub mod ledger;
 pub mod unsubscribe;
 pub mod vault;
 

@@ -12,6 +12,7 @@ mod export;
 mod feed;
 mod idempotency;
 mod import;
+mod ledger;
 mod locate;
 mod personal_data;
 mod redact;

@@ -34,6 +34,7 @@ fn sample(flag: &str) -> Option<String> {
         "--log-format" => "json",
         "--state-dir" => "/srv/consentd/state",
         "--allow-unsafe-durability" => "true",
+        "--checkpoint-interval-seconds" => "15",
         _ => return None,
     };
     Some(value.to_string())

@@ -292,9 +292,13 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
     let slow = db.transaction().await.unwrap();
     let slow_sequence: i64 = slow.query_one(RAW_INSERT, &[]).await.unwrap().get(0);
 
-    // A fast writer commits a later sequence first.
+    // A fast writer commits a later sequence first. It writes for another
+    // subject: appends for one subject take turns on its history chain's head
+    // (the ledger), so only appends for different subjects can commit out of
+    // sequence order.
+    app.register("C-2").await;
     let fast = app
-        .record("C-1", "promotional_mail", "", Choice::Grant)
+        .record("C-2", "promotional_mail", "", Choice::Grant)
         .await;
     assert!(fast.sequence > slow_sequence);
     // Meanwhile a reconnecting subscriber must not be handed the later one either.

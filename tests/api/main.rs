@@ -20,6 +20,7 @@ mod error_paths;
 mod feed;
 mod helpers;
 mod import;
+mod ledger;
 mod metrics;
 mod otlp;
 mod restart;
