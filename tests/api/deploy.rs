@@ -575,6 +575,45 @@ fn the_kubernetes_deployment_sets_every_key_file_from_the_secret() {
     }
 }
 
+/// The root filesystem is read-only and serve refuses to start without a
+/// writable state directory (the checkpoint signing key lives there), so
+/// the Deployment points CONSENTD_STATE_DIR at a mounted writable volume.
+#[test]
+fn the_kubernetes_deployment_gives_serve_a_writable_state_directory() {
+    let deployment = yaml("k8s/deployment.yaml");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = pod["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| s(&c["name"]) == "consentd")
+        .unwrap();
+    let dir = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| s(&e["name"]) == "CONSENTD_STATE_DIR")
+        .and_then(|e| e["value"].as_str())
+        .expect("deployment.yaml sets CONSENTD_STATE_DIR");
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| s(&m["mountPath"]) == dir)
+        .unwrap_or_else(|| panic!("nothing is mounted at {dir}"));
+    assert_ne!(mount["readOnly"].as_bool(), Some(true), "{dir} is writable");
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert!(
+        volume["emptyDir"].is_mapping() || volume["persistentVolumeClaim"].is_mapping(),
+        "{dir} is a writable volume: {volume:?}"
+    );
+}
+
 /// The same in compose: each key file variable points at a mounted
 /// dev-secrets file that the server would accept.
 #[test]
