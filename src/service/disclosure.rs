@@ -18,9 +18,7 @@ use crate::{
         Reason, Recipient, decide_disclosure,
     },
     service::vault::DataKeys,
-    store::{
-        Appended, DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, Store,
-    },
+    store::{Appended, DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, Store},
 };
 
 /// The largest page of disclosures.

@@ -78,21 +78,76 @@ fn a_value_collected_for_another_purpose_only_is_denied_as_not_collected_for_it(
     use Outcome::*;
     let rows: Vec<(&str, Option<Choice>, Option<FieldData>, (Outcome, Reason))> = vec![
         // Collected for another purpose: an allowed use becomes a DENY…
-        ("delivery", None, Some(name_for(&["promo"])), (Deny, Reason::NotCollectedForPurpose)),
-        ("partners", Some(Grant), Some(name_for(&["delivery"])), (Deny, Reason::NotCollectedForPurpose)),
-        ("promo", None, Some(name_for(&["partners", "delivery"])), (Deny, Reason::NotCollectedForPurpose)),
-        ("promo", Some(Grant), Some(name_for(&["delivery"])), (Deny, Reason::NotCollectedForPurpose)),
+        (
+            "delivery",
+            None,
+            Some(name_for(&["promo"])),
+            (Deny, Reason::NotCollectedForPurpose),
+        ),
+        (
+            "partners",
+            Some(Grant),
+            Some(name_for(&["delivery"])),
+            (Deny, Reason::NotCollectedForPurpose),
+        ),
+        (
+            "promo",
+            None,
+            Some(name_for(&["partners", "delivery"])),
+            (Deny, Reason::NotCollectedForPurpose),
+        ),
+        (
+            "promo",
+            Some(Grant),
+            Some(name_for(&["delivery"])),
+            (Deny, Reason::NotCollectedForPurpose),
+        ),
         // …while a denial keeps the consent reason that decided it.
-        ("partners", None, Some(name_for(&["delivery"])), (Deny, Reason::NoConsent)),
-        ("partners", Some(Refuse), Some(name_for(&["delivery"])), (Deny, Reason::ConsentRefused)),
-        ("promo", Some(Refuse), Some(name_for(&["delivery"])), (Deny, Reason::OptedOut)),
+        (
+            "partners",
+            None,
+            Some(name_for(&["delivery"])),
+            (Deny, Reason::NoConsent),
+        ),
+        (
+            "partners",
+            Some(Refuse),
+            Some(name_for(&["delivery"])),
+            (Deny, Reason::ConsentRefused),
+        ),
+        (
+            "promo",
+            Some(Refuse),
+            Some(name_for(&["delivery"])),
+            (Deny, Reason::OptedOut),
+        ),
         // Collected for this purpose, alone or among others: consent decides.
-        ("delivery", None, Some(name_for(&["delivery"])), (Allow, Reason::Contract)),
-        ("partners", Some(Grant), Some(name_for(&["delivery", "partners"])), (Allow, Reason::ConsentGranted)),
-        ("promo", None, Some(name_for(&["promo"])), (Allow, Reason::NotOptedOut)),
+        (
+            "delivery",
+            None,
+            Some(name_for(&["delivery"])),
+            (Allow, Reason::Contract),
+        ),
+        (
+            "partners",
+            Some(Grant),
+            Some(name_for(&["delivery", "partners"])),
+            (Allow, Reason::ConsentGranted),
+        ),
+        (
+            "promo",
+            None,
+            Some(name_for(&["promo"])),
+            (Allow, Reason::NotOptedOut),
+        ),
         // Nothing stored: consent alone, as before R2 reached Check.
         ("delivery", None, None, (Allow, Reason::Contract)),
-        ("partners", Some(Grant), None, (Allow, Reason::ConsentGranted)),
+        (
+            "partners",
+            Some(Grant),
+            None,
+            (Allow, Reason::ConsentGranted),
+        ),
         ("promo", None, None, (Allow, Reason::NotOptedOut)),
     ];
     for (purpose, choice, data, expected) in rows {
