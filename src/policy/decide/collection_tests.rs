@@ -76,7 +76,13 @@ fn check(purpose: &str, state: &SubjectState, data: Option<&FieldData>) -> (Outc
 #[test]
 fn a_value_collected_for_another_purpose_only_is_denied_as_not_collected_for_it() {
     use Outcome::*;
-    let rows: Vec<(&str, Option<Choice>, Option<FieldData>, (Outcome, Reason))> = vec![
+    type Row = (
+        &'static str,
+        Option<Choice>,
+        Option<FieldData>,
+        (Outcome, Reason),
+    );
+    let rows: Vec<Row> = vec![
         // Collected for another purpose: an allowed use becomes a DENY…
         (
             "delivery",
