@@ -19,6 +19,9 @@ stored_enum!(
         /// Withheld: no value is stored, or it was not collected for this
         /// purpose (R2).
         NotCollected => "not_collected",
+        /// DENY (Check): the stored value was collected for other purposes
+        /// only, so it may not be used for this one (R2).
+        NotCollectedForPurpose => "not_collected_for_purpose",
     }
 );
 

@@ -89,6 +89,7 @@ pb_enums! {
         NotOptedOut => NotOptedOut,
         StaleData => StaleData,
         NotCollected => NotCollected,
+        NotCollectedForPurpose => NotCollectedForPurpose,
     }
     ConcernCategory => ConcernCategory {
         Misuse => Misuse,

@@ -6,7 +6,7 @@
 //! [`decide_disclosure`](super::decide_disclosure)) then assume the request
 //! passed, so they cannot fail.
 
-use super::{DisclosureRequest, Ground, Policy};
+use super::{Category, DisclosureRequest, Ground, Policy};
 use crate::domain::{FieldName, PurposeCode, RecipientId, Violations};
 
 /// What parsed of a disclosure request; `None` did not.
@@ -34,8 +34,9 @@ impl Policy {
     }
 
     /// Whether a disclosure request can be decided: a declared recipient,
-    /// declared fields each listed once, a declared purpose, and the
-    /// reference and justification that R6 and R7 require.
+    /// declared fields each listed once, a declared purpose, the reference
+    /// and justification that R6 and R7 require, and an authority as the
+    /// recipient of a legal-basis request (R7).
     pub fn check_disclosure(&self, request: &DisclosureRequest) -> Violations {
         self.check_disclosure_parts(&DisclosureParts {
             recipient: Some(&request.recipient),
@@ -88,6 +89,19 @@ impl Policy {
                 purpose
             }
             Some(Ground::Legal(_)) => {
+                // R7 names legal notices, rights and emergencies: grounds an
+                // authority acts on. Sent to a partner or a courier, a legal
+                // basis would be a way around the person's permission (R5).
+                if let Some(r) = recipient.filter(|r| r.category != Category::Authority) {
+                    violations.push(
+                        "recipient_id",
+                        format!(
+                            "`{}` is a {}: a legal basis releases data only to an authority",
+                            r.id,
+                            r.category.as_str()
+                        ),
+                    );
+                }
                 // R7: a legal basis must say what it rests on and why.
                 if !request.has_reference {
                     violations.push(

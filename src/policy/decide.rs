@@ -81,11 +81,13 @@ pub fn decide(
     }
 }
 
-/// [`decide`], then R3 on the stored field's age: an allowed use of stale
-/// data carries `needs_verification`, or is a DENY with `StaleData` when the
-/// purpose sets `require_fresh`. `data` is `None` when no value is stored;
-/// a Check then says nothing about freshness. Assumes, like [`decide`], a
-/// query that passed [`Policy::check_query`].
+/// [`decide`], then the stored value's collection: R2, a value collected
+/// for other purposes is a DENY with `NotCollectedForPurpose`; R3, an
+/// allowed use of stale data carries `needs_verification`, or is a DENY with
+/// `StaleData` when the purpose sets `require_fresh`. `data` is `None` when
+/// no value is stored; consent alone then decides, and a Check says nothing
+/// about freshness. Assumes, like [`decide`], a query that passed
+/// [`Policy::check_query`].
 pub fn decide_with_data(
     policy: &Policy,
     subject: Option<&SubjectState>,
@@ -96,10 +98,20 @@ pub fn decide_with_data(
 ) -> Decision {
     let decision = decide(policy, subject, purpose, field);
     // An allowed decision means the purpose is declared.
-    let Some(purpose_def) = policy.purpose(purpose) else {
+    let (Outcome::Allow, Some(purpose_def), Some(data)) =
+        (decision.outcome, policy.purpose(purpose), data)
+    else {
         return decision;
     };
-    if decision.outcome == Outcome::Deny || !data.is_some_and(|d| is_stale(purpose_def, d, now)) {
+    if !collected_for_purpose(data, purpose) {
+        return Decision {
+            outcome: Outcome::Deny,
+            reason: Reason::NotCollectedForPurpose,
+            record_id: None,
+            needs_verification: false,
+        };
+    }
+    if !is_stale(purpose_def, data, now) {
         return decision;
     }
     if purpose_def.require_fresh {
@@ -117,6 +129,11 @@ pub fn decide_with_data(
     }
 }
 
+/// R2: a stored value may serve only the purposes it was collected for.
+pub fn collected_for_purpose(data: &FieldData, purpose: &PurposeCode) -> bool {
+    data.collected_for.contains(purpose)
+}
+
 /// R3: is `data` older than `purpose` allows for its field?
 pub fn is_stale(purpose: &Purpose, data: &FieldData, now: DateTime<Utc>) -> bool {
     purpose
@@ -125,5 +142,7 @@ pub fn is_stale(purpose: &Purpose, data: &FieldData, now: DateTime<Utc>) -> bool
         .is_some_and(|days| data.checked_at() + TimeDelta::days(i64::from(*days)) < now)
 }
 
+#[cfg(test)]
+mod collection_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,10 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{Category, Policy, decide::is_stale};
+use super::{
+    Category, Policy,
+    decide::{collected_for_purpose, is_stale},
+};
 use crate::domain::{
     Choice, DisclosureStatus, FieldData, FieldName, Justification, LegalBasis, PurposeCode, Reason,
     RecipientId, Reference, SubjectState,
@@ -135,7 +138,7 @@ pub fn decide_disclosure(
                         (Err(reason), _) => FieldOutcome::Withhold(reason),
                         (Ok(()), None) => FieldOutcome::Withhold(Reason::NotCollected),
                         // R2: not collected for this purpose, not usable for it.
-                        (Ok(()), Some(data)) if !data.collected_for.contains(&purpose.code) => {
+                        (Ok(()), Some(data)) if !collected_for_purpose(data, &purpose.code) => {
                             FieldOutcome::Withhold(Reason::NotCollected)
                         }
                         (Ok(()), Some(data)) => {

@@ -18,7 +18,7 @@ use crate::{
         Reason, Recipient, decide_disclosure,
     },
     service::vault::DataKeys,
-    store::{DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, Store},
+    store::{Appended, DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, Store},
 };
 
 /// The largest page of disclosures.
@@ -203,6 +203,9 @@ impl DisclosureService {
             Ground::Purpose(p) => (Some(p.clone()), None),
             Ground::Legal(b) => (None, Some(*b)),
         };
+        // A denial releases nothing, so it is not recorded. A retry the
+        // rules now deny is one too: what its first answer released does
+        // not go out again.
         if decision.status == DisclosureStatus::Denied {
             return Ok(DisclosureAnswer {
                 disclosure: None,
@@ -227,37 +230,45 @@ impl DisclosureService {
         } else {
             Vec::new()
         };
-        let disclosure = self
-            .store
-            .append_disclosure(&NewDisclosure {
-                subject_id: subject_id.clone(),
-                recipient_id: request.recipient.clone(),
-                purpose,
-                legal_basis,
-                reference: request.reference.clone(),
-                justification: request.justification.clone(),
-                requested: request.fields.clone(),
-                fields,
-                withheld: withheld
-                    .iter()
-                    .map(|(field, reason)| Withheld {
-                        field: field.clone(),
-                        reason: *reason,
-                    })
-                    .collect(),
-                status: decision.status,
-                review_due: decision.review_due,
-                requested_by: actor.clone(),
-                request_id,
-            })
-            .await?;
+        let new = NewDisclosure {
+            subject_id: subject_id.clone(),
+            recipient_id: request.recipient.clone(),
+            purpose,
+            legal_basis,
+            reference: request.reference.clone(),
+            justification: request.justification.clone(),
+            requested: request.fields.clone(),
+            fields,
+            withheld: withheld
+                .iter()
+                .map(|(field, reason)| Withheld {
+                    field: field.clone(),
+                    reason: *reason,
+                })
+                .collect(),
+            status: decision.status,
+            review_due: decision.review_due,
+            requested_by: actor.clone(),
+            request_id,
+        };
+        let disclosure = match self.store.append_disclosure(&new).await? {
+            Appended::New(disclosure) => disclosure,
+            // A retry is decided again. While the rules still release what
+            // the first answer released, it answers from the first record,
+            // which already holds those fields.
+            Appended::Replay(first) if first.fields == new.fields => first,
+            // Otherwise the first answer would release what the rules now
+            // withhold (or did not then): this decision is what goes out,
+            // so it is recorded as a disclosure of its own.
+            Appended::Replay(_) => self.store.append_retried_disclosure(&new).await?,
+        };
         let stale = |field: &FieldName| {
             decision
                 .released()
                 .any(|(f, needs_verification)| f == field && needs_verification)
         };
-        // A retry answers from the first record, whose fields may differ
-        // from what was just decided.
+        // A replayed first record may be a legal-basis request approved
+        // since, whose values this decision (pending) did not open.
         let values = if values.len() == disclosure.fields.len()
             && values
                 .iter()

@@ -4,7 +4,7 @@
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Row, error::SqlState};
+use tokio_postgres::{Row, Transaction, error::SqlState};
 use uuid::Uuid;
 
 use super::{
@@ -38,6 +38,16 @@ pub struct NewDisclosure {
     pub review_due: Option<DateTime<Utc>>,
     pub requested_by: Actor,
     pub request_id: Option<RequestId>,
+}
+
+/// What [`Store::append_disclosure`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// A new row.
+    New(Disclosure),
+    /// The `request_id` was used before for the same request; nothing was
+    /// appended, and this is the first row, as it stands now.
+    Replay(Disclosure),
 }
 
 /// What happened to a disclosure after its request.
@@ -107,17 +117,12 @@ impl Store {
     }
 
     /// Appends a disclosure to the history. With a `request_id` already used
-    /// for the same request, returns the first disclosure instead.
+    /// for the same request, appends nothing and returns the first
+    /// disclosure as a [`Appended::Replay`].
     #[tracing::instrument(name = "store.append_disclosure", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "append_disclosure"))]
-    pub async fn append_disclosure(&self, new: &NewDisclosure) -> Result<Disclosure> {
+    pub async fn append_disclosure(&self, new: &NewDisclosure) -> Result<Appended> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let fields: Vec<&str> = new.fields.iter().map(|f| f.as_str()).collect();
-        let withheld: Vec<String> = new
-            .withheld
-            .iter()
-            .map(|w| format!("{}:{}", w.field, w.reason.as_str()))
-            .collect();
         if let Some(request_id) = &new.request_id {
             let digest = disclosure_digest(new);
             if let Claim::Replay(id) = idempotency::claim(&tx, request_id, &digest).await? {
@@ -130,42 +135,26 @@ impl Store {
                         &[&id],
                     )
                     .await?;
-                return disclosure_from_row(&row);
+                return Ok(Appended::Replay(disclosure_from_row(&row)?));
             }
         }
-        let disclosure_id = Uuid::now_v7();
-        tx.execute(
-            "INSERT INTO disclosures (subject_id, disclosure_id, recipient_id, purpose,
-                 legal_basis, reference, justification, fields, withheld, status, review_due,
-                 requested_by, request_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            &[
-                &new.subject_id.as_str(),
-                &disclosure_id,
-                &new.recipient_id.as_str(),
-                &new.purpose.as_ref().map(|p| p.as_str()),
-                &new.legal_basis.map(|b| b.as_str()),
-                &new.reference.as_ref().map(|r| r.as_str()),
-                &new.justification.as_ref().map(|j| j.as_str()),
-                &fields,
-                &withheld,
-                &new.status.as_str(),
-                &new.review_due,
-                &new.requested_by.as_str(),
-                &new.request_id.as_ref().map(|r| r.as_str()),
-            ],
-        )
-        .await?;
+        let disclosure = insert_disclosure(&tx, new).await?;
         if let Some(request_id) = &new.request_id {
-            idempotency::settle(&tx, request_id, &disclosure_id.to_string()).await?;
+            idempotency::settle(&tx, request_id, &disclosure.disclosure_id.to_string()).await?;
         }
-        let row = tx
-            .query_one(
-                &format!("{DISCLOSURE_SELECT} WHERE d.disclosure_id = $1"),
-                &[&disclosure_id],
-            )
-            .await?;
-        let disclosure = disclosure_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Appended::New(disclosure))
+    }
+
+    /// Appends the new decision of a retried request whose first answer the
+    /// current rules no longer give. The `request_id` is kept on the row, so
+    /// the history shows both came from one request, but its key still
+    /// answers with the first disclosure.
+    #[tracing::instrument(name = "store.append_retried_disclosure", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "append_retried_disclosure"))]
+    pub async fn append_retried_disclosure(&self, new: &NewDisclosure) -> Result<Disclosure> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let disclosure = insert_disclosure(&tx, new).await?;
         tx.commit().await?;
         Ok(disclosure)
     }
@@ -256,6 +245,45 @@ impl Store {
             next_after,
         })
     }
+}
+
+async fn insert_disclosure(tx: &Transaction<'_>, new: &NewDisclosure) -> Result<Disclosure> {
+    let fields: Vec<&str> = new.fields.iter().map(|f| f.as_str()).collect();
+    let withheld: Vec<String> = new
+        .withheld
+        .iter()
+        .map(|w| format!("{}:{}", w.field, w.reason.as_str()))
+        .collect();
+    let disclosure_id = Uuid::now_v7();
+    tx.execute(
+        "INSERT INTO disclosures (subject_id, disclosure_id, recipient_id, purpose,
+             legal_basis, reference, justification, fields, withheld, status, review_due,
+             requested_by, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        &[
+            &new.subject_id.as_str(),
+            &disclosure_id,
+            &new.recipient_id.as_str(),
+            &new.purpose.as_ref().map(|p| p.as_str()),
+            &new.legal_basis.map(|b| b.as_str()),
+            &new.reference.as_ref().map(|r| r.as_str()),
+            &new.justification.as_ref().map(|j| j.as_str()),
+            &fields,
+            &withheld,
+            &new.status.as_str(),
+            &new.review_due,
+            &new.requested_by.as_str(),
+            &new.request_id.as_ref().map(|r| r.as_str()),
+        ],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            &format!("{DISCLOSURE_SELECT} WHERE d.disclosure_id = $1"),
+            &[&disclosure_id],
+        )
+        .await?;
+    disclosure_from_row(&row)
 }
 
 fn disclosure_digest(new: &NewDisclosure) -> RequestDigest {

@@ -28,7 +28,7 @@ use tokio_postgres::NoTls;
 
 pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
 pub use consent::HistoryPage;
-pub use disclosure::{DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure};
+pub use disclosure::{Appended, DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure};
 pub use durability::DurabilitySettings;
 pub use erasure::Erased;
 pub use export::{CollectionRecord, EXPORTED_TABLES, StoredField};

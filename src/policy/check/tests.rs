@@ -176,3 +176,52 @@ fn a_disclosure_check_names_every_problem_of_the_request() {
         );
     }
 }
+
+/// R7 over every legal basis and every recipient category: only an authority
+/// may receive data on a legal basis; anyone else is a caller bug named on
+/// `recipient_id`, so nothing is decided, released or recorded.
+#[test]
+fn a_legal_basis_is_accepted_only_for_an_authority_under_every_basis() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/policy.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // The shipped file has no processor; one is added so that every
+    // category is covered.
+    let text = format!(
+        "{text}\n[[recipients]]\nid = \"mail-house\"\nname = \"Mail House\"\n\
+         category = \"processor\"\ncontact = \"ops@mail-house.example\"\n\
+         purposes = [\"promotional_mail\"]\n"
+    );
+    let policy = Policy::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    let by_category = |category: Category| {
+        policy
+            .recipients()
+            .find(|r| r.category == category)
+            .unwrap_or_else(|| panic!("no {} recipient", category.as_str()))
+            .id
+            .to_string()
+    };
+    for basis in LegalBasis::ALL {
+        for category in Category::ALL {
+            let recipient = by_category(*category);
+            let found = pairs(policy.check_disclosure(&request(
+                &recipient,
+                Ground::Legal(*basis),
+                &["name"],
+                "case-1",
+                "a person is in danger",
+            )));
+            let expected = if *category == Category::Authority {
+                vec![]
+            } else {
+                owned(&[(
+                    "recipient_id",
+                    &format!(
+                        "`{recipient}` is a {}: a legal basis releases data only to an authority",
+                        category.as_str()
+                    ),
+                )])
+            };
+            assert_eq!(found, expected, "{basis:?} to a {}", category.as_str());
+        }
+    }
+}

@@ -346,7 +346,7 @@ fn data(field: &str, collected_days_ago: i64, verified_days_ago: Option<i64>) ->
     let now = now();
     FieldData {
         field: f(field),
-        collected_for: vec![p("delivery")],
+        collected_for: vec![p("delivery"), p("strict")],
         collected_at: now - TimeDelta::days(collected_days_ago),
         verified_at: verified_days_ago.map(|d| now - TimeDelta::days(d)),
     }
