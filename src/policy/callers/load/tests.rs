@@ -303,6 +303,19 @@ fn snippet() -> impl Strategy<Value = String> {
 
 proptest! {
     #[test]
+    fn a_token_hash_reads_back_from_hex_in_either_case(hash in any::<[u8; 32]>(), upper in any::<bool>()) {
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = if upper { hex.to_uppercase() } else { hex };
+        prop_assert_eq!(parse_sha256_hex(&hex), Some(hash));
+    }
+
+    #[test]
+    fn sixty_four_characters_are_a_token_hash_only_when_all_are_hex(text in "[0-9a-fA-Fg-zé+ ]{64}") {
+        let all_hex = text.chars().all(|c| c.is_ascii_hexdigit());
+        prop_assert_eq!(parse_sha256_hex(&text).is_some(), all_hex && text.len() == 64);
+    }
+
+    #[test]
     fn the_loader_never_panics_on_arbitrary_text(text in "\\PC{0,200}") {
         let _ = parse_with(&text, Known::default());
     }
