@@ -1,5 +1,6 @@
 //! The one-shot subcommands (`migrate`, `check-config`, `policy check`,
-//! `import-refusals`, `keys rotate`, `export-subject`, `verify`):
+//! `callers check`, `callers token`, `import-refusals`, `keys rotate`,
+//! `export-subject`, `verify`):
 //! what they print and how they report progress. `serve` lives in `startup`.
 
 use std::{
@@ -14,6 +15,10 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
+
+mod callers;
+
+pub use callers::{check_callers, new_token};
 
 use crate::{
     domain::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, SubjectId},

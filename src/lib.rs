@@ -5,7 +5,8 @@
 //! - [`domain`]: validated newtypes and plain records; no IO.
 //! - [`policy`]: the policy (purposes, recipients, disclosure rules) and its
 //!   file loader, the request checks (`check_query`, `check_disclosure`) and
-//!   the pure rules: `decide` for checks, `decide_disclosure` for releases.
+//!   the pure rules: `decide` for checks, `decide_disclosure` for releases,
+//!   and `authorize` for what each caller of the callers file may do.
 //! - [`store`]: PostgreSQL — which database to use, the pool, migrations,
 //!   every SQL statement, and the private fallback cluster.
 //! - [`service`]: the use cases, joining policy and store; `service::vault`
@@ -19,7 +20,8 @@
 //! - [`startup`]: builds and runs the whole server (`Application`).
 //! - [`settings`]: command line and environment.
 //! - [`commands`]: the one-shot subcommands (migrate, check-config, policy
-//!   check, import-refusals, keys rotate, export-subject). They never see
+//!   check, callers check and token, import-refusals, keys rotate,
+//!   export-subject). They never see
 //!   prost types: `main` hands export-subject its renderer.
 //! - [`keys`]: key files (unsubscribe link keys, data keys, the subject-ref
 //!   key): parsing, loading, creating once in the state dir, redacted `Debug`.

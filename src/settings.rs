@@ -42,6 +42,9 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Work with callers files: who may call, and what.
+    #[command(subcommand)]
+    Callers(CallersCommand),
     /// Load an existing suppression list: one REFUSE per subject id.
     ///
     /// FILE is CSV: the subject's external id in the first column, extra
@@ -161,6 +164,22 @@ pub enum PolicyCommand {
         /// The policy file to validate.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CallersCommand {
+    /// Validate a callers file against the methods this server serves and
+    /// print who may call what; exit 1 on any problem.
+    Check {
+        /// The callers file to validate.
+        file: PathBuf,
+        /// Also check its purposes and recipients against this policy file.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Print a new random bearer token and the `token_sha256` line that
+    /// lets it in.
+    Token,
 }
 
 #[derive(Debug, Clone, Args)]

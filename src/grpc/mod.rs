@@ -29,3 +29,14 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("consent_descriptor");
 }
+
+/// Every `consent.v1` method as `package.Service/Method`, the form a callers
+/// file names them in.
+pub fn method_paths() -> anyhow::Result<Vec<String>> {
+    let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)?;
+    Ok(pool
+        .services()
+        .flat_map(|service| service.methods().collect::<Vec<_>>())
+        .map(|method| format!("{}/{}", method.parent_service().full_name(), method.name()))
+        .collect())
+}

@@ -18,6 +18,8 @@ use nix::{
 
 use crate::helpers::{fresh_database, policy_path, test_state_dir};
 
+mod callers;
+
 mod readme_settings {
     include!("readme_settings.rs");
 }

@@ -20,6 +20,8 @@ use crate::{
     unsubscribe::path_of,
 };
 
+mod callers;
+
 fn deploy() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
