@@ -21,8 +21,8 @@
 //! - [`settings`]: command line and environment.
 //! - [`commands`]: the one-shot subcommands (migrate, check-config, policy
 //!   check, callers check and token, import-refusals, keys rotate,
-//!   export-subject). They never see
-//!   prost types: `main` hands export-subject its renderer.
+//!   export-subject, verify). They never see prost types: `main` hands
+//!   export-subject its renderer.
 //! - [`keys`]: key files (unsubscribe link keys, data keys, the subject-ref
 //!   key): parsing, loading, creating once in the state dir, redacted `Debug`.
 //! - [`telemetry`]: logs, OpenTelemetry traces, subject trace refs.

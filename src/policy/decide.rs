@@ -5,23 +5,16 @@ use uuid::Uuid;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{Basis, Policy, Purpose};
-use crate::domain::{Choice, FieldData, FieldName, PurposeCode, Reason, SubjectState};
+use crate::domain::{Choice, FieldData, FieldName, PurposeCode, Reason, SubjectState, stored_enum};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Allow,
-    Deny,
-}
-
-impl Outcome {
-    /// A stable lower-case name for metrics and span attributes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Allow => "allow",
-            Outcome::Deny => "deny",
-        }
+stored_enum!(
+    /// The answer to a check; its text is a stable name for metrics and span
+    /// attributes.
+    Outcome {
+        Allow => "allow",
+        Deny => "deny",
     }
-}
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {

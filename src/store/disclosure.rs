@@ -12,6 +12,7 @@ use super::{
     idempotency::{self, Claim, RequestDigest},
     rows::{stored, stored_enum},
 };
+use crate::domain::stored_enum;
 use crate::{
     domain::{
         Actor, Disclosure, DisclosureStatus, FieldName, Justification, LegalBasis, PurposeCode,
@@ -50,21 +51,14 @@ pub enum Appended {
     Replay(Disclosure),
 }
 
-/// What happened to a disclosure after its request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DisclosureEvent {
-    Approved,
-    Reviewed,
-}
-
-impl DisclosureEvent {
-    fn as_str(self) -> &'static str {
-        match self {
-            DisclosureEvent::Approved => "approved",
-            DisclosureEvent::Reviewed => "reviewed",
-        }
+stored_enum!(
+    /// What happened to a disclosure after its request; the text is the
+    /// `kind` of a disclosure_events row.
+    DisclosureEvent {
+        Approved => "approved",
+        Reviewed => "reviewed",
     }
-}
+);
 
 /// Which disclosures a listing wants.
 #[derive(Debug, Clone)]
