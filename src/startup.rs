@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
-    grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, pb},
+    grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, health_server, pb},
     http::{self, HttpState},
     keys::{KeyFile as _, SubjectKey},
     policy::Policy,
@@ -147,14 +147,16 @@ impl Application {
         crate::metrics::handle();
         let store = database.store.clone();
 
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let stop = CancellationToken::new();
+        let health = tonic_health::server::HealthReporter::new();
         report_health(&health, ServingStatus::Serving).await;
+        // Its Watch streams end at `stop`, or they would hold the drain open.
+        let health_service = health_server(health.clone(), stop.clone());
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("cannot build the reflection service")?;
-        let stop = CancellationToken::new();
         let wake = store.spawn_change_listener(stop.clone());
         let unsubscribes =
             Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url);
