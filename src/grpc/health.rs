@@ -121,10 +121,15 @@ mod tests {
         );
         tx.send(Ok(1)).await.unwrap();
         stop.cancel();
-        assert_eq!(stream.next().await.unwrap().unwrap(), 1);
-        let end = stream.next().await.unwrap().unwrap_err();
+        let mut next = async || {
+            tokio::time::timeout(std::time::Duration::from_secs(1), stream.next())
+                .await
+                .expect("the stream ended")
+        };
+        assert_eq!(next().await.unwrap().unwrap(), 1);
+        let end = next().await.unwrap().unwrap_err();
         assert_eq!(end.code(), tonic::Code::Unavailable);
-        assert!(stream.next().await.is_none());
+        assert!(next().await.is_none());
         drop(tx);
     }
 }
