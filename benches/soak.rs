@@ -315,7 +315,8 @@ async fn work(worker: usize, channel: Channel, counts: Arc<Counts>, deadline: In
                 counts.count(&counts.writes, write);
             }
             7 => {
-                // Opened near the head of the feed, read briefly, dropped.
+                // Subscriptions come and go: opened at the start of the feed, read for
+                // a moment, dropped.
                 let watch = consent
                     .watch_changes(pb::WatchChangesRequest {
                         after: 0,
