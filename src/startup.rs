@@ -3,8 +3,8 @@
 //! `Application::build` binds the listeners (so port 0 resolves before
 //! anything is served), connects and migrates the database, and loads the
 //! policy. `run_until_stopped` serves until the given future completes, then
-//! shuts down gracefully: health turns NOT_SERVING, listeners close, and
-//! in-flight calls finish.
+//! shuts down gracefully: health turns NOT_SERVING, listeners close, open
+//! health watches and change streams end, and in-flight calls finish.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 

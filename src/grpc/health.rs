@@ -124,7 +124,7 @@ mod tests {
         let mut next = async || {
             tokio::time::timeout(std::time::Duration::from_secs(1), stream.next())
                 .await
-                .expect("the stream ended")
+                .expect("the stream answers within a second")
         };
         assert_eq!(next().await.unwrap().unwrap(), 1);
         let end = next().await.unwrap().unwrap_err();
