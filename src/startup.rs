@@ -3,8 +3,8 @@
 //! `Application::build` binds the listeners (so port 0 resolves before
 //! anything is served), connects and migrates the database, and loads the
 //! policy. `run_until_stopped` serves until the given future completes, then
-//! shuts down gracefully: health turns NOT_SERVING, listeners close, and
-//! in-flight calls finish.
+//! shuts down gracefully: health turns NOT_SERVING, listeners close, open
+//! health watches and change streams end, and in-flight calls finish.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
-    grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, pb},
+    grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, health_server, pb},
     http::{self, HttpState},
     keys::{KeyFile as _, SubjectKey},
     policy::Policy,
@@ -164,14 +164,16 @@ impl Application {
         crate::metrics::handle();
         let store = database.store.clone();
 
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let stop = CancellationToken::new();
+        let health = tonic_health::server::HealthReporter::new();
         report_health(&health, ServingStatus::Serving).await;
+        // Its Watch streams end at `stop`, or they would hold the drain open.
+        let health_service = health_server(health.clone(), stop.clone());
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("cannot build the reflection service")?;
-        let stop = CancellationToken::new();
         let wake = store.spawn_change_listener(stop.clone());
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
         let unsubscribes =

@@ -8,6 +8,7 @@ mod convert;
 mod disclosure;
 mod enums;
 mod export;
+mod health;
 mod observe;
 mod page;
 mod rights;
@@ -17,6 +18,7 @@ pub use concern::ConcernGrpc;
 pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
 pub use export::export_json;
+pub use health::health_server;
 pub use rights::SubjectRightsGrpc;
 
 /// The generated `consent.v1` types and service traits. Generated code is

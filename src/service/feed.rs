@@ -140,9 +140,23 @@ pub async fn follow(
         tokio::select! {
             () = stop.cancelled() => return,
             () = out.closed() => return,
-            _ = wake.changed() => {}
-            () = tokio::time::sleep(poll) => {}
+            () = next_wake(&mut wake, poll) => {}
         }
+    }
+}
+
+/// Waits for a wake-up or for `poll`, whichever comes first. Once the
+/// listener has ended, `changed()` fails at once for ever, so only the poll
+/// interval is left: waiting on it keeps the stream from re-reading in a
+/// busy loop.
+async fn next_wake(wake: &mut watch::Receiver<u64>, poll: Duration) {
+    tokio::select! {
+        changed = wake.changed() => {
+            if changed.is_err() {
+                tokio::time::sleep(poll).await;
+            }
+        }
+        () = tokio::time::sleep(poll) => {}
     }
 }
 
@@ -165,6 +179,34 @@ impl Drop for SubscriberGauge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn without_a_listener_a_stream_waits_the_poll_interval_between_reads() {
+        let (sender, mut wake) = watch::channel(0u64);
+        drop(sender);
+        let poll = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        next_wake(&mut wake, poll).await;
+        assert!(
+            started.elapsed() >= poll,
+            "woke after {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_notification_wakes_a_stream_before_the_poll_interval() {
+        let (sender, mut wake) = watch::channel(0u64);
+        let poll = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        sender.send_modify(|n| *n += 1);
+        next_wake(&mut wake, poll).await;
+        assert!(
+            started.elapsed() < poll,
+            "woke after {:?}",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn contiguous_sequences_are_all_sendable() {

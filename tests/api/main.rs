@@ -12,6 +12,7 @@ mod concern_bad_input;
 mod config;
 mod consent;
 mod crash;
+mod cuts;
 mod database;
 mod deploy;
 mod disclosure;

@@ -322,3 +322,50 @@ async fn a_call_still_running_at_the_shutdown_timeout_is_cut() {
         .get(0);
     assert_eq!(written, 0, "the cut call wrote nothing");
 }
+
+/// A load balancer keeps a health Watch open on every server. At SIGTERM it
+/// must learn NOT_SERVING, and its open stream must not hold the drained
+/// server up until the 30 s shutdown timeout.
+#[tokio::test]
+async fn an_open_health_watch_sees_not_serving_and_does_not_hold_up_shutdown() {
+    let db = fresh_database().await;
+    let served = spawn_serve_with(&["--database-url", &db.db_url, "--drain-seconds", "1"], &[]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", served.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest { service: "".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(item) = watch.next().await {
+            seen.push(item.map(|r| r.status()).map_err(|s| s.code()));
+        }
+        seen
+    });
+
+    let started = Instant::now();
+    let lines = terminate_and_wait(served.child, &served.logs).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "exited {took:?} after SIGTERM, with a 1 s drain:\n{}",
+        lines.join("\n")
+    );
+    let seen = tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .expect("the watch ended")
+        .unwrap();
+    assert_eq!(
+        seen,
+        [Ok(ServingStatus::NotServing), Err(tonic::Code::Unavailable)]
+    );
+}
