@@ -264,6 +264,18 @@ pub struct ServeArgs {
     /// database is refused at start. For throw-away test clusters only.
     #[arg(long, env = "CONSENTD_ALLOW_UNSAFE_DURABILITY")]
     pub allow_unsafe_durability: bool,
+
+    /// The callers file (TOML): every system and person that may call, how
+    /// each authenticates, and what each may do. Without it every call is
+    /// anonymous, which the server allows only on loopback addresses.
+    #[arg(long, env = "CONSENTD_CALLERS")]
+    pub callers: Option<PathBuf>,
+
+    /// Serve without a callers file on a non-loopback address: anyone who
+    /// can reach the port may do anything, as anyone. For a network that is
+    /// closed by other means only.
+    #[arg(long, env = "CONSENTD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 impl ServeArgs {
@@ -319,6 +331,11 @@ impl ServeArgs {
             (
                 "--allow-unsafe-durability",
                 Some(self.allow_unsafe_durability.to_string()),
+            ),
+            ("--callers", path(&self.callers)),
+            (
+                "--insecure-no-auth",
+                Some(self.insecure_no_auth.to_string()),
             ),
             ("--log-format", log_format),
         ]

@@ -52,6 +52,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(args: &ServeArgs) -> anyhow::Result<Self> {
+        check_exposure(args)?;
         let policy = Arc::new(Policy::load(&args.policy)?);
         tracing::info!(
             policy = %args.policy.display(),
@@ -256,6 +257,43 @@ async fn check_durability(store: &Store, allow_unsafe: bool) -> anyhow::Result<(
     anyhow::bail!(
         "refusing to serve: {problems}. Fix the PostgreSQL settings, or pass \
          --allow-unsafe-durability (CONSENTD_ALLOW_UNSAFE_DURABILITY=true) for a throw-away test database"
+    )
+}
+
+/// Without a callers file every call is anonymous and may do anything, as
+/// anyone: tolerable only where no other machine can connect, or where the
+/// operator says the network is closed by other means.
+fn check_exposure(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.callers.is_some() {
+        return Ok(());
+    }
+    let exposed: Vec<String> = [("--grpc-addr", args.grpc_addr), ("--http-addr", args.http_addr)]
+        .into_iter()
+        .filter(|(_, addr)| !addr.ip().is_loopback())
+        .map(|(flag, addr)| format!("{flag} {addr}"))
+        .collect();
+    if exposed.is_empty() {
+        tracing::warn!(
+            "NO AUTHENTICATION: no --callers file, so every call is anonymous, may do anything \
+             and names its own actor in x-actor. Served on loopback only; give --callers \
+             (CONSENTD_CALLERS) before anything else can reach this server"
+        );
+        return Ok(());
+    }
+    let exposed = exposed.join(", ");
+    if args.insecure_no_auth {
+        tracing::warn!(
+            exposed,
+            "NO AUTHENTICATION on a non-loopback address, as --insecure-no-auth asks: anyone who \
+             can reach {exposed} may read and change any person's data, as anyone"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve {exposed} without authentication: with no --callers file anyone who \
+         can reach the port could read and change any person's data, as anyone. Give \
+         --callers FILE (CONSENTD_CALLERS), bind to a loopback address, or pass \
+         --insecure-no-auth (CONSENTD_INSECURE_NO_AUTH=true) if the network is closed by other means"
     )
 }
 

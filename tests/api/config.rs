@@ -34,6 +34,8 @@ fn sample(flag: &str) -> Option<String> {
         "--log-format" => "json",
         "--state-dir" => "/srv/consentd/state",
         "--allow-unsafe-durability" => "true",
+        "--callers" => "/run/secrets/callers.toml",
+        "--insecure-no-auth" => "true",
         _ => return None,
     };
     Some(value.to_string())

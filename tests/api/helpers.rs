@@ -287,6 +287,8 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         state_dir: Some(test_state_dir()),
         // The fallback test cluster runs with fsync off, for speed.
         allow_unsafe_durability: server().await._embedded.is_some(),
+        callers: None,
+        insecure_no_auth: false,
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
