@@ -26,7 +26,7 @@ fn printable(value: &str, max: usize) -> Result<(), String> {
 /// Checks a policy code: a lower-case ASCII letter, then up to 63 lower-case
 /// letters, digits, `_` or `-`. Codes are written by hand in the policy file
 /// and typed by callers, so they are kept to one unambiguous spelling.
-fn code(value: &str) -> Result<(), String> {
+pub(super) fn code(value: &str) -> Result<(), String> {
     let mut chars = value.chars();
     let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
     let rest_ok =
@@ -78,6 +78,8 @@ macro_rules! text_newtype {
     };
 }
 
+pub(super) use text_newtype;
+
 text_newtype!(
     /// A subject's external id, as the calling system knows it (`C-1042`).
     SubjectId,
@@ -127,6 +129,14 @@ text_newtype!(
     Justification,
     |v| printable(v, 2000)
 );
+
+impl From<&super::CallerId> for Actor {
+    /// An authenticated caller is the actor of what it does; its id is a
+    /// policy code, so it always meets an actor's rules.
+    fn from(id: &super::CallerId) -> Self {
+        Self(id.as_str().to_owned())
+    }
+}
 
 impl Actor {
     /// The actor of a call that names none.
