@@ -12,13 +12,14 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::{
-    grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, pb},
+    grpc::{self, Authenticator, ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, pb},
     http::{self, HttpState},
     keys::{KeyFile as _, SubjectKey},
-    policy::Policy,
+    policy::{Callers, Known, Policy},
     service::{
         ConsentService, DisclosureService,
         concern::ConcernService,
@@ -48,6 +49,9 @@ pub struct Application {
     /// Encrypt personal data at rest (R8).
     data_keys: Arc<DataKeys>,
     public_url: String,
+    /// Who may call and what each may do; `None` serves everyone as
+    /// anonymous (loopback only, unless told otherwise).
+    callers: Option<Arc<Callers>>,
 }
 
 impl Application {
@@ -72,6 +76,23 @@ impl Application {
         policy: Arc<Policy>,
     ) -> anyhow::Result<Self> {
         check_durability(&database.store, args.allow_unsafe_durability).await?;
+        let callers = match &args.callers {
+            None => None,
+            Some(path) => {
+                let rpcs = grpc::served_rpcs();
+                let known = Known {
+                    policy: Some(&policy),
+                    rpcs: Some(&rpcs),
+                };
+                let callers = Callers::load_with(path, known)?;
+                tracing::info!(
+                    callers = %path.display(),
+                    count = callers.iter().count(),
+                    "callers loaded: every call must authenticate"
+                );
+                Some(Arc::new(callers))
+            }
+        };
         let grpc_listener = TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("cannot bind the gRPC address {}", args.grpc_addr))?;
@@ -103,6 +124,7 @@ impl Application {
             subject_key,
             data_keys: Arc::new(data_keys),
             public_url,
+            callers,
         })
     }
 
@@ -141,7 +163,9 @@ impl Application {
             subject_key,
             data_keys,
             public_url,
+            callers,
         } = self;
+        let auth = Authenticator::new(callers);
         let subject_refs = SubjectRefs::new(subject_key.clone());
         let erasure_refs = ErasureRefs::new(subject_key);
         // Install the recorder before anything records.
@@ -155,6 +179,9 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("cannot build the reflection service")?;
+        // Any caller may discover the API; probes, which carry no
+        // credentials, get health only.
+        let reflection = InterceptedService::new(reflection, auth.clone());
         let stop = CancellationToken::new();
         let wake = store.spawn_change_listener(stop.clone());
         let unsubscribes =
@@ -183,10 +210,10 @@ impl Application {
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(consent)
-            .add_service(concerns)
-            .add_service(disclosure)
-            .add_service(rights)
+            .add_service(InterceptedService::new(consent, auth.clone()))
+            .add_service(InterceptedService::new(concerns, auth.clone()))
+            .add_service(InterceptedService::new(disclosure, auth.clone()))
+            .add_service(InterceptedService::new(rights, auth))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 stop.clone().cancelled_owned(),
@@ -267,11 +294,14 @@ fn check_exposure(args: &ServeArgs) -> anyhow::Result<()> {
     if args.callers.is_some() {
         return Ok(());
     }
-    let exposed: Vec<String> = [("--grpc-addr", args.grpc_addr), ("--http-addr", args.http_addr)]
-        .into_iter()
-        .filter(|(_, addr)| !addr.ip().is_loopback())
-        .map(|(flag, addr)| format!("{flag} {addr}"))
-        .collect();
+    let exposed: Vec<String> = [
+        ("--grpc-addr", args.grpc_addr),
+        ("--http-addr", args.http_addr),
+    ]
+    .into_iter()
+    .filter(|(_, addr)| !addr.ip().is_loopback())
+    .map(|(flag, addr)| format!("{flag} {addr}"))
+    .collect();
     if exposed.is_empty() {
         tracing::warn!(
             "NO AUTHENTICATION: no --callers file, so every call is anonymous, may do anything \
