@@ -343,15 +343,30 @@ async fn a_watch_sends_the_caller_only_records_of_its_purposes() {
 #[tokio::test]
 async fn without_callers_serve_refuses_a_non_loopback_address_and_says_why() {
     let db = fresh_database().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentd"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_consentd"))
         .args(["serve", "--database-url", &db.db_url])
         .args(["--grpc-addr", "0.0.0.0:0", "--http-addr", "127.0.0.1:0"])
         .arg("--policy")
         .arg(crate::helpers::policy_path())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("serve started on 0.0.0.0 without callers");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
     assert!(
         stderr.contains("refusing to serve --grpc-addr 0.0.0.0:0 without authentication"),
         "{stderr}"
