@@ -28,8 +28,9 @@ async fn main() -> ExitCode {
         Command::CheckConfig(args) => commands::check_config(&args, cli.log_format),
         Command::Migrate(args) => commands::migrate(&args).await,
         Command::Policy(PolicyCommand::Check { file }) => commands::check_policy(&file),
-        Command::Callers(CallersCommand::Check { file, policy }) => grpc::method_paths()
-            .and_then(|methods| commands::check_callers(&file, policy.as_deref(), &methods)),
+        Command::Callers(CallersCommand::Check { file, policy }) => {
+            commands::check_callers(&file, policy.as_deref(), &grpc::served_rpcs())
+        }
         Command::Callers(CallersCommand::Token) => commands::new_token(),
         Command::ImportRefusals(args) => commands::import_refusals(&args).await,
         Command::ExportSubject(args) => commands::export_subject(&args, grpc::export_json).await,

@@ -292,6 +292,18 @@ pub struct ServeArgs {
     /// (only when something changed; one more at shutdown).
     #[arg(long, env = "CONSENTD_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub checkpoint_interval_seconds: u64,
+
+    /// The callers file (TOML): every system and person that may call, how
+    /// each authenticates, and what each may do. Without it every call is
+    /// anonymous, which the server allows only on loopback addresses.
+    #[arg(long, env = "CONSENTD_CALLERS")]
+    pub callers: Option<PathBuf>,
+
+    /// Serve without a callers file on a non-loopback address: anyone who
+    /// can reach the port may do anything, as anyone. For a network that is
+    /// closed by other means only.
+    #[arg(long, env = "CONSENTD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 impl ServeArgs {
@@ -355,6 +367,11 @@ impl ServeArgs {
             (
                 "--checkpoint-interval-seconds",
                 Some(self.checkpoint_interval_seconds.to_string()),
+            ),
+            ("--callers", path(&self.callers)),
+            (
+                "--insecure-no-auth",
+                Some(self.insecure_no_auth.to_string()),
             ),
             ("--log-format", log_format),
         ]

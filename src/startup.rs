@@ -12,13 +12,17 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::{
-    grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, health_server, pb},
+    grpc::{
+        self, Authenticator, ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc,
+        health_server, pb,
+    },
     http::{self, HttpState},
     keys::{KeyFile as _, SubjectKey},
-    policy::Policy,
+    policy::{Callers, Known, Policy},
     service::{
         ConsentService, DisclosureService,
         concern::ConcernService,
@@ -52,10 +56,14 @@ pub struct Application {
     /// Signs checkpoints of the history's chain heads, now and then and at
     /// shutdown.
     checkpointer: Checkpointer,
+    /// Who may call and what each may do; `None` serves everyone as
+    /// anonymous (loopback only, unless told otherwise).
+    callers: Option<Arc<Callers>>,
 }
 
 impl Application {
     pub async fn build(args: &ServeArgs) -> anyhow::Result<Self> {
+        check_exposure(args)?;
         let policy = Arc::new(Policy::load(&args.policy)?);
         tracing::info!(
             policy = %args.policy.display(),
@@ -75,6 +83,23 @@ impl Application {
         policy: Arc<Policy>,
     ) -> anyhow::Result<Self> {
         check_durability(&database.store, args.allow_unsafe_durability).await?;
+        let callers = match &args.callers {
+            None => None,
+            Some(path) => {
+                let rpcs = grpc::served_rpcs();
+                let known = Known {
+                    policy: Some(&policy),
+                    rpcs: Some(&rpcs),
+                };
+                let callers = Callers::load_with(path, known)?;
+                tracing::info!(
+                    callers = %path.display(),
+                    count = callers.iter().count(),
+                    "callers loaded: every call must authenticate"
+                );
+                Some(Arc::new(callers))
+            }
+        };
         let grpc_listener = TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("cannot bind the gRPC address {}", args.grpc_addr))?;
@@ -118,6 +143,7 @@ impl Application {
             data_keys: Arc::new(data_keys),
             public_url,
             checkpointer,
+            callers,
         })
     }
 
@@ -157,7 +183,9 @@ impl Application {
             data_keys,
             public_url,
             checkpointer,
+            callers,
         } = self;
+        let auth = Authenticator::new(callers);
         let subject_refs = SubjectRefs::new(subject_key.clone());
         let erasure_refs = ErasureRefs::new(subject_key);
         // Install the recorder before anything records.
@@ -174,6 +202,9 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("cannot build the reflection service")?;
+        // Any caller may discover the API; probes, which carry no
+        // credentials, get health only.
+        let reflection = InterceptedService::new(reflection, auth.clone());
         let wake = store.spawn_change_listener(stop.clone());
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
         let unsubscribes =
@@ -202,10 +233,10 @@ impl Application {
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(consent)
-            .add_service(concerns)
-            .add_service(disclosure)
-            .add_service(rights)
+            .add_service(InterceptedService::new(consent, auth.clone()))
+            .add_service(InterceptedService::new(concerns, auth.clone()))
+            .add_service(InterceptedService::new(disclosure, auth.clone()))
+            .add_service(InterceptedService::new(rights, auth))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 stop.clone().cancelled_owned(),
@@ -281,6 +312,46 @@ async fn check_durability(store: &Store, allow_unsafe: bool) -> anyhow::Result<(
     anyhow::bail!(
         "refusing to serve: {problems}. Fix the PostgreSQL settings, or pass \
          --allow-unsafe-durability (CONSENTD_ALLOW_UNSAFE_DURABILITY=true) for a throw-away test database"
+    )
+}
+
+/// Without a callers file every call is anonymous and may do anything, as
+/// anyone: tolerable only where no other machine can connect, or where the
+/// operator says the network is closed by other means.
+fn check_exposure(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.callers.is_some() {
+        return Ok(());
+    }
+    let exposed: Vec<String> = [
+        ("--grpc-addr", args.grpc_addr),
+        ("--http-addr", args.http_addr),
+    ]
+    .into_iter()
+    .filter(|(_, addr)| !addr.ip().is_loopback())
+    .map(|(flag, addr)| format!("{flag} {addr}"))
+    .collect();
+    if exposed.is_empty() {
+        tracing::warn!(
+            "NO AUTHENTICATION: no --callers file, so every call is anonymous, may do anything \
+             and names its own actor in x-actor. Served on loopback only; give --callers \
+             (CONSENTD_CALLERS) before anything else can reach this server"
+        );
+        return Ok(());
+    }
+    let exposed = exposed.join(", ");
+    if args.insecure_no_auth {
+        tracing::warn!(
+            exposed,
+            "NO AUTHENTICATION on a non-loopback address, as --insecure-no-auth asks: anyone who \
+             can reach {exposed} may read and change any person's data, as anyone"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve {exposed} without authentication: with no --callers file anyone who \
+         can reach the port could read and change any person's data, as anyone. Give \
+         --callers FILE (CONSENTD_CALLERS), bind to a loopback address, or pass \
+         --insecure-no-auth (CONSENTD_INSECURE_NO_AUTH=true) if the network is closed by other means"
     )
 }
 

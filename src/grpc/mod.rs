@@ -2,6 +2,7 @@
 //! three things: turn the request into domain values (collecting every
 //! violation), call `service`, and turn the result into a response.
 
+mod auth;
 mod concern;
 mod consent;
 mod convert;
@@ -14,6 +15,7 @@ mod page;
 mod rights;
 mod status;
 
+pub use auth::{Authenticator, cert_subject};
 pub use concern::ConcernGrpc;
 pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
@@ -32,13 +34,18 @@ pub mod pb {
         tonic::include_file_descriptor_set!("consent_descriptor");
 }
 
-/// Every `consent.v1` method as `package.Service/Method`, the form a callers
-/// file names them in.
-pub fn method_paths() -> anyhow::Result<Vec<String>> {
-    let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)?;
-    Ok(pool
-        .services()
-        .flat_map(|service| service.methods().collect::<Vec<_>>())
-        .map(|method| format!("{}/{}", method.parent_service().full_name(), method.name()))
-        .collect())
+/// Every method the consent.v1 services serve, as the callers file names
+/// them (`consent.v1.ConsentService/Check`), read from the descriptors so
+/// that a new RPC is known to the callers check without a list to update.
+pub fn served_rpcs() -> Vec<String> {
+    let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
+        .expect("the embedded descriptor set decodes");
+    pool.services()
+        .filter(|service| service.package_name() == "consent.v1")
+        .flat_map(|service| {
+            (service.methods())
+                .map(|method| format!("{}/{}", service.full_name(), method.name()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

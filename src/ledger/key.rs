@@ -4,8 +4,6 @@
 
 use std::{
     fs,
-    io::Write as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -51,39 +49,24 @@ fn load(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Writes a new key under a temporary name and links it into place, so two
-/// servers starting at once on one directory agree on one key and neither
-/// reads a half-written file.
+/// Writes a new key the way every key of the state directory is written
+/// (`keys::create_key_file`): under a unique temporary name, linked into
+/// place, so servers starting at once agree on one key.
 fn create(dir: &Path, path: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no random key: {e}"))?;
-    let temporary = dir.join(format!(".{FILE_NAME}.{}", std::process::id()));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("cannot create {}", temporary.display()))?;
-    writeln!(
-        file,
-        "# consentd checkpoint signing key (Ed25519 seed); keep it secret\n{}",
+    let text = format!(
+        "# consentd checkpoint signing key (Ed25519 seed); keep it secret\n{}\n",
         STANDARD.encode(seed)
-    )?;
-    file.sync_all()?;
-    let linked = fs::hard_link(&temporary, path);
-    let _ = fs::remove_file(&temporary);
-    match linked {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
-    }
+    );
+    crate::keys::create_key_file(dir, path, &text)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]

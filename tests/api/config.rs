@@ -35,6 +35,8 @@ fn sample(flag: &str) -> Option<String> {
         "--state-dir" => "/srv/consentd/state",
         "--allow-unsafe-durability" => "true",
         "--checkpoint-interval-seconds" => "15",
+        "--callers" => "/run/secrets/callers.toml",
+        "--insecure-no-auth" => "true",
         _ => return None,
     };
     Some(value.to_string())

@@ -288,6 +288,8 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         // The fallback test cluster runs with fsync off, for speed.
         allow_unsafe_durability: server().await._embedded.is_some(),
         checkpoint_interval_seconds: 60,
+        callers: None,
+        insecure_no_auth: false,
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());

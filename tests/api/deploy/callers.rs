@@ -11,7 +11,7 @@ use super::{deploy, s, yaml};
 
 fn example() -> Callers {
     let policy = Policy::load(&deploy().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let methods = consentd::grpc::method_paths().unwrap();
+    let methods = consentd::grpc::served_rpcs();
     let known = Known {
         policy: Some(&policy),
         rpcs: Some(&methods),
