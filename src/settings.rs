@@ -198,9 +198,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CONSENTD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
-    /// Address for the HTTP endpoints (/healthz, /readyz). Port 0 picks a free port.
+    /// Address for the public HTTP side: the unsubscribe pages (/u/…) and
+    /// nothing else. Port 0 picks a free port.
     #[arg(long, env = "CONSENTD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+
+    /// Address for the admin HTTP side: /healthz, /readyz and /metrics.
+    /// Loopback by default, since it needs no credentials; port 0 picks a
+    /// free port, and the log names it.
+    #[arg(long, env = "CONSENTD_ADMIN_ADDR", default_value = "127.0.0.1:8081")]
+    pub admin_addr: SocketAddr,
 
     /// The policy file; the server refuses to start if it has any problem.
     #[arg(long, env = "CONSENTD_POLICY", default_value = "deploy/policy.toml")]
@@ -299,6 +306,7 @@ impl ServeArgs {
             ("--pg-data-dir", path(&db.pg_data_dir)),
             ("--grpc-addr", Some(self.grpc_addr.to_string())),
             ("--http-addr", Some(self.http_addr.to_string())),
+            ("--admin-addr", Some(self.admin_addr.to_string())),
             ("--policy", Some(self.policy.display().to_string())),
             ("--migrate", Some(self.migrate.to_string())),
             ("--max-connections", Some(db.max_connections.to_string())),
@@ -370,6 +378,7 @@ mod tests {
         };
         assert_eq!(args.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(args.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.admin_addr.to_string(), "127.0.0.1:8081");
         assert_eq!(args.policy, PathBuf::from("deploy/policy.toml"));
 
         let mut command = Cli::command();

@@ -36,6 +36,8 @@ use crate::{
 pub struct Application {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
+    /// Probes and metrics, apart from the public side.
+    admin_listener: TcpListener,
     database: Database,
     policy: Arc<Policy>,
     drain: Duration,
@@ -77,6 +79,9 @@ impl Application {
         let http_listener = TcpListener::bind(args.http_addr)
             .await
             .with_context(|| format!("cannot bind the HTTP address {}", args.http_addr))?;
+        let admin_listener = TcpListener::bind(args.admin_addr)
+            .await
+            .with_context(|| format!("cannot bind the admin address {}", args.admin_addr))?;
         // Keys made afresh at each start would strand what was stored under
         // the old ones, so a key without a file lives in the state directory.
         let state_dir = args.state_dir();
@@ -93,6 +98,7 @@ impl Application {
         Ok(Self {
             grpc_listener,
             http_listener,
+            admin_listener,
             database,
             policy,
             drain: args.drain(),
@@ -117,6 +123,12 @@ impl Application {
             .expect("bound listener has an address")
     }
 
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
     pub fn store(&self) -> &Store {
         &self.database.store
     }
@@ -128,9 +140,11 @@ impl Application {
     ) -> anyhow::Result<()> {
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
+        let admin_addr = self.admin_addr();
         let Self {
             grpc_listener,
             http_listener,
+            admin_listener,
             database,
             policy,
             drain,
@@ -190,23 +204,25 @@ impl Application {
                 TcpListenerStream::new(grpc_listener),
                 stop.clone().cancelled_owned(),
             );
-        let http = axum::serve(
-            http_listener,
-            http::router(HttpState {
-                store,
-                unsubscribes,
-                concern_deadlines,
-            }),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-        tracing::info!(%grpc_addr, %http_addr, "consentd is serving gRPC on {grpc_addr} and HTTP on {http_addr}");
+        let http_state = HttpState {
+            store,
+            unsubscribes,
+            concern_deadlines,
+        };
+        let admin = axum::serve(admin_listener, http::admin_router(http_state.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let http = axum::serve(http_listener, http::public_router(http_state))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        tracing::info!(%grpc_addr, %http_addr, %admin_addr, "consentd is serving gRPC on {grpc_addr} and HTTP on {http_addr} and admin on {admin_addr}");
 
         let mut grpc = tokio::spawn(grpc);
         let mut http = tokio::spawn(async move { http.await });
+        let mut admin = tokio::spawn(async move { admin.await });
         tokio::select! {
             () = shutdown => {}
             result = &mut grpc => return Err(anyhow::anyhow!("gRPC server stopped: {:?}", result)),
             result = &mut http => return Err(anyhow::anyhow!("HTTP server stopped: {:?}", result)),
+            result = &mut admin => return Err(anyhow::anyhow!("admin server stopped: {:?}", result)),
         }
 
         tracing::info!(drain = ?drain, "shutting down: reporting NOT_SERVING, then finishing in-flight calls");
@@ -215,7 +231,8 @@ impl Application {
         stop.cancel();
         let finished = tokio::time::timeout(shutdown_timeout, async {
             grpc.await?.context("gRPC server failed")?;
-            http.await?.context("HTTP server failed")
+            http.await?.context("HTTP server failed")?;
+            admin.await?.context("admin server failed")
         })
         .await;
         match finished {

@@ -21,6 +21,7 @@ fn sample(flag: &str) -> Option<String> {
         "--pg-data-dir" => "/srv/consentd/pgdata",
         "--grpc-addr" => "127.0.0.1:50999",
         "--http-addr" => "127.0.0.1:8999",
+        "--admin-addr" => "127.0.0.1:8998",
         "--policy" => return Some(policy_path().display().to_string()),
         "--migrate" => "true",
         "--max-connections" => "7",

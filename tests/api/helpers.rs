@@ -200,6 +200,8 @@ fn drop_database(admin_url: String, db_name: String) {
 pub struct TestApp {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Probes and /metrics.
+    pub admin_addr: SocketAddr,
     pub client: ConsentServiceClient<Channel>,
     pub channel: Channel,
     /// A direct connection to the test's database, to look behind the API.
@@ -275,6 +277,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
         policy: policy_path(),
         migrate: false,
         drain_seconds: 0,
@@ -294,7 +297,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
     let app = Application::with_database(&args, database, policy)
         .await
         .unwrap();
-    let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+    let (grpc_addr, http_addr, admin_addr) = (app.grpc_addr(), app.http_addr(), app.admin_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
 
@@ -307,6 +310,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
     TestApp {
         grpc_addr,
         http_addr,
+        admin_addr,
         client: ConsentServiceClient::new(channel.clone()),
         channel,
         db,
