@@ -271,6 +271,20 @@ pub struct ServeArgs {
     /// database is refused at start. For throw-away test clusters only.
     #[arg(long, env = "CONSENTD_ALLOW_UNSAFE_DURABILITY")]
     pub allow_unsafe_durability: bool,
+
+    /// PEM certificate chain: with --tls-key, gRPC and the public HTTP
+    /// listener serve TLS only. Reloaded on SIGHUP or when the file changes.
+    #[arg(long, env = "CONSENTD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CONSENTD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: gRPC clients must present a certificate one of
+    /// them signed (mTLS). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "CONSENTD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -328,6 +342,9 @@ impl ServeArgs {
                 "--allow-unsafe-durability",
                 Some(self.allow_unsafe_durability.to_string()),
             ),
+            ("--tls-cert", path(&self.tls_cert)),
+            ("--tls-key", path(&self.tls_key)),
+            ("--tls-client-ca", path(&self.tls_client_ca)),
             ("--log-format", log_format),
         ]
     }

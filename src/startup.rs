@@ -6,11 +6,14 @@
 //! shuts down gracefully: health turns NOT_SERVING, listeners close, and
 //! in-flight calls finish.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{
+    StreamExt as _,
+    wrappers::{ReceiverStream, TcpListenerStream},
+};
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
@@ -30,6 +33,7 @@ use crate::{
     settings::ServeArgs,
     store::{Database, Store},
     telemetry::SubjectRefs,
+    tls::{self, Tls, TlsFiles, TlsListener},
 };
 
 /// A built server, ready to run.
@@ -50,6 +54,8 @@ pub struct Application {
     /// Encrypt personal data at rest (R8).
     data_keys: Arc<DataKeys>,
     public_url: String,
+    /// TLS for gRPC and the public HTTP listener; `None` serves plaintext.
+    tls: Option<Tls>,
 }
 
 impl Application {
@@ -73,6 +79,13 @@ impl Application {
         policy: Arc<Policy>,
     ) -> anyhow::Result<Self> {
         check_durability(&database.store, args.allow_unsafe_durability).await?;
+        let tls = TlsFiles::from_settings(
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+            args.tls_client_ca.as_deref(),
+        )?
+        .map(Tls::load)
+        .transpose()?;
         let grpc_listener = TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("cannot bind the gRPC address {}", args.grpc_addr))?;
@@ -91,10 +104,10 @@ impl Application {
             SubjectKey::load_or_create(args.subject_ref_key_file.as_deref(), &state_dir)?;
         let data_keys = DataKeys::load_or_create(args.data_keys_file.as_deref(), &state_dir)?;
         let http_addr = http_listener.local_addr()?;
-        let public_url = args
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}"));
+        let public_url = args.public_url.clone().unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{http_addr}")
+        });
         Ok(Self {
             grpc_listener,
             http_listener,
@@ -108,6 +121,7 @@ impl Application {
             subject_key,
             data_keys: Arc::new(data_keys),
             public_url,
+            tls,
         })
     }
 
@@ -154,6 +168,7 @@ impl Application {
             subject_key,
             data_keys,
             public_url,
+            tls,
         } = self;
         let subject_refs = SubjectRefs::new(subject_key.clone());
         let erasure_refs = ErasureRefs::new(subject_key);
@@ -199,11 +214,25 @@ impl Application {
             .add_service(consent)
             .add_service(concerns)
             .add_service(disclosure)
-            .add_service(rights)
-            .serve_with_incoming_shutdown(
+            .add_service(rights);
+        let grpc: BoxedServer<tonic::transport::Error> = match &tls {
+            Some(tls) => {
+                let acceptor = tls.clone();
+                let incoming = tls::accept(
+                    grpc_listener,
+                    move || acceptor.grpc_acceptor(),
+                    stop.clone(),
+                );
+                Box::pin(grpc.serve_with_incoming_shutdown(
+                    ReceiverStream::new(incoming).map(Ok::<_, std::io::Error>),
+                    stop.clone().cancelled_owned(),
+                ))
+            }
+            None => Box::pin(grpc.serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 stop.clone().cancelled_owned(),
-            );
+            )),
+        };
         let http_state = HttpState {
             store,
             unsubscribes,
@@ -211,12 +240,39 @@ impl Application {
         };
         let admin = axum::serve(admin_listener, http::admin_router(http_state.clone()))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
-        let http = axum::serve(http_listener, http::public_router(http_state))
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
-        tracing::info!(%grpc_addr, %http_addr, %admin_addr, "consentd is serving gRPC on {grpc_addr} and HTTP on {http_addr} and admin on {admin_addr}");
+        let public = http::public_router(http_state);
+        let http: BoxedServer<std::io::Error> = match &tls {
+            Some(tls) => {
+                let acceptor = tls.clone();
+                let incoming = tls::accept(
+                    http_listener,
+                    move || acceptor.http_acceptor(),
+                    stop.clone(),
+                );
+                Box::pin(
+                    axum::serve(TlsListener::new(incoming, http_addr), public)
+                        .with_graceful_shutdown(stop.clone().cancelled_owned())
+                        .into_future(),
+                )
+            }
+            None => Box::pin(
+                axum::serve(http_listener, public)
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
+                    .into_future(),
+            ),
+        };
+        if let Some(tls) = &tls {
+            tls.spawn_reloader(tls::POLL_INTERVAL, stop.clone());
+        }
+        let tls_mode = match &tls {
+            None => "off",
+            Some(tls) if tls.files().client_ca.is_some() => "mtls",
+            Some(_) => "on",
+        };
+        tracing::info!(%grpc_addr, %http_addr, %admin_addr, tls = tls_mode, "consentd is serving gRPC on {grpc_addr} and HTTP on {http_addr} and admin on {admin_addr}");
 
         let mut grpc = tokio::spawn(grpc);
-        let mut http = tokio::spawn(async move { http.await });
+        let mut http = tokio::spawn(http);
         let mut admin = tokio::spawn(async move { admin.await });
         tokio::select! {
             () = shutdown => {}
@@ -250,6 +306,9 @@ impl Application {
         Ok(())
     }
 }
+
+/// A listener's serving future, whichever transport it runs over.
+type BoxedServer<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send>>;
 
 /// Refuses a database that can lose commits it acknowledged: every write
 /// consentd answers must survive a crash of PostgreSQL.

@@ -12,6 +12,7 @@ mod observe;
 mod page;
 mod rights;
 mod status;
+pub mod tls;
 
 pub use concern::ConcernGrpc;
 pub use consent::ConsentGrpc;

@@ -35,6 +35,9 @@ fn sample(flag: &str) -> Option<String> {
         "--log-format" => "json",
         "--state-dir" => "/srv/consentd/state",
         "--allow-unsafe-durability" => "true",
+        "--tls-cert" => "/run/secrets/tls/tls.crt",
+        "--tls-key" => "/run/secrets/tls/tls.key",
+        "--tls-client-ca" => "/run/secrets/tls/ca.crt",
         _ => return None,
     };
     Some(value.to_string())

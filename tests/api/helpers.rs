@@ -290,6 +290,9 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         state_dir: Some(test_state_dir()),
         // The fallback test cluster runs with fsync off, for speed.
         allow_unsafe_durability: server().await._embedded.is_some(),
+        tls_cert: None,
+        tls_key: None,
+        tls_client_ca: None,
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
