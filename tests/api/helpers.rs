@@ -304,11 +304,13 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
 
-    let channel = Channel::from_shared(format!("http://{grpc_addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let endpoint = Channel::from_shared(format!("http://{grpc_addr}")).unwrap();
+    // A TLS server refuses this plaintext channel: TLS tests make their own.
+    let channel = if args.tls_cert.is_some() {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.unwrap()
+    };
     let db = store::admin_connect(&db_url).await.unwrap();
     TestApp {
         grpc_addr,
