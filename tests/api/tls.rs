@@ -76,11 +76,7 @@ async fn a_plaintext_client_fails_against_the_tls_port_and_a_tls_client_is_serve
 async fn the_public_http_listener_serves_tls_only() {
     let pki = Pki::new();
     let app = tls_app(&pki, false).await;
-    let request = "GET /u/nonsense HTTP/1.1
-Host: localhost
-Connection: close
-
-";
+    let request = "GET /u/nonsense HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 
     let mut plain = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
     plain.write_all(request.as_bytes()).await.unwrap();
