@@ -22,6 +22,7 @@ mod helpers;
 mod import;
 mod metrics;
 mod otlp;
+mod pg_tls;
 mod pki;
 mod restart;
 mod rights;
