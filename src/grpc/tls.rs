@@ -23,14 +23,20 @@ fn subject_of(der: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// A certificate for `names`, signed by a CA of another name, so the
+    /// subject cannot be mistaken for the issuer.
     fn cert_with(names: &[(rcgen::DnType, &str)]) -> Vec<u8> {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let ca = rcgen::Issuer::new(ca, rcgen::KeyPair::generate().unwrap());
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         for (kind, value) in names {
             params.distinguished_name.push(kind.clone(), *value);
         }
         let key = rcgen::KeyPair::generate().unwrap();
-        params.self_signed(&key).unwrap().der().to_vec()
+        params.signed_by(&key, &ca).unwrap().der().to_vec()
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod readme_settings {
 
 const BIN: &str = env!("CARGO_BIN_EXE_consentd");
 
-pub fn run(args: &[&str]) -> (bool, String, String) {
+fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
     (
         out.status.success(),

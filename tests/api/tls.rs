@@ -12,7 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
-    cli::{run, spawn_serve_with, terminate_and_wait},
+    cli::{spawn_serve_with, terminate_and_wait},
     helpers::{TestApp, fresh_database, policy_path, spawn_app_with},
     pki::{Ca, Pem, Pki, client_config, served_subject, tls_connect},
 };
@@ -230,16 +230,32 @@ async fn serve_refuses_a_certificate_without_its_key_and_says_why() {
         "--admin-addr",
         "127.0.0.1:0",
     ];
-    let (ok, _, stderr) = run(&[&base[..], &["--tls-cert", cert.to_str().unwrap()]].concat());
-    assert!(!ok);
+    let stderr = refused(&[&base[..], &["--tls-cert", cert.to_str().unwrap()]].concat()).await;
     assert!(
         stderr.contains("--tls-cert is set but --tls-key is not"),
         "{stderr}"
     );
-    let (ok, _, stderr) = run(&[&base[..], &["--tls-key", cert.to_str().unwrap()]].concat());
-    assert!(!ok);
+    let stderr = refused(&[&base[..], &["--tls-key", cert.to_str().unwrap()]].concat()).await;
     assert!(
         stderr.contains("--tls-key is set but --tls-cert is not"),
         "{stderr}"
     );
+}
+
+/// Runs `consentd` and returns what it said, asserting that it failed; a
+/// server that starts instead is killed after 30 s.
+async fn refused(args: &[&str]) -> String {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_consentd"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("serve started instead of refusing")
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
