@@ -33,6 +33,20 @@ pub enum Error {
     #[error("{0}")]
     PermissionDenied(String),
 
+    /// UNAUTHENTICATED: a callers file is in force and the call carries no
+    /// credential of a caller in it. Says what is missing, never who exists.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+
+    /// PERMISSION_DENIED with `google.rpc.ErrorInfo`: the caller's entry in
+    /// the callers file does not allow the method `rpc`, or something the
+    /// call names. The reason says which rule; the metadata which value.
+    #[error("{refusal}")]
+    Refused {
+        refusal: crate::policy::Refusal,
+        rpc: String,
+    },
+
     /// ALREADY_EXISTS: the `request_id` was first used for a different
     /// request. Retrying cannot help; the caller must pick a new id.
     #[error("request_id was already used for a different request")]
@@ -104,6 +118,8 @@ impl Error {
             | Error::NotFound { .. }
             | Error::FailedPrecondition { .. }
             | Error::PermissionDenied(_)
+            | Error::Unauthenticated(_)
+            | Error::Refused { .. }
             | Error::RequestIdReused => {}
         }
     }

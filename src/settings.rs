@@ -285,6 +285,18 @@ pub struct ServeArgs {
     /// them signed (mTLS). Needs --tls-cert and --tls-key.
     #[arg(long, env = "CONSENTD_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// The callers file (TOML): every system and person that may call, how
+    /// each authenticates, and what each may do. Without it every call is
+    /// anonymous, which the server allows only on loopback addresses.
+    #[arg(long, env = "CONSENTD_CALLERS")]
+    pub callers: Option<PathBuf>,
+
+    /// Serve without a callers file on a non-loopback address: anyone who
+    /// can reach the port may do anything, as anyone. For a network that is
+    /// closed by other means only.
+    #[arg(long, env = "CONSENTD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 impl ServeArgs {
@@ -345,6 +357,11 @@ impl ServeArgs {
             ("--tls-cert", path(&self.tls_cert)),
             ("--tls-key", path(&self.tls_key)),
             ("--tls-client-ca", path(&self.tls_client_ca)),
+            ("--callers", path(&self.callers)),
+            (
+                "--insecure-no-auth",
+                Some(self.insecure_no_auth.to_string()),
+            ),
             ("--log-format", log_format),
         ]
     }

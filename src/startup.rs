@@ -15,13 +15,14 @@ use tokio_stream::{
     wrappers::{ReceiverStream, TcpListenerStream},
 };
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::{
-    grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, pb},
+    grpc::{self, Authenticator, ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, pb},
     http::{self, HttpState},
     keys::{KeyFile as _, SubjectKey},
-    policy::Policy,
+    policy::{Callers, Known, Policy},
     service::{
         ConsentService, DisclosureService,
         concern::ConcernService,
@@ -56,10 +57,14 @@ pub struct Application {
     public_url: String,
     /// TLS for gRPC and the public HTTP listener; `None` serves plaintext.
     tls: Option<Tls>,
+    /// Who may call and what each may do; `None` serves everyone as
+    /// anonymous (loopback only, unless told otherwise).
+    callers: Option<Arc<Callers>>,
 }
 
 impl Application {
     pub async fn build(args: &ServeArgs) -> anyhow::Result<Self> {
+        check_exposure(args)?;
         let policy = Arc::new(Policy::load(&args.policy)?);
         tracing::info!(
             policy = %args.policy.display(),
@@ -86,6 +91,23 @@ impl Application {
         )?
         .map(Tls::load)
         .transpose()?;
+        let callers = match &args.callers {
+            None => None,
+            Some(path) => {
+                let rpcs = grpc::served_rpcs();
+                let known = Known {
+                    policy: Some(&policy),
+                    rpcs: Some(&rpcs),
+                };
+                let callers = Callers::load_with(path, known)?;
+                tracing::info!(
+                    callers = %path.display(),
+                    count = callers.iter().count(),
+                    "callers loaded: every call must authenticate"
+                );
+                Some(Arc::new(callers))
+            }
+        };
         let grpc_listener = TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("cannot bind the gRPC address {}", args.grpc_addr))?;
@@ -122,6 +144,7 @@ impl Application {
             data_keys: Arc::new(data_keys),
             public_url,
             tls,
+            callers,
         })
     }
 
@@ -169,7 +192,9 @@ impl Application {
             data_keys,
             public_url,
             tls,
+            callers,
         } = self;
+        let auth = Authenticator::new(callers);
         let subject_refs = SubjectRefs::new(subject_key.clone());
         let erasure_refs = ErasureRefs::new(subject_key);
         // Install the recorder before anything records.
@@ -183,6 +208,9 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("cannot build the reflection service")?;
+        // Any caller may discover the API; probes, which carry no
+        // credentials, get health only.
+        let reflection = InterceptedService::new(reflection, auth.clone());
         let stop = CancellationToken::new();
         let wake = store.spawn_change_listener(stop.clone());
         let unsubscribes =
@@ -211,10 +239,10 @@ impl Application {
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(consent)
-            .add_service(concerns)
-            .add_service(disclosure)
-            .add_service(rights);
+            .add_service(InterceptedService::new(consent, auth.clone()))
+            .add_service(InterceptedService::new(concerns, auth.clone()))
+            .add_service(InterceptedService::new(disclosure, auth.clone()))
+            .add_service(InterceptedService::new(rights, auth));
         let grpc: BoxedServer<tonic::transport::Error> = match &tls {
             Some(tls) => {
                 let acceptor = tls.clone();
@@ -332,6 +360,46 @@ async fn check_durability(store: &Store, allow_unsafe: bool) -> anyhow::Result<(
     anyhow::bail!(
         "refusing to serve: {problems}. Fix the PostgreSQL settings, or pass \
          --allow-unsafe-durability (CONSENTD_ALLOW_UNSAFE_DURABILITY=true) for a throw-away test database"
+    )
+}
+
+/// Without a callers file every call is anonymous and may do anything, as
+/// anyone: tolerable only where no other machine can connect, or where the
+/// operator says the network is closed by other means.
+fn check_exposure(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.callers.is_some() {
+        return Ok(());
+    }
+    let exposed: Vec<String> = [
+        ("--grpc-addr", args.grpc_addr),
+        ("--http-addr", args.http_addr),
+    ]
+    .into_iter()
+    .filter(|(_, addr)| !addr.ip().is_loopback())
+    .map(|(flag, addr)| format!("{flag} {addr}"))
+    .collect();
+    if exposed.is_empty() {
+        tracing::warn!(
+            "NO AUTHENTICATION: no --callers file, so every call is anonymous, may do anything \
+             and names its own actor in x-actor. Served on loopback only; give --callers \
+             (CONSENTD_CALLERS) before anything else can reach this server"
+        );
+        return Ok(());
+    }
+    let exposed = exposed.join(", ");
+    if args.insecure_no_auth {
+        tracing::warn!(
+            exposed,
+            "NO AUTHENTICATION on a non-loopback address, as --insecure-no-auth asks: anyone who \
+             can reach {exposed} may read and change any person's data, as anyone"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve {exposed} without authentication: with no --callers file anyone who \
+         can reach the port could read and change any person's data, as anyone. Give \
+         --callers FILE (CONSENTD_CALLERS), bind to a loopback address, or pass \
+         --insecure-no-auth (CONSENTD_INSECURE_NO_AUTH=true) if the network is closed by other means"
     )
 }
 

@@ -6,7 +6,9 @@
 //! SIGHUP, or when a file changes) reaches new connections without a
 //! restart, and open ones keep the certificate they were made with.
 //! Handshakes run in their own tasks (see `incoming`): a client that never
-//! finishes one holds nobody else up.
+//! finishes one holds nobody else up. The connections handed to tonic are
+//! rustls streams, so `Request::peer_certs` carries the client certificate
+//! that `--tls-client-ca` verified (`grpc::cert_subject` reads its subject).
 
 mod incoming;
 

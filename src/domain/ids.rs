@@ -26,7 +26,7 @@ fn printable(value: &str, max: usize) -> Result<(), String> {
 /// Checks a policy code: a lower-case ASCII letter, then up to 63 lower-case
 /// letters, digits, `_` or `-`. Codes are written by hand in the policy file
 /// and typed by callers, so they are kept to one unambiguous spelling.
-fn code(value: &str) -> Result<(), String> {
+pub(super) fn code(value: &str) -> Result<(), String> {
     let mut chars = value.chars();
     let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
     let rest_ok =
@@ -78,6 +78,8 @@ macro_rules! text_newtype {
     };
 }
 
+pub(super) use text_newtype;
+
 text_newtype!(
     /// A subject's external id, as the calling system knows it (`C-1042`).
     SubjectId,
@@ -104,8 +106,10 @@ text_newtype!(
     |v| printable(v, 64)
 );
 text_newtype!(
-    /// Who made a call. Until authentication exists it is whatever the caller
-    /// puts in `x-actor`, so it is held to the same rules as an external id.
+    /// Who made a call: the authenticated caller's id, with an optional
+    /// "on behalf of" note (`support (on behalf of agent-7)`). Served without
+    /// callers, it is whatever the caller puts in `x-actor`, so it is held to
+    /// the same rules as an external id.
     Actor,
     |v| printable(v, 128)
 );
@@ -128,10 +132,44 @@ text_newtype!(
     |v| printable(v, 2000)
 );
 
+impl From<&super::CallerId> for Actor {
+    /// An authenticated caller is the actor of what it does; its id is a
+    /// policy code, so it always meets an actor's rules.
+    fn from(id: &super::CallerId) -> Self {
+        Self(id.as_str().to_owned())
+    }
+}
+
+/// Opens the "on behalf of" note. Caller ids are codes, which hold no space
+/// or parenthesis, so the note can never be mistaken for part of the id.
+const ON_BEHALF_OF: &str = " (on behalf of ";
+
 impl Actor {
     /// The actor of a call that names none.
     pub fn anonymous() -> Self {
         Self("anonymous".into())
+    }
+
+    /// An authenticated caller, noting whom it acts for when it says so (a
+    /// support agent's name). The note is recorded, never believed.
+    pub fn acting(caller: &super::CallerId, on_behalf_of: Option<&str>) -> Result<Self, String> {
+        match on_behalf_of {
+            None => Ok(caller.into()),
+            Some(note) => {
+                printable(note, 40)?;
+                Self::parse(format!("{caller}{ON_BEHALF_OF}{note})"))
+            }
+        }
+    }
+
+    /// Who answers for the call: the actor without its note. Rules that
+    /// need two different people (a second approver) compare this, so a
+    /// note can't make one caller into two.
+    pub fn principal(&self) -> &str {
+        match self.0.split_once(ON_BEHALF_OF) {
+            Some((principal, _)) => principal,
+            None => &self.0,
+        }
     }
 }
 
@@ -214,6 +252,18 @@ impl fmt::Debug for PersonalValue {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_on_behalf_of_note_is_recorded_but_not_part_of_the_principal() {
+        let support = super::super::CallerId::parse("support").unwrap();
+        let noted = Actor::acting(&support, Some("agent Wu")).unwrap();
+        assert_eq!(noted.as_str(), "support (on behalf of agent Wu)");
+        assert_eq!(noted.principal(), "support");
+        let plain = Actor::acting(&support, None).unwrap();
+        assert_eq!(plain.as_str(), "support");
+        assert_eq!(plain.principal(), noted.principal());
+        assert!(Actor::acting(&support, Some("line\nbreak")).is_err());
+    }
 
     #[test]
     fn subject_id_accepts_typical_external_ids() {

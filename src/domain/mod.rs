@@ -35,6 +35,7 @@ macro_rules! stored_enum {
 
 pub(crate) use stored_enum;
 
+mod caller;
 mod concern;
 mod disclosure;
 mod ids;
@@ -42,6 +43,7 @@ mod reason;
 mod record;
 mod state;
 
+pub use caller::{Caller, CallerId, Credential};
 pub use concern::{
     Concern, ConcernCategory, ConcernEvent, ConcernOutcome, ConcernStatus, NewConcern, Resolution,
     Text,

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
+    auth::Permit,
     convert::{self, done, optional},
     enums::{self, PbEnum as _},
     observe::observe,
@@ -65,7 +66,9 @@ impl Rpc for ConsentGrpc {
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         observe(SERVICE, "WatchChanges", request, |r| async move {
+            let permit = Permit::of(&r)?;
             let (after, purposes) = self.parse_watch(r.into_inner())?;
+            let purposes = permit.watchable(purposes)?;
             let records = self.service.watch_changes(after, purposes)?;
             let stream = tokio_stream::StreamExt::map(
                 tokio_stream::wrappers::ReceiverStream::new(records),
@@ -86,7 +89,9 @@ impl Rpc for ConsentGrpc {
         request: Request<pb::CreateUnsubscribeLinksRequest>,
     ) -> Result<Response<pb::CreateUnsubscribeLinksResponse>, Status> {
         observe(SERVICE, "CreateUnsubscribeLinks", request, |r| async move {
+            let permit = Permit::of(&r)?;
             let request = self.parse_links(r.into_inner())?;
+            permit.allow(std::slice::from_ref(&request.purpose), &[], &[])?;
             let (links, instructions) = self.unsubscribes.create_links(&request).await?;
             Ok(Response::new(pb::CreateUnsubscribeLinksResponse {
                 links: links
@@ -125,7 +130,10 @@ impl Rpc for ConsentGrpc {
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
         observe(SERVICE, "RecordConsent", request, |r| async move {
-            let record = self.service.record_consent(&self.parse_record(r)?).await?;
+            let permit = Permit::of(&r)?;
+            let record = self.parse_record(r)?;
+            permit.allow(std::slice::from_ref(&record.purpose), &[], &[])?;
+            let record = self.service.record_consent(&record).await?;
             Ok(Response::new(pb::RecordConsentResponse {
                 record: Some(convert::record_to_pb(record)),
             }))
@@ -138,10 +146,12 @@ impl Rpc for ConsentGrpc {
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         observe(SERVICE, "Check", request, |r| async move {
+            let permit = Permit::of(&r)?;
             let r = r.into_inner();
             let mut v = Violations::new();
             let query = self.parse_query(&mut v, "", r.subject_id, r.purpose, r.field);
             let query = done(v, query)?;
+            permit.allow(std::slice::from_ref(&query.purpose), &[], &[])?;
             let decision = self.service.check(&query).await?;
             for attribute in self.decision_attributes(&query, &decision) {
                 tracing::Span::current().set_attribute(attribute.key, attribute.value);
@@ -162,7 +172,11 @@ impl Rpc for ConsentGrpc {
         request: Request<pb::BatchCheckRequest>,
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
         observe(SERVICE, "BatchCheck", request, |r| async move {
+            let permit = Permit::of(&r)?;
             let (queries, correlation_ids) = self.parse_batch(r.into_inner())?;
+            // One item the caller may not ask about refuses the whole batch.
+            let purposes: Vec<PurposeCode> = queries.iter().map(|q| q.purpose.clone()).collect();
+            permit.allow(&purposes, &[], &[])?;
             let decisions = self.service.batch_check(&queries).await?;
             let span = tracing::Span::current();
             span.set_attribute("consent.batch.size", queries.len() as i64);

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use tonic::Request;
 
-use super::{enums::PbEnum as _, pb};
+use super::{auth::Permit, enums::PbEnum as _, pb};
 use crate::{
     domain::{self, Actor, Violations},
     error::Error,
@@ -41,18 +41,30 @@ pub fn done<T>(violations: Violations, parsed: Option<T>) -> Result<T, Error> {
     }
 }
 
-/// The caller named in `x-actor`, or `anonymous`.
+/// Who makes the call: the authenticated caller, with `x-actor` as its
+/// "on behalf of" note. Served without callers, the caller named in
+/// `x-actor`, or `anonymous`.
 pub fn actor<T>(request: &Request<T>, violations: &mut Violations) -> Option<Actor> {
-    match request.metadata().get("x-actor") {
-        None => Some(Actor::anonymous()),
-        Some(value) => {
-            let parsed = value
-                .to_str()
-                .map_err(|_| "must be visible ASCII".to_string())
-                .and_then(Actor::parse);
-            violations.check("x-actor", parsed)
-        }
-    }
+    let x_actor = match request.metadata().get("x-actor") {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(text) => Some(text),
+            Err(_) => {
+                violations.push("x-actor", "must be visible ASCII");
+                return None;
+            }
+        },
+    };
+    let caller = request
+        .extensions()
+        .get::<Permit>()
+        .and_then(|permit| permit.caller().map(|c| c.id.clone()));
+    let parsed = match (caller, x_actor) {
+        (Some(caller), note) => Actor::acting(&caller, note),
+        (None, Some(named)) => Actor::parse(named),
+        (None, None) => Ok(Actor::anonymous()),
+    };
+    violations.check("x-actor", parsed)
 }
 
 pub fn record_id(decision: &Decision) -> String {

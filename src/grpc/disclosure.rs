@@ -6,6 +6,7 @@ use uuid::Uuid;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
+    auth::Permit,
     convert::{self, done, optional},
     enums::{self, PbEnum as _},
     observe::observe,
@@ -88,7 +89,9 @@ impl Rpc for DisclosureGrpc {
         request: Request<pb::PutPersonalDataRequest>,
     ) -> Result<Response<pb::PutPersonalDataResponse>, Status> {
         observe(SERVICE, "PutPersonalData", request, |r| async move {
+            let permit = Permit::of(&r)?;
             let new = parse_put(r, &self.service)?;
+            permit.allow(&new.collected_for, &[], &[])?;
             let collection_id = self.service.put_personal_data(&new).await?;
             Ok(Response::new(pb::PutPersonalDataResponse {
                 collection_id: collection_id.to_string(),
@@ -119,12 +122,22 @@ impl Rpc for DisclosureGrpc {
         request: Request<pb::RequestDisclosureRequest>,
     ) -> Result<Response<pb::RequestDisclosureResponse>, Status> {
         observe(SERVICE, "RequestDisclosure", request, |r| async move {
+            let permit = Permit::of(&r)?;
             let Disclose {
                 actor,
                 subject_id,
                 request,
                 request_id,
             } = parse_request(r, self.service.policy())?;
+            let (purposes, legal_bases) = match &request.ground {
+                Ground::Purpose(purpose) => (vec![purpose.clone()], vec![]),
+                Ground::Legal(basis) => (vec![], vec![*basis]),
+            };
+            permit.allow(
+                &purposes,
+                std::slice::from_ref(&request.recipient),
+                &legal_bases,
+            )?;
             let answer = self
                 .service
                 .request_disclosure(&subject_id, &request, &actor, request_id)

@@ -2,6 +2,7 @@
 //! three things: turn the request into domain values (collecting every
 //! violation), call `service`, and turn the result into a response.
 
+mod auth;
 mod concern;
 mod consent;
 mod convert;
@@ -12,8 +13,8 @@ mod observe;
 mod page;
 mod rights;
 mod status;
-pub mod tls;
 
+pub use auth::{Authenticator, cert_subject};
 pub use concern::ConcernGrpc;
 pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
@@ -29,4 +30,20 @@ pub mod pb {
     /// The encoded descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("consent_descriptor");
+}
+
+/// Every method the consent.v1 services serve, as the callers file names
+/// them (`consent.v1.ConsentService/Check`), read from the descriptors so
+/// that a new RPC is known to the callers check without a list to update.
+pub fn served_rpcs() -> Vec<String> {
+    let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
+        .expect("the embedded descriptor set decodes");
+    pool.services()
+        .filter(|service| service.package_name() == "consent.v1")
+        .flat_map(|service| {
+            (service.methods())
+                .map(|method| format!("{}/{}", service.full_name(), method.name()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

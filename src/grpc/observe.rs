@@ -12,6 +12,7 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use super::auth::admit;
 use crate::metrics::RPC_DURATION;
 
 struct MetadataExtractor<'a>(&'a MetadataMap);
@@ -73,7 +74,7 @@ fn is_server_error(code: Code) -> bool {
 pub async fn observe<T, R, F>(
     service: &'static str,
     method: &'static str,
-    request: Request<T>,
+    mut request: Request<T>,
     handler: impl FnOnce(Request<T>) -> F,
 ) -> Result<Response<R>, Status>
 where
@@ -105,7 +106,12 @@ where
     }
 
     let started = Instant::now();
-    let result = handler(request).instrument(span.clone()).await;
+    // Every RPC passes here, so none can be served to a caller whose entry
+    // does not list it.
+    let result = match admit(&mut request, service, method) {
+        Ok(()) => handler(request).instrument(span.clone()).await,
+        Err(refused) => Err(span.in_scope(|| Status::from(refused))),
+    };
     let code = match &result {
         Ok(_) => Code::Ok,
         Err(status) => status.code(),

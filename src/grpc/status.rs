@@ -1,9 +1,14 @@
 //! The one mapping from [`Error`] to [`tonic::Status`].
 
+use std::collections::HashMap;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt as _};
 
-use crate::error::Error;
+use crate::{
+    error::Error,
+    policy::{Refusal, callers::legal_basis_name},
+};
 
 /// Clients (and gRPC retry policies) retry UNAVAILABLE; writes carry a
 /// `request_id`, so a retry never writes twice.
@@ -46,6 +51,22 @@ impl From<Error> for Status {
                 )]),
             ),
             Error::PermissionDenied(message) => Status::permission_denied(message),
+            Error::Unauthenticated(message) => Status::unauthenticated(message),
+            Error::Refused { refusal, rpc } => {
+                let message = refusal.to_string();
+                let (key, value) = match &refusal {
+                    Refusal::Rpc => ("rpc", rpc.clone()),
+                    Refusal::Purpose(purpose) => ("purpose", purpose.to_string()),
+                    Refusal::Recipient(recipient) => ("recipient", recipient.to_string()),
+                    Refusal::LegalBasis(basis) => ("legal_basis", legal_basis_name(*basis).into()),
+                };
+                let details = ErrorDetails::with_error_info(
+                    refusal.reason(),
+                    "consentd",
+                    HashMap::from([(key.to_string(), value)]),
+                );
+                Status::with_error_details(Code::PermissionDenied, message, details)
+            }
             Error::RequestIdReused => Status::already_exists(
                 "request_id was already used for a different request; use a new request_id",
             ),

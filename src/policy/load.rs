@@ -69,21 +69,32 @@ pub struct Problem {
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
-        writeln!(
-            f,
-            "policy file {} has {n} problem{}:",
-            self.path.display(),
-            if n == 1 { "" } else { "s" }
-        )?;
-        for problem in &self.problems {
-            match problem.line {
-                Some(line) => writeln!(f, "  {}:{line}: {}", self.path.display(), problem.message)?,
-                None => writeln!(f, "  {}: {}", self.path.display(), problem.message)?,
-            }
-        }
-        Ok(())
+        write_problems(f, "policy", &self.path, &self.problems)
     }
+}
+
+/// `KIND file PATH has N problems:`, then one `PATH:LINE: message` each, the
+/// shape editors and `grep -n` users jump from.
+pub(super) fn write_problems(
+    f: &mut fmt::Formatter<'_>,
+    kind: &str,
+    path: &Path,
+    problems: &[Problem],
+) -> fmt::Result {
+    let n = problems.len();
+    writeln!(
+        f,
+        "{kind} file {} has {n} problem{}:",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    )?;
+    for problem in problems {
+        match problem.line {
+            Some(line) => writeln!(f, "  {}:{line}: {}", path.display(), problem.message)?,
+            None => writeln!(f, "  {}: {}", path.display(), problem.message)?,
+        }
+    }
+    Ok(())
 }
 
 impl RawPolicy {
@@ -119,13 +130,13 @@ impl RawPolicy {
 }
 
 /// The problems found so far, each on the line of the text it is about.
-struct Problems<'a> {
-    lines: &'a LineIndex,
-    found: Vec<Problem>,
+pub(super) struct Problems<'a> {
+    pub(super) lines: &'a LineIndex,
+    pub(super) found: Vec<Problem>,
 }
 
 impl Problems<'_> {
-    fn at(&mut self, span: Range<usize>, message: String) {
+    pub(super) fn at(&mut self, span: Range<usize>, message: String) {
         self.found.push(Problem {
             line: Some(self.lines.line_of(span.start)),
             message,
@@ -134,7 +145,7 @@ impl Problems<'_> {
 
     /// Notes where `id` is declared. A second declaration of the same id
     /// is a problem that names the first one's line, and `true`.
-    fn is_duplicate<K: Hash + Eq + fmt::Display>(
+    pub(super) fn is_duplicate<K: Hash + Eq + fmt::Display>(
         &mut self,
         declared: &mut HashMap<K, usize>,
         id: K,
@@ -510,19 +521,19 @@ fn check_concerns(raw: Option<&Spanned<RawConcerns>>, problems: &mut Problems) -
 }
 
 /// Maps byte offsets to 1-based line numbers.
-struct LineIndex {
+pub(super) struct LineIndex {
     starts: Vec<usize>,
 }
 
 impl LineIndex {
-    fn new(text: &str) -> Self {
+    pub(super) fn new(text: &str) -> Self {
         let starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
         Self { starts }
     }
 
-    fn line_of(&self, offset: usize) -> usize {
+    pub(super) fn line_of(&self, offset: usize) -> usize {
         self.starts.partition_point(|&start| start <= offset)
     }
 }

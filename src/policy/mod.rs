@@ -11,9 +11,12 @@
 //! - `decide`: may a field of a subject be used for a purpose?
 //! - `disclose`: what may go to a recipient, and why the rest may not.
 //! - [`concern`]: deadlines and status changes of a concern.
+//! - [`callers`]: the callers file and `authorize`, whether one caller may
+//!   make one call.
 //!
 //! This module never touches `store`, `grpc` or `service`.
 
+pub mod callers;
 mod check;
 pub mod concern;
 mod decide;
@@ -22,6 +25,7 @@ mod load;
 mod model;
 
 pub use crate::domain::Reason;
+pub use callers::{Access, Callers, CallersError, Known, Refusal, authorize};
 pub use check::DisclosureParts;
 pub use decide::{Decision, Outcome, decide, decide_with_data, is_stale};
 pub use disclose::{

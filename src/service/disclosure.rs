@@ -284,7 +284,7 @@ impl DisclosureService {
         if disclosure.status != DisclosureStatus::PendingApproval {
             return Err(not_pending(&disclosure));
         }
-        if &disclosure.requested_by == actor {
+        if disclosure.requested_by.principal() == actor.principal() {
             return Err(Error::PermissionDenied(
                 "a disclosure must be approved by someone other than its requester".into(),
             ));
@@ -316,7 +316,7 @@ impl DisclosureService {
         if disclosure.review_due.is_none() || disclosure.reviewed_by.is_some() {
             return Err(no_review());
         }
-        if &disclosure.requested_by == actor {
+        if disclosure.requested_by.principal() == actor.principal() {
             return Err(Error::PermissionDenied(
                 "a disclosure must be reviewed by someone other than its requester".into(),
             ));

@@ -38,6 +38,8 @@ fn sample(flag: &str) -> Option<String> {
         "--tls-cert" => "/run/secrets/tls/tls.crt",
         "--tls-key" => "/run/secrets/tls/tls.key",
         "--tls-client-ca" => "/run/secrets/tls/ca.crt",
+        "--callers" => "/run/secrets/callers.toml",
+        "--insecure-no-auth" => "true",
         _ => return None,
     };
     Some(value.to_string())

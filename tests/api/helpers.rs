@@ -293,6 +293,8 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         tls_cert: None,
         tls_key: None,
         tls_client_ca: None,
+        callers: None,
+        insecure_no_auth: false,
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());

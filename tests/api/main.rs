@@ -2,8 +2,10 @@
 //! fresh database per test, and real gRPC calls over a socket. One test
 //! binary, so one process shares the PostgreSQL setup.
 
+mod auth_matrix;
 mod bad_input;
 mod browser;
+mod callers;
 mod cli;
 mod cluster;
 mod concern;

@@ -17,7 +17,6 @@ use tokio_rustls::{
         pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
     },
 };
-use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use crate::cli::{TempDir, tempdir};
 
@@ -170,6 +169,5 @@ pub async fn served_subject(addr: SocketAddr, ca_pem: &str, alpn: &[u8]) -> Stri
         .await
         .unwrap();
     let certs = stream.get_ref().1.peer_certificates().unwrap();
-    let (_, cert) = X509Certificate::from_der(certs[0].as_ref()).unwrap();
-    cert.subject().to_string()
+    consentd::grpc::cert_subject(certs[0].as_ref()).unwrap()
 }

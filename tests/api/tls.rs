@@ -3,17 +3,25 @@
 
 use std::time::{Duration, Instant};
 
+use consentd::grpc::pb::{
+    self, consent_service_client::ConsentServiceClient,
+    disclosure_service_client::DisclosureServiceClient,
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     cli::{spawn_serve_with, terminate_and_wait},
-    helpers::{TestApp, fresh_database, policy_path, spawn_app_with},
+    disclosure::{courier_request, put_request},
+    helpers::{TestApp, fresh_database, policy_path, registration, spawn_app_with},
     pki::{Ca, Pem, Pki, client_config, served_subject, tls_connect},
 };
 
@@ -258,4 +266,112 @@ async fn refused(args: &[&str]) -> String {
         .unwrap();
     assert!(!out.status.success());
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Shipping and the mailer authenticate by certificate; `crm` by token
+/// (over its own certificate, which names no caller) to set up the data.
+const CERT_CALLERS: &str = r#"
+[[callers]]
+id = "shipping"
+cert_subject = "CN=shipping"
+rpcs = ["consent.v1.DisclosureService/RequestDisclosure"]
+purposes = ["order_delivery"]
+recipients = ["express-courier"]
+
+[[callers]]
+id = "marketing-mailer"
+cert_subject = "CN=marketing-mailer"
+rpcs = ["consent.v1.ConsentService/Check", "consent.v1.ConsentService/BatchCheck",
+        "consent.v1.ConsentService/WatchChanges", "consent.v1.ConsentService/CreateUnsubscribeLinks"]
+purposes = ["promotional_mail"]
+
+[[callers]]
+id = "crm"
+token_sha256 = "TOKEN_SHA256"
+rpcs = ["consent.v1.ConsentService/RegisterSubject", "consent.v1.DisclosureService/PutPersonalData"]
+purposes = ["order_delivery", "partner_offers"]
+"#;
+
+/// A server under mTLS with [`CERT_CALLERS`], and C-1042 registered with
+/// the name and address a courier may receive.
+async fn mtls_app_with_callers(pki: &Pki) -> TestApp {
+    use sha2::{Digest as _, Sha256};
+    let hash: [u8; 32] = Sha256::digest("crm-token").into();
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let file = pki.dir.join("callers.toml");
+    std::fs::write(&file, CERT_CALLERS.replace("TOKEN_SHA256", &hex)).unwrap();
+    let app = spawn_app_with(|args| {
+        args.tls_cert = Some(pki.cert_file());
+        args.tls_key = Some(pki.key_file());
+        args.tls_client_ca = Some(pki.ca_file());
+        args.callers = Some(file);
+    })
+    .await;
+
+    let channel = channel_as(&app, pki, &pki.ca.client("crm-host")).await;
+    ConsentServiceClient::new(channel.clone())
+        .register_subject(as_crm(registration("C-1042")))
+        .await
+        .unwrap();
+    let mut disclosures = DisclosureServiceClient::new(channel);
+    for (field, value) in [("name", "Wang Xiaoming"), ("postal_address", "1 Long Road")] {
+        let put = put_request("C-1042", field, value, &["order_delivery"]);
+        disclosures.put_personal_data(as_crm(put)).await.unwrap();
+    }
+    app
+}
+
+fn as_crm<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer crm-token".parse().unwrap());
+    request
+}
+
+/// A gRPC channel that presents `identity` as its client certificate.
+async fn channel_as(app: &TestApp, pki: &Pki, identity: &Pem) -> Channel {
+    Channel::from_shared(format!("https://{}", app.grpc_addr))
+        .unwrap()
+        .tls_config(client_tls(&pki.ca.cert_pem, Some(identity)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_shipping_certificate_can_request_a_courier_disclosure() {
+    let pki = Pki::new();
+    let app = mtls_app_with_callers(&pki).await;
+    let channel = channel_as(&app, &pki, &pki.shipping).await;
+    let answer = DisclosureServiceClient::new(channel)
+        .request_disclosure(courier_request("C-1042", &["name", "postal_address"]))
+        .await
+        .expect("shipping, authenticated by its certificate, may ask")
+        .into_inner();
+    assert_eq!(answer.status(), pb::DisclosureStatus::Released);
+    let requested_by: String = app
+        .db
+        .query_one("SELECT requested_by FROM disclosures", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        requested_by, "shipping",
+        "the certificate's caller is the actor"
+    );
+}
+
+#[tokio::test]
+async fn the_mailer_certificate_cannot_request_a_courier_disclosure() {
+    let pki = Pki::new();
+    let app = mtls_app_with_callers(&pki).await;
+    let channel = channel_as(&app, &pki, &pki.mailer).await;
+    let status = DisclosureServiceClient::new(channel)
+        .request_disclosure(courier_request("C-1042", &["name", "postal_address"]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(app.count("disclosures").await, 0);
 }

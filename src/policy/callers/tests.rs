@@ -1,0 +1,1 @@
+//! Tests of the permission rules and the credential lookups.
