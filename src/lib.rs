@@ -25,6 +25,8 @@
 //!   export-subject its renderer.
 //! - [`keys`]: key files (unsubscribe link keys, data keys, the subject-ref
 //!   key): parsing, loading, creating once in the state dir, redacted `Debug`.
+//! - [`tls`]: rustls for the gRPC and public HTTP listeners, reloaded on
+//!   SIGHUP or when the files change.
 //! - [`telemetry`]: logs, OpenTelemetry traces, subject trace refs.
 //! - [`metrics`]: the Prometheus metrics and their names.
 
@@ -42,3 +44,4 @@ pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

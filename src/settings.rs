@@ -221,9 +221,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CONSENTD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
-    /// Address for the HTTP endpoints (/healthz, /readyz). Port 0 picks a free port.
+    /// Address for the public HTTP side: the unsubscribe pages (/u/…) and
+    /// nothing else. Port 0 picks a free port.
     #[arg(long, env = "CONSENTD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+
+    /// Address for the admin HTTP side: /healthz, /readyz and /metrics.
+    /// Loopback by default, since it needs no credentials; port 0 picks a
+    /// free port, and the log names it.
+    #[arg(long, env = "CONSENTD_ADMIN_ADDR", default_value = "127.0.0.1:8081")]
+    pub admin_addr: SocketAddr,
 
     /// The policy file; the server refuses to start if it has any problem.
     #[arg(long, env = "CONSENTD_POLICY", default_value = "deploy/policy.toml")]
@@ -293,6 +300,20 @@ pub struct ServeArgs {
     #[arg(long, env = "CONSENTD_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub checkpoint_interval_seconds: u64,
 
+    /// PEM certificate chain: with --tls-key, gRPC and the public HTTP
+    /// listener serve TLS only. Reloaded on SIGHUP or when the file changes.
+    #[arg(long, env = "CONSENTD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CONSENTD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: gRPC clients must present a certificate one of
+    /// them signed (mTLS). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "CONSENTD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// The callers file (TOML): every system and person that may call, how
     /// each authenticates, and what each may do. Without it every call is
     /// anonymous, which the server allows only on loopback addresses.
@@ -343,6 +364,7 @@ impl ServeArgs {
             ("--pg-data-dir", path(&db.pg_data_dir)),
             ("--grpc-addr", Some(self.grpc_addr.to_string())),
             ("--http-addr", Some(self.http_addr.to_string())),
+            ("--admin-addr", Some(self.admin_addr.to_string())),
             ("--policy", Some(self.policy.display().to_string())),
             ("--migrate", Some(self.migrate.to_string())),
             ("--max-connections", Some(db.max_connections.to_string())),
@@ -368,6 +390,9 @@ impl ServeArgs {
                 "--checkpoint-interval-seconds",
                 Some(self.checkpoint_interval_seconds.to_string()),
             ),
+            ("--tls-cert", path(&self.tls_cert)),
+            ("--tls-key", path(&self.tls_key)),
+            ("--tls-client-ca", path(&self.tls_client_ca)),
             ("--callers", path(&self.callers)),
             (
                 "--insecure-no-auth",
@@ -423,6 +448,7 @@ mod tests {
         };
         assert_eq!(args.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(args.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.admin_addr.to_string(), "127.0.0.1:8081");
         assert_eq!(args.policy, PathBuf::from("deploy/policy.toml"));
 
         let mut command = Cli::command();

@@ -6,11 +6,14 @@
 //! shuts down gracefully: health turns NOT_SERVING, listeners close, open
 //! health watches and change streams end, and in-flight calls finish.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{
+    StreamExt as _,
+    wrappers::{ReceiverStream, TcpListenerStream},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
@@ -35,12 +38,15 @@ use crate::{
     settings::ServeArgs,
     store::{Database, Store},
     telemetry::SubjectRefs,
+    tls::{self, Tls, TlsFiles, TlsListener},
 };
 
 /// A built server, ready to run.
 pub struct Application {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
+    /// Probes and metrics, apart from the public side.
+    admin_listener: TcpListener,
     database: Database,
     policy: Arc<Policy>,
     drain: Duration,
@@ -56,6 +62,8 @@ pub struct Application {
     /// Signs checkpoints of the history's chain heads, now and then and at
     /// shutdown.
     checkpointer: Checkpointer,
+    /// TLS for gRPC and the public HTTP listener; `None` serves plaintext.
+    tls: Option<Tls>,
     /// Who may call and what each may do; `None` serves everyone as
     /// anonymous (loopback only, unless told otherwise).
     callers: Option<Arc<Callers>>,
@@ -83,6 +91,13 @@ impl Application {
         policy: Arc<Policy>,
     ) -> anyhow::Result<Self> {
         check_durability(&database.store, args.allow_unsafe_durability).await?;
+        let tls = TlsFiles::from_settings(
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+            args.tls_client_ca.as_deref(),
+        )?
+        .map(Tls::load)
+        .transpose()?;
         let callers = match &args.callers {
             None => None,
             Some(path) => {
@@ -106,6 +121,9 @@ impl Application {
         let http_listener = TcpListener::bind(args.http_addr)
             .await
             .with_context(|| format!("cannot bind the HTTP address {}", args.http_addr))?;
+        let admin_listener = TcpListener::bind(args.admin_addr)
+            .await
+            .with_context(|| format!("cannot bind the admin address {}", args.admin_addr))?;
         // Keys made afresh at each start would strand what was stored under
         // the old ones, so a key without a file lives in the state directory.
         let state_dir = args.state_dir();
@@ -126,13 +144,14 @@ impl Application {
             args.checkpoint_interval(),
         );
         let http_addr = http_listener.local_addr()?;
-        let public_url = args
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}"));
+        let public_url = args.public_url.clone().unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{http_addr}")
+        });
         Ok(Self {
             grpc_listener,
             http_listener,
+            admin_listener,
             database,
             policy,
             drain: args.drain(),
@@ -143,6 +162,7 @@ impl Application {
             data_keys: Arc::new(data_keys),
             public_url,
             checkpointer,
+            tls,
             callers,
         })
     }
@@ -159,6 +179,12 @@ impl Application {
             .expect("bound listener has an address")
     }
 
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
     pub fn store(&self) -> &Store {
         &self.database.store
     }
@@ -170,9 +196,11 @@ impl Application {
     ) -> anyhow::Result<()> {
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
+        let admin_addr = self.admin_addr();
         let Self {
             grpc_listener,
             http_listener,
+            admin_listener,
             database,
             policy,
             drain,
@@ -183,6 +211,7 @@ impl Application {
             data_keys,
             public_url,
             checkpointer,
+            tls,
             callers,
         } = self;
         let auth = Authenticator::new(callers);
@@ -236,28 +265,71 @@ impl Application {
             .add_service(InterceptedService::new(consent, auth.clone()))
             .add_service(InterceptedService::new(concerns, auth.clone()))
             .add_service(InterceptedService::new(disclosure, auth.clone()))
-            .add_service(InterceptedService::new(rights, auth))
-            .serve_with_incoming_shutdown(
+            .add_service(InterceptedService::new(rights, auth));
+        let grpc: BoxedServer<tonic::transport::Error> = match &tls {
+            Some(tls) => {
+                let acceptor = tls.clone();
+                let incoming = tls::accept(
+                    grpc_listener,
+                    move || acceptor.grpc_acceptor(),
+                    stop.clone(),
+                );
+                Box::pin(grpc.serve_with_incoming_shutdown(
+                    ReceiverStream::new(incoming).map(Ok::<_, std::io::Error>),
+                    stop.clone().cancelled_owned(),
+                ))
+            }
+            None => Box::pin(grpc.serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc_listener),
                 stop.clone().cancelled_owned(),
-            );
-        let http = axum::serve(
-            http_listener,
-            http::router(HttpState {
-                store,
-                unsubscribes,
-                concern_deadlines,
-            }),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-        tracing::info!(%grpc_addr, %http_addr, "consentd is serving gRPC on {grpc_addr} and HTTP on {http_addr}");
+            )),
+        };
+        let http_state = HttpState {
+            store,
+            unsubscribes,
+            concern_deadlines,
+        };
+        let admin = axum::serve(admin_listener, http::admin_router(http_state.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let public = http::public_router(http_state);
+        let http: BoxedServer<std::io::Error> = match &tls {
+            Some(tls) => {
+                let acceptor = tls.clone();
+                let incoming = tls::accept(
+                    http_listener,
+                    move || acceptor.http_acceptor(),
+                    stop.clone(),
+                );
+                Box::pin(
+                    axum::serve(TlsListener::new(incoming, http_addr), public)
+                        .with_graceful_shutdown(stop.clone().cancelled_owned())
+                        .into_future(),
+                )
+            }
+            None => Box::pin(
+                axum::serve(http_listener, public)
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
+                    .into_future(),
+            ),
+        };
+        if let Some(tls) = &tls {
+            tls.spawn_reloader(tls::POLL_INTERVAL, stop.clone());
+        }
+        let tls_mode = match &tls {
+            None => "off",
+            Some(tls) if tls.files().client_ca.is_some() => "mtls",
+            Some(_) => "on",
+        };
+        tracing::info!(%grpc_addr, %http_addr, %admin_addr, tls = tls_mode, "consentd is serving gRPC on {grpc_addr} and HTTP on {http_addr} and admin on {admin_addr}");
 
         let mut grpc = tokio::spawn(grpc);
-        let mut http = tokio::spawn(async move { http.await });
+        let mut http = tokio::spawn(http);
+        let mut admin = tokio::spawn(async move { admin.await });
         tokio::select! {
             () = shutdown => {}
             result = &mut grpc => return Err(anyhow::anyhow!("gRPC server stopped: {:?}", result)),
             result = &mut http => return Err(anyhow::anyhow!("HTTP server stopped: {:?}", result)),
+            result = &mut admin => return Err(anyhow::anyhow!("admin server stopped: {:?}", result)),
         }
 
         tracing::info!(drain = ?drain, "shutting down: reporting NOT_SERVING, then finishing in-flight calls");
@@ -266,7 +338,8 @@ impl Application {
         stop.cancel();
         let finished = tokio::time::timeout(shutdown_timeout, async {
             grpc.await?.context("gRPC server failed")?;
-            http.await?.context("HTTP server failed")
+            http.await?.context("HTTP server failed")?;
+            admin.await?.context("admin server failed")
         })
         .await;
         match finished {
@@ -289,6 +362,9 @@ impl Application {
         Ok(())
     }
 }
+
+/// A listener's serving future, whichever transport it runs over.
+type BoxedServer<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send>>;
 
 /// Refuses a database that can lose commits it acknowledged: every write
 /// consentd answers must survive a crash of PostgreSQL.

@@ -1,6 +1,8 @@
-//! The HTTP side, served beside gRPC by `consentd serve`: probes, and the
-//! one-click unsubscribe pages that letters link to. No login and no cookies:
-//! the signed token in the URL is the only credential.
+//! The HTTP side, served beside gRPC by `consentd serve`, on two listeners:
+//! the public one serves only the one-click unsubscribe pages that letters
+//! link to (no login and no cookies: the signed token in the URL is the only
+//! credential); the admin one, loopback by default, serves the probes and
+//! /metrics, which say too much about the service to face the internet.
 
 mod one_click;
 mod pages;
@@ -29,17 +31,24 @@ pub struct HttpState {
     pub concern_deadlines: ConcernDeadlines,
 }
 
-pub fn router(state: HttpState) -> Router {
+/// What `--http-addr` serves: the unsubscribe pages, and nothing else.
+pub fn public_router(state: HttpState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
         .route(
             "/u/{token}",
             get(show_unsubscribe)
                 .post(unsubscribe)
                 .layer(DefaultBodyLimit::max(one_click::MAX_BODY_BYTES)),
         )
+        .with_state(state)
+}
+
+/// What `--admin-addr` serves: probes and metrics.
+pub fn admin_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -97,10 +98,10 @@ impl Store {
     /// LISTEN connection delays changes but never loses them.
     pub fn spawn_change_listener(&self, stop: CancellationToken) -> watch::Receiver<u64> {
         let (tx, rx) = watch::channel(0u64);
-        let config = self.config.clone();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                if let Err(e) = listen(&config, &tx, &stop).await {
+                if let Err(e) = listen(&config, tls.clone(), &tx, &stop).await {
                     tracing::warn!(error = %e, "change-feed LISTEN connection failed; reconnecting");
                 }
                 tokio::select! {
@@ -115,10 +116,11 @@ impl Store {
 
 async fn listen(
     config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     wake: &watch::Sender<u64>,
     stop: &CancellationToken,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     let (notified_tx, mut notified) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

@@ -18,13 +18,14 @@ mod personal_data;
 mod redact;
 mod rows;
 mod server;
+mod tls;
 
-use std::{str::FromStr, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
 use sha2::{Digest as _, Sha256};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
 pub use consent::HistoryPage;
@@ -57,13 +58,15 @@ pub struct Store {
     pool: Pool,
     /// For connections outside the pool (the change-feed LISTEN).
     config: tokio_postgres::Config,
+    /// TLS as the URL's `sslmode` asks, for those connections too.
+    tls: MakeRustlsConnect,
 }
 
 impl Store {
     /// Builds a pool for `url`. Connections are opened lazily; call
     /// [`Store::ping`] to find out at start whether the database answers.
     pub fn connect(url: &str, max_connections: usize) -> anyhow::Result<Self> {
-        let mut config = tokio_postgres::Config::from_str(url).context("invalid database URL")?;
+        let (mut config, tls) = tls::connect_config(url)?;
         // A database that does not answer must fail calls fast (UNAVAILABLE,
         // which clients retry), not hold them: bounded connect, and a
         // bounded wait for a pooled connection.
@@ -72,7 +75,7 @@ impl Store {
         }
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -87,7 +90,7 @@ impl Store {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .context("cannot build the database pool")?;
-        Ok(Self { pool, config })
+        Ok(Self { pool, config, tls })
     }
 
     pub async fn ping(&self) -> anyhow::Result<()> {

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio_postgres::NoTls;
 
 /// Creates database `name` on the server behind `admin_url` unless it exists.
 pub async fn ensure_database(admin_url: &str, name: &str) -> anyhow::Result<bool> {
@@ -32,11 +31,11 @@ pub async fn ensure_database(admin_url: &str, name: &str) -> anyhow::Result<bool
 /// One plain connection for administrative statements (CREATE DATABASE
 /// cannot run inside a pool's transaction-friendly setup).
 pub async fn admin_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) =
-        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls))
-            .await
-            .context("timed out connecting to PostgreSQL")?
-            .context("cannot connect to PostgreSQL")?;
+    let (config, tls) = super::tls::connect_config(url)?;
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(5), config.connect(tls))
+        .await
+        .context("timed out connecting to PostgreSQL")?
+        .context("cannot connect to PostgreSQL")?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "admin connection closed");

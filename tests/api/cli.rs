@@ -101,6 +101,8 @@ async fn serve_refuses_to_start_on_a_broken_policy() {
         "127.0.0.1:0",
         "--http-addr",
         "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
     ]);
     assert!(!ok);
     assert!(stderr.contains(&format!("{path}:9:")), "{stderr}");
@@ -233,6 +235,8 @@ pub struct Served {
     pub child: Child,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// Probes and /metrics.
+    pub admin_addr: String,
     pub logs: mpsc::Receiver<String>,
     /// The lines logged before the one saying it serves.
     pub started: Vec<String>,
@@ -252,7 +256,7 @@ pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
         .arg("serve")
         .args(args)
         .args(
-            ["--grpc-addr", "--http-addr"]
+            ["--grpc-addr", "--http-addr", "--admin-addr"]
                 .into_iter()
                 .filter(|flag| !args.contains(flag))
                 .flat_map(|flag| [flag, "127.0.0.1:0"]),
@@ -284,6 +288,7 @@ pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
                 child,
                 grpc_addr: words[0].to_string(),
                 http_addr: words[4].to_string(),
+                admin_addr: words[8].to_string(),
                 logs: rx,
                 started: seen,
             };

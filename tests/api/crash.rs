@@ -208,7 +208,7 @@ async fn killing_postgresql_under_load_loses_no_acknowledged_write_and_consentd_
     cut.notify_one();
 
     let not_ready = within(Duration::from_secs(3), async || {
-        http_get(app.http_addr, "/readyz").await.0 == 503
+        http_get(app.admin_addr, "/readyz").await.0 == 503
     })
     .await;
     assert!(
@@ -228,7 +228,7 @@ async fn killing_postgresql_under_load_loses_no_acknowledged_write_and_consentd_
     .await;
     assert!(recovered.is_some(), "writes did not recover within 5 s");
     let ready = within(Duration::from_secs(5), async || {
-        http_get(app.http_addr, "/readyz").await.0 == 200
+        http_get(app.admin_addr, "/readyz").await.0 == 200
     })
     .await;
     assert!(ready.is_some(), "/readyz did not recover within 5 s");

@@ -44,7 +44,14 @@ async fn serve(args: &[&str]) -> ServeRun {
     let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
         .arg("serve")
         .args(args)
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
         .arg("--policy")
         .arg(policy_path())
         .env("RUST_LOG", "info")

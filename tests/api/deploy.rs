@@ -131,6 +131,11 @@ fn the_compose_stack_is_wired_consistently() {
     let env = &consentd["environment"];
     let grpc_port = host_port(s(&env["CONSENTD_GRPC_ADDR"])).1;
     let http_port = host_port(s(&env["CONSENTD_HTTP_ADDR"])).1;
+    let admin_port = host_port(s(&env["CONSENTD_ADMIN_ADDR"])).1;
+    assert_ne!(
+        admin_port, http_port,
+        "metrics stay off the public listener"
+    );
     let published: Vec<&str> = consentd["ports"]
         .as_sequence()
         .unwrap()
@@ -185,10 +190,10 @@ fn the_compose_stack_is_wired_consistently() {
     let jaeger = s(&collector["exporters"]["otlp/jaeger"]["endpoint"]);
     assert!(has(&host_port(jaeger).0), "{jaeger}");
 
-    // Metrics: prometheus scrapes consentd's HTTP port.
+    // Metrics: prometheus scrapes consentd's admin port.
     let prometheus = yaml("prometheus.yml");
     let target = s(&prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0]);
-    assert_eq!(host_port(target), ("consentd".to_string(), http_port));
+    assert_eq!(host_port(target), ("consentd".to_string(), admin_port));
     assert_eq!(
         s(&prometheus["scrape_configs"][0]["metrics_path"]),
         "/metrics"
@@ -305,6 +310,20 @@ fn the_kubernetes_manifests_agree_with_each_other_and_with_the_policy() {
             "{probe} uses gRPC health"
         );
     }
+    // Prometheus scrapes the admin port, which CONSENTD_ADMIN_ADDR binds.
+    let admin_port = ports.iter().find(|(n, _)| *n == "admin").unwrap().1;
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        s(&annotations["prometheus.io/port"]),
+        admin_port.to_string()
+    );
+    let admin_env = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| s(&e["name"]) == "CONSENTD_ADMIN_ADDR")
+        .expect("the Deployment sets CONSENTD_ADMIN_ADDR");
+    assert_eq!(host_port(s(&admin_env["value"])).1, admin_port as u16);
     assert!(
         container["resources"]["limits"]["memory"].is_string(),
         "resource limits are set"
@@ -415,6 +434,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exposed_by_metrics() {
     let db = fresh_database().await;
     let served = spawn_serve_with(&["--database-url", &db.db_url], &[]);
     let http: SocketAddr = served.http_addr.parse().unwrap();
+    let admin: SocketAddr = served.admin_addr.parse().unwrap();
     let channel = Channel::from_shared(format!("http://{}", served.grpc_addr))
         .unwrap()
         .connect()
@@ -476,10 +496,10 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exposed_by_metrics() {
     // Some gauges are set by background tasks: wait until they are there,
     // or until a deadline that only a missing metric reaches.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let mut exposed = exposed_metrics(http).await;
+    let mut exposed = exposed_metrics(admin).await;
     while !used.is_subset(&exposed) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        exposed = exposed_metrics(http).await;
+        exposed = exposed_metrics(admin).await;
     }
     for name in &used {
         assert!(

@@ -200,6 +200,8 @@ fn drop_database(admin_url: String, db_name: String) {
 pub struct TestApp {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Probes and /metrics.
+    pub admin_addr: SocketAddr,
     pub client: ConsentServiceClient<Channel>,
     pub channel: Channel,
     /// A direct connection to the test's database, to look behind the API.
@@ -275,6 +277,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
         policy: policy_path(),
         migrate: false,
         drain_seconds: 0,
@@ -288,6 +291,9 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         // The fallback test cluster runs with fsync off, for speed.
         allow_unsafe_durability: server().await._embedded.is_some(),
         checkpoint_interval_seconds: 60,
+        tls_cert: None,
+        tls_key: None,
+        tls_client_ca: None,
         callers: None,
         insecure_no_auth: false,
     };
@@ -297,19 +303,22 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
     let app = Application::with_database(&args, database, policy)
         .await
         .unwrap();
-    let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+    let (grpc_addr, http_addr, admin_addr) = (app.grpc_addr(), app.http_addr(), app.admin_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
 
-    let channel = Channel::from_shared(format!("http://{grpc_addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let endpoint = Channel::from_shared(format!("http://{grpc_addr}")).unwrap();
+    // A TLS server refuses this plaintext channel: TLS tests make their own.
+    let channel = if args.tls_cert.is_some() {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.unwrap()
+    };
     let db = store::admin_connect(&db_url).await.unwrap();
     TestApp {
         grpc_addr,
         http_addr,
+        admin_addr,
         client: ConsentServiceClient::new(channel.clone()),
         channel,
         db,

@@ -56,6 +56,7 @@ async fn metrics_count_decisions_latency_unsubscribes_and_the_pool() {
     let db = fresh_database().await;
     let served = spawn_serve_with(&["--database-url", &db.db_url], &[]);
     let http: std::net::SocketAddr = served.http_addr.parse().unwrap();
+    let admin: std::net::SocketAddr = served.admin_addr.parse().unwrap();
     let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
         .await
         .unwrap();
@@ -142,7 +143,7 @@ async fn metrics_count_decisions_latency_unsubscribes_and_the_pool() {
     disclosures.request_disclosure(emergency).await.unwrap();
     drop(disclosures);
 
-    let (status, body) = http_get(http, "/metrics").await;
+    let (status, body) = http_get(admin, "/metrics").await;
     assert_eq!(status, 200);
     let m = samples(&body);
     let decisions = "consentd_decisions_total";

@@ -109,10 +109,22 @@ async fn reflection_lists_every_service_and_describes_the_contract() {
 async fn http_probes_answer() {
     let app = spawn_app().await;
     for (path, body) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
-        let (status, text) = http_get(app.http_addr, path).await;
+        let (status, text) = http_get(app.admin_addr, path).await;
         assert_eq!(status, 200, "{path}");
         assert_eq!(text, body, "{path}");
     }
+}
+
+#[tokio::test]
+async fn probes_and_metrics_are_served_only_on_the_admin_listener() {
+    let app = spawn_app().await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(http_get(app.admin_addr, path).await.0, 200, "admin {path}");
+        assert_eq!(http_get(app.http_addr, path).await.0, 404, "public {path}");
+    }
+    // The unsubscribe pages are public only: a bad token answers there, not on admin.
+    assert_eq!(http_get(app.http_addr, "/u/nonsense").await.0, 400);
+    assert_eq!(http_get(app.admin_addr, "/u/nonsense").await.0, 404);
 }
 
 #[tokio::test]
