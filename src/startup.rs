@@ -16,7 +16,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     grpc::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, pb},
-    http::{self, HttpState},
+    http::{self, HttpState, PreferencePages},
     keys::{KeyFile as _, SubjectKey},
     policy::Policy,
     service::{
@@ -25,6 +25,7 @@ use crate::{
         erasure::{Eraser, ErasureRefs},
         export::Exporter,
         ledger::Checkpointer,
+        preferences::Preferences,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
     },
@@ -159,6 +160,7 @@ impl Application {
             checkpointer,
         } = self;
         let subject_refs = SubjectRefs::new(subject_key.clone());
+        let csrf_key = subject_key.clone();
         let erasure_refs = ErasureRefs::new(subject_key);
         // Install the recorder before anything records.
         crate::metrics::handle();
@@ -174,16 +176,28 @@ impl Application {
         let stop = CancellationToken::new();
         let wake = store.spawn_change_listener(stop.clone());
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
+        let exporter = Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines());
+        let preferences = PreferencePages {
+            preferences: Preferences::new(
+                store.clone(),
+                policy.clone(),
+                unsubscribe_keys.clone(),
+                exporter.clone(),
+                &public_url,
+                30,
+            ),
+            policy: policy.clone(),
+            csrf_key,
+            render_export: crate::grpc::export_json,
+        };
         let unsubscribes =
             Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url);
         let concerns =
             ConcernGrpc::new(ConcernService::new(store.clone(), policy.clone())).into_server();
         let concern_deadlines = policy.concern_deadlines();
-        let rights = SubjectRightsGrpc::new(
-            Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines()),
-            Eraser::new(store.clone(), erasure_refs.clone()),
-        )
-        .into_server();
+        let rights =
+            SubjectRightsGrpc::new(exporter, Eraser::new(store.clone(), erasure_refs.clone()))
+                .into_server();
         let disclosure = DisclosureGrpc::new(
             DisclosureService::new(store.clone(), policy.clone(), data_keys),
             subject_refs.clone(),
@@ -214,6 +228,7 @@ impl Application {
                 store,
                 unsubscribes,
                 concern_deadlines,
+                preferences,
             }),
         )
         .with_graceful_shutdown(stop.clone().cancelled_owned());

@@ -1,9 +1,15 @@
-//! The HTTP side, served beside gRPC by `consentd serve`: probes, and the
-//! one-click unsubscribe pages that letters link to. No login and no cookies:
-//! the signed token in the URL is the only credential.
+//! The HTTP side, served beside gRPC by `consentd serve`: probes, the
+//! one-click unsubscribe pages and the person's preference page that letters
+//! link to. No login and no cookies: the signed token in the URL is the only
+//! credential.
 
 mod one_click;
 mod pages;
+mod preference_page;
+mod preference_text;
+mod preferences;
+
+pub use preferences::PreferencePages;
 
 use axum::{
     Router,
@@ -27,6 +33,7 @@ pub struct HttpState {
     pub unsubscribes: Unsubscribes,
     /// For the overdue-concerns gauge.
     pub concern_deadlines: ConcernDeadlines,
+    pub preferences: PreferencePages,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -39,6 +46,13 @@ pub fn router(state: HttpState) -> Router {
             get(show_unsubscribe)
                 .post(unsubscribe)
                 .layer(DefaultBodyLimit::max(one_click::MAX_BODY_BYTES)),
+        )
+        .route("/p/style.css", get(preferences::stylesheet))
+        .route(
+            "/p/{token}",
+            get(preferences::show)
+                .post(preferences::post)
+                .layer(DefaultBodyLimit::max(preferences::MAX_BODY_BYTES)),
         )
         .with_state(state)
 }
