@@ -25,6 +25,7 @@ use crate::{
         erasure::{Eraser, ErasureRefs},
         export::Exporter,
         ledger::Checkpointer,
+        preferences::Preferences,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
     },
@@ -49,6 +50,8 @@ pub struct Application {
     /// Encrypt personal data at rest (R8).
     data_keys: Arc<DataKeys>,
     public_url: String,
+    /// How long links to the person's own page stay valid.
+    preference_link_days: u32,
     /// Signs checkpoints of the history's chain heads, now and then and at
     /// shutdown.
     checkpointer: Checkpointer,
@@ -117,6 +120,7 @@ impl Application {
             subject_key,
             data_keys: Arc::new(data_keys),
             public_url,
+            preference_link_days: args.preference_link_days,
             checkpointer,
         })
     }
@@ -156,6 +160,7 @@ impl Application {
             subject_key,
             data_keys,
             public_url,
+            preference_link_days,
             checkpointer,
         } = self;
         let subject_refs = SubjectRefs::new(subject_key.clone());
@@ -174,16 +179,23 @@ impl Application {
         let stop = CancellationToken::new();
         let wake = store.spawn_change_listener(stop.clone());
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
+        let exporter = Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines());
+        let preferences = Preferences::new(
+            store.clone(),
+            policy.clone(),
+            unsubscribe_keys.clone(),
+            exporter.clone(),
+            &public_url,
+            preference_link_days,
+        );
         let unsubscribes =
             Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url);
         let concerns =
             ConcernGrpc::new(ConcernService::new(store.clone(), policy.clone())).into_server();
         let concern_deadlines = policy.concern_deadlines();
-        let rights = SubjectRightsGrpc::new(
-            Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines()),
-            Eraser::new(store.clone(), erasure_refs.clone()),
-        )
-        .into_server();
+        let rights =
+            SubjectRightsGrpc::new(exporter, Eraser::new(store.clone(), erasure_refs.clone()))
+                .into_server();
         let disclosure = DisclosureGrpc::new(
             DisclosureService::new(store.clone(), policy.clone(), data_keys),
             subject_refs.clone(),
@@ -193,6 +205,7 @@ impl Application {
             ConsentService::new(store.clone(), policy, wake, stop.clone(), erasure_refs)
                 .with_feed_poll_interval(feed_poll_interval),
             unsubscribes.clone(),
+            preferences,
             subject_refs,
         )
         .into_server();
