@@ -292,6 +292,11 @@ pub struct ServeArgs {
     /// (only when something changed; one more at shutdown).
     #[arg(long, env = "CONSENTD_CHECKPOINT_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub checkpoint_interval_seconds: u64,
+
+    /// How many days a link to the person's own page (`/p/...`, from
+    /// CreatePreferenceLinks) stays valid.
+    #[arg(long, env = "CONSENTD_PREFERENCE_LINK_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub preference_link_days: u32,
 }
 
 impl ServeArgs {
@@ -355,6 +360,10 @@ impl ServeArgs {
             (
                 "--checkpoint-interval-seconds",
                 Some(self.checkpoint_interval_seconds.to_string()),
+            ),
+            (
+                "--preference-link-days",
+                Some(self.preference_link_days.to_string()),
             ),
             ("--log-format", log_format),
         ]

@@ -50,6 +50,8 @@ pub struct Application {
     /// Encrypt personal data at rest (R8).
     data_keys: Arc<DataKeys>,
     public_url: String,
+    /// How long links to the person's own page stay valid.
+    preference_link_days: u32,
     /// Signs checkpoints of the history's chain heads, now and then and at
     /// shutdown.
     checkpointer: Checkpointer,
@@ -118,6 +120,7 @@ impl Application {
             subject_key,
             data_keys: Arc::new(data_keys),
             public_url,
+            preference_link_days: args.preference_link_days,
             checkpointer,
         })
     }
@@ -157,6 +160,7 @@ impl Application {
             subject_key,
             data_keys,
             public_url,
+            preference_link_days,
             checkpointer,
         } = self;
         let subject_refs = SubjectRefs::new(subject_key.clone());
@@ -177,15 +181,16 @@ impl Application {
         let wake = store.spawn_change_listener(stop.clone());
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
         let exporter = Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines());
-        let preferences = PreferencePages {
-            preferences: Preferences::new(
-                store.clone(),
-                policy.clone(),
-                unsubscribe_keys.clone(),
-                exporter.clone(),
-                &public_url,
-                30,
-            ),
+        let preferences = Preferences::new(
+            store.clone(),
+            policy.clone(),
+            unsubscribe_keys.clone(),
+            exporter.clone(),
+            &public_url,
+            preference_link_days,
+        );
+        let preference_pages = PreferencePages {
+            preferences: preferences.clone(),
             policy: policy.clone(),
             csrf_key,
             render_export: crate::grpc::export_json,
@@ -207,6 +212,7 @@ impl Application {
             ConsentService::new(store.clone(), policy, wake, stop.clone(), erasure_refs)
                 .with_feed_poll_interval(feed_poll_interval),
             unsubscribes.clone(),
+            preferences,
             subject_refs,
         )
         .into_server();
@@ -228,7 +234,7 @@ impl Application {
                 store,
                 unsubscribes,
                 concern_deadlines,
-                preferences,
+                preferences: preference_pages,
             }),
         )
         .with_graceful_shutdown(stop.clone().cancelled_owned());

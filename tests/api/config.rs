@@ -35,6 +35,7 @@ fn sample(flag: &str) -> Option<String> {
         "--state-dir" => "/srv/consentd/state",
         "--allow-unsafe-durability" => "true",
         "--checkpoint-interval-seconds" => "15",
+        "--preference-link-days" => "45",
         _ => return None,
     };
     Some(value.to_string())

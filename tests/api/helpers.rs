@@ -288,6 +288,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         // The fallback test cluster runs with fsync off, for speed.
         allow_unsafe_durability: server().await._embedded.is_some(),
         checkpoint_interval_seconds: 60,
+        preference_link_days: 30,
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
