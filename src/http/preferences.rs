@@ -267,7 +267,9 @@ async fn download(
         .download(download_token.unwrap_or(""))
         .await
     {
-        Ok(export) => export,
+        // A confirmation from another person's page is no confirmation here.
+        Ok(export) if export.subject.subject_id == link.subject_id => export,
+        Ok(_) => return invalid_link(LinkError::Forged),
         Err(DownloadError::Link(e)) => {
             tracing::info!(reason = %e, "data download refused");
             let status = StatusCode::BAD_REQUEST;
@@ -351,6 +353,10 @@ fn bad_form(lang: Lang) -> Response {
 }
 
 fn failure(lang: Lang, error: Error) -> Response {
+    // An erased subject's link still verifies, but there is no page left.
+    if let Error::NotFound { .. } = error {
+        return invalid_link(LinkError::Forged);
+    }
     error.log();
     let s = lang.strings();
     page_response(
