@@ -158,15 +158,16 @@ fn switch_code(lang: Lang) -> &'static str {
 }
 
 fn notice(s: &Strings, notice: Notice) -> String {
-    let (class, text) = match notice {
-        Notice::Saved => ("ok", s.saved),
-        Notice::Unchanged => ("ok", s.unchanged),
-        Notice::ConcernFiled => ("ok", s.concern_filed),
-        Notice::ConcernInvalid => ("warn", s.concern_invalid),
-        Notice::DownloadExpired => ("warn", s.download_expired),
+    // An id per kind, so a browser test knows which answer it is reading.
+    let (class, id, text) = match notice {
+        Notice::Saved => ("ok", "saved", s.saved),
+        Notice::Unchanged => ("ok", "unchanged", s.unchanged),
+        Notice::ConcernFiled => ("ok", "concern-filed", s.concern_filed),
+        Notice::ConcernInvalid => ("warn", "concern-invalid", s.concern_invalid),
+        Notice::DownloadExpired => ("warn", "download-expired", s.download_expired),
     };
     format!(
-        r#"<p class="notice {class}" id="notice" role="status">{}</p>
+        r#"<p class="notice {class}" id="notice-{id}" role="status">{}</p>
 "#,
         escape(text)
     )

@@ -25,6 +25,8 @@ mod import;
 mod ledger;
 mod metrics;
 mod otlp;
+mod preference_browser;
+mod preference_page;
 mod restart;
 mod rights;
 mod rolling;

@@ -68,22 +68,50 @@ async fn a_person_changes_choices_files_a_concern_and_downloads_the_data_in_a_re
 
     driver.open(&url).await;
     assert!(driver.text("h1").await.contains("Your privacy choices"));
-    assert_eq!(app.count("consent_records").await, 0, "opening changes nothing");
+    assert_eq!(
+        app.count("consent_records").await,
+        0,
+        "opening changes nothing"
+    );
     driver.screenshot(&shots.join("preferences-en.png")).await;
 
+    // Each wait names something only the next page has: a click that
+    // navigates returns before that page is there.
     driver.click("#lang-zh").await;
-    assert!(driver.text("h1").await.contains("您的隐私选择"));
-    assert!(driver.text("#purpose-promotional_mail").await.contains("促销"));
+    assert!(
+        driver
+            .text(r#"html[lang="zh-CN"] h1"#)
+            .await
+            .contains("您的隐私选择")
+    );
+    assert!(
+        driver
+            .text("#purpose-promotional_mail")
+            .await
+            .contains("促销")
+    );
     driver.screenshot(&shots.join("preferences-zh.png")).await;
     driver.click("#lang-en").await;
-    assert!(driver.text("h1").await.contains("Your privacy choices"));
+    assert!(
+        driver
+            .text(r#"html[lang="en"] h1"#)
+            .await
+            .contains("Your privacy choices")
+    );
 
     // Labels are tied to their inputs: clicking the words picks the choice.
-    driver.click(r#"label[for="p-promotional_mail-refuse"]"#).await;
+    driver
+        .click(r#"label[for="p-promotional_mail-refuse"]"#)
+        .await;
     driver.click(r#"label[for="p-partner_offers-grant"]"#).await;
     driver.click(r#"label[for="r-travel-partner-grant"]"#).await;
     driver.click("#save").await;
-    assert!(driver.text("#notice").await.contains("Your choices are saved."));
+    assert!(
+        driver
+            .text("#notice-saved")
+            .await
+            .contains("Your choices are saved.")
+    );
 
     let mail = app.check("C-1042", "promotional_mail", "email").await;
     assert_eq!(
@@ -99,14 +127,28 @@ async fn a_person_changes_choices_files_a_concern_and_downloads_the_data_in_a_re
             .contains("Now: Permitted")
     );
 
-    driver.click(r#"#concern-category option[value="wrong_data"]"#).await;
-    type_into(&driver, "#concern-description", "My address is out of date.").await;
+    driver
+        .click(r#"#concern-category option[value="wrong_data"]"#)
+        .await;
+    type_into(
+        &driver,
+        "#concern-description",
+        "My address is out of date.",
+    )
+    .await;
     type_into(&driver, "#concern-contact", "email me").await;
     driver.click("#file-concern").await;
-    assert!(driver.text("#notice").await.contains("Your concern was filed."));
+    assert!(
+        driver
+            .text("#notice-concern-filed")
+            .await
+            .contains("Your concern was filed.")
+    );
     assert!(driver.text("#concerns").await.contains("My data is wrong"));
     assert_eq!(app.count("concerns").await, 1);
 
+    // Opened afresh, the page offers no download until it is confirmed.
+    driver.open(&url).await;
     driver.click("#confirm-download-button").await;
     driver.click("#download-button").await;
     let file = driver.downloads().join("my-data.json");

@@ -63,7 +63,10 @@ async fn opening_the_page_shows_every_choice_and_changes_nothing() {
     ] {
         assert!(page.body.contains(text), "{text}");
     }
-    assert!(!page.body.contains("C-1042"), "the page never shows the external id");
+    assert!(
+        !page.body.contains("C-1042"),
+        "the page never shows the external id"
+    );
     assert_eq!(app.counts().await, before, "GET changes nothing");
     assert_eq!(app.count("consent_records").await, 0);
 }
@@ -125,7 +128,11 @@ async fn a_forged_or_altered_link_gets_a_400_in_both_languages_and_writes_nothin
     let altered: String = altered.into_iter().collect();
     let before = app.counts().await;
 
-    for bad in [format!("/p/{altered}"), "/p/forged".into(), format!("{path}x")] {
+    for bad in [
+        format!("/p/{altered}"),
+        "/p/forged".into(),
+        format!("{path}x"),
+    ] {
         for response in [
             get(&app, &bad, &[("Sec-GPC", "1")]).await,
             post(
@@ -181,7 +188,11 @@ async fn a_saved_choice_reaches_check_at_once_and_a_second_identical_post_adds_n
     let first = post(&app, &path, &form).await;
     assert_eq!(first.status, 200);
     assert!(first.body.contains("Your choices are saved."));
-    assert_eq!(app.count("consent_records").await, 1, "only the changed one");
+    assert_eq!(
+        app.count("consent_records").await,
+        1,
+        "only the changed one"
+    );
     let answer = app.check("C-1042", "promotional_mail", "email").await;
     assert_eq!(
         (answer.decision(), answer.reason()),
@@ -191,7 +202,11 @@ async fn a_saved_choice_reaches_check_at_once_and_a_second_identical_post_adds_n
     let second = post(&app, &path, &form).await;
     assert_eq!(second.status, 200);
     assert!(second.body.contains("Nothing changed"));
-    assert_eq!(app.count("consent_records").await, 1, "the second POST adds nothing");
+    assert_eq!(
+        app.count("consent_records").await,
+        1,
+        "the second POST adds nothing"
+    );
 }
 
 #[tokio::test]
@@ -205,15 +220,20 @@ async fn sec_gpc_on_the_first_visit_refuses_opt_out_purposes_and_the_page_says_s
 
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Global Privacy Control"));
-    assert!(page
-        .body
-        .contains(r#"id="p-promotional_mail-refuse" value="refuse" checked>"#));
+    assert!(
+        page.body
+            .contains(r#"id="p-promotional_mail-refuse" value="refuse" checked>"#)
+    );
     assert_eq!(app.count("consent_records").await, 1, "one opt-out purpose");
     let answer = app.check("C-1042", "promotional_mail", "email").await;
     assert_eq!(answer.decision(), Decision::Deny);
 
     get(&app, &path, &gpc).await;
-    assert_eq!(app.count("consent_records").await, 1, "only the first visit");
+    assert_eq!(
+        app.count("consent_records").await,
+        1,
+        "only the first visit"
+    );
     // An explicit choice made later wins over the signal.
     let form = format!(
         "csrf={}&intent=choices&purpose.promotional_mail=grant",
@@ -243,9 +263,18 @@ async fn a_concern_is_filed_with_its_deadline_and_the_download_needs_a_fresh_con
     assert!(filed.body.contains(r#"<td class="status">Received</td>"#));
     assert_eq!(app.count("concerns").await, 1);
 
-    let refused = post(&app, &path, &format!("csrf={csrf}&intent=download&download=old")).await;
+    let refused = post(
+        &app,
+        &path,
+        &format!("csrf={csrf}&intent=download&download=old"),
+    )
+    .await;
     assert_eq!(refused.status, 400);
-    assert!(refused.body.contains("has expired. Nothing was downloaded."));
+    assert!(
+        refused
+            .body
+            .contains("has expired. Nothing was downloaded.")
+    );
     let confirmed = post(&app, &path, &format!("csrf={csrf}&intent=confirm")).await;
     let download = confirmed
         .body
