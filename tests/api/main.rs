@@ -25,6 +25,8 @@ mod import;
 mod ledger;
 mod metrics;
 mod otlp;
+mod preference_links;
+mod preferences;
 mod restart;
 mod rights;
 mod rolling;
