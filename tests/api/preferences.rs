@@ -145,10 +145,7 @@ async fn the_page_shows_every_purpose_each_partner_the_disclosures_and_the_conce
             view.code
         );
         assert!(!view.from_gpc);
-        let expected = match view.code.as_str() {
-            "promotional_mail" | "partner_offers" => false,
-            _ => true,
-        };
+        let expected = !matches!(view.code.as_str(), "promotional_mail" | "partner_offers");
         assert_eq!(view.allowed, expected, "{}", view.code);
     }
     let partners: Vec<_> = page.recipients.iter().map(|r| r.id.as_str()).collect();
@@ -315,7 +312,10 @@ async fn contract_purposes_and_unknown_names_cannot_be_changed() {
             Choice::Grant,
         ),
     ] {
-        let error = prefs.change(&link, &[change.clone()]).await.unwrap_err();
+        let error = prefs
+            .change(&link, std::slice::from_ref(&change))
+            .await
+            .unwrap_err();
         assert!(
             matches!(error, Error::InvalidArgument(_)),
             "{change:?}: {error:?}"
