@@ -244,11 +244,30 @@ pub struct SubjectKey(Secret);
 impl SubjectKey {
     /// HMAC-SHA256 of the id under `domain`.
     pub fn derive(&self, domain: &str, subject: &SubjectId) -> Vec<u8> {
+        self.mac(domain, subject.as_str().as_bytes())
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+
+    /// Whether `tag` is [`derive`](Self::derive)'s answer for `data` under
+    /// `domain`, compared in constant time. For values that are not
+    /// subject ids, such as the preference page's CSRF tokens.
+    pub fn verify(&self, domain: &str, data: &[u8], tag: &[u8]) -> bool {
+        self.mac(domain, data).verify_slice(tag).is_ok()
+    }
+
+    /// [`derive`](Self::derive) for any bytes.
+    pub fn derive_bytes(&self, domain: &str, data: &[u8]) -> Vec<u8> {
+        self.mac(domain, data).finalize().into_bytes().to_vec()
+    }
+
+    fn mac(&self, domain: &str, data: &[u8]) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(self.0.expose()).expect("HMAC takes any key length");
         mac.update(domain.as_bytes());
-        mac.update(subject.as_str().as_bytes());
-        mac.finalize().into_bytes().to_vec()
+        mac.update(data);
+        mac
     }
 }
 

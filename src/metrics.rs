@@ -12,6 +12,7 @@ use crate::store::Store;
 pub const DECISIONS: &str = "consentd_decisions_total";
 pub const RPC_DURATION: &str = "consentd_rpc_duration_seconds";
 pub const UNSUBSCRIBES: &str = "consentd_unsubscribes_total";
+pub const PREFERENCE_CHANGES: &str = "consentd_preference_changes_total";
 pub const FEED_SUBSCRIBERS: &str = "consentd_change_feed_subscribers";
 pub const FEED_LAG: &str = "consentd_change_feed_lag_seconds";
 pub const POOL_CONNECTIONS: &str = "consentd_db_pool_connections";
@@ -65,6 +66,11 @@ pub const ALL: &[Metric] = &[
         UNSUBSCRIBES,
         Kind::Counter,
         "Refusals recorded through unsubscribe links, by purpose.",
+    ),
+    metric(
+        PREFERENCE_CHANGES,
+        Kind::Counter,
+        "Choices changed on the preference page, by purpose.",
     ),
     metric(FEED_SUBSCRIBERS, Kind::Gauge, "Open WatchChanges streams."),
     metric(
@@ -158,7 +164,7 @@ mod tests {
             .filter(|line| line.starts_with("pub const ") && line.contains("\"consentd_"))
             .filter_map(|line| line.split('"').nth(1))
             .collect();
-        assert_eq!(declared.len(), 11, "{declared:?}");
+        assert_eq!(declared.len(), 12, "{declared:?}");
         for name in declared {
             let metric = ALL.iter().find(|m| m.name == name);
             assert!(metric.is_some(), "{name} has no help text");

@@ -325,6 +325,11 @@ pub struct ServeArgs {
     /// closed by other means only.
     #[arg(long, env = "CONSENTD_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+
+    /// How many days a link to the person's own page (`/p/...`, from
+    /// CreatePreferenceLinks) stays valid.
+    #[arg(long, env = "CONSENTD_PREFERENCE_LINK_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub preference_link_days: u32,
 }
 
 impl ServeArgs {
@@ -397,6 +402,10 @@ impl ServeArgs {
             (
                 "--insecure-no-auth",
                 Some(self.insecure_no_auth.to_string()),
+            ),
+            (
+                "--preference-link-days",
+                Some(self.preference_link_days.to_string()),
             ),
             ("--log-format", log_format),
         ]

@@ -23,7 +23,7 @@ use crate::{
         self, Authenticator, ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc,
         health_server, pb,
     },
-    http::{self, HttpState},
+    http::{self, HttpState, PreferencePages},
     keys::{KeyFile as _, SubjectKey},
     policy::{Callers, Known, Policy},
     service::{
@@ -32,6 +32,7 @@ use crate::{
         erasure::{Eraser, ErasureRefs},
         export::Exporter,
         ledger::Checkpointer,
+        preferences::Preferences,
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
     },
@@ -59,6 +60,8 @@ pub struct Application {
     /// Encrypt personal data at rest (R8).
     data_keys: Arc<DataKeys>,
     public_url: String,
+    /// How long links to the person's own page stay valid.
+    preference_link_days: u32,
     /// Signs checkpoints of the history's chain heads, now and then and at
     /// shutdown.
     checkpointer: Checkpointer,
@@ -161,6 +164,7 @@ impl Application {
             subject_key,
             data_keys: Arc::new(data_keys),
             public_url,
+            preference_link_days: args.preference_link_days,
             checkpointer,
             tls,
             callers,
@@ -210,12 +214,14 @@ impl Application {
             subject_key,
             data_keys,
             public_url,
+            preference_link_days,
             checkpointer,
             tls,
             callers,
         } = self;
         let auth = Authenticator::new(callers);
         let subject_refs = SubjectRefs::new(subject_key.clone());
+        let csrf_key = subject_key.clone();
         let erasure_refs = ErasureRefs::new(subject_key);
         // Install the recorder before anything records.
         crate::metrics::handle();
@@ -236,16 +242,29 @@ impl Application {
         let reflection = InterceptedService::new(reflection, auth.clone());
         let wake = store.spawn_change_listener(stop.clone());
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
+        let exporter = Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines());
+        let preferences = Preferences::new(
+            store.clone(),
+            policy.clone(),
+            unsubscribe_keys.clone(),
+            exporter.clone(),
+            &public_url,
+            preference_link_days,
+        );
+        let preference_pages = PreferencePages {
+            preferences: preferences.clone(),
+            policy: policy.clone(),
+            csrf_key,
+            render_export: crate::grpc::export_json,
+        };
         let unsubscribes =
             Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url);
         let concerns =
             ConcernGrpc::new(ConcernService::new(store.clone(), policy.clone())).into_server();
         let concern_deadlines = policy.concern_deadlines();
-        let rights = SubjectRightsGrpc::new(
-            Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines()),
-            Eraser::new(store.clone(), erasure_refs.clone()),
-        )
-        .into_server();
+        let rights =
+            SubjectRightsGrpc::new(exporter, Eraser::new(store.clone(), erasure_refs.clone()))
+                .into_server();
         let disclosure = DisclosureGrpc::new(
             DisclosureService::new(store.clone(), policy.clone(), data_keys),
             subject_refs.clone(),
@@ -255,6 +274,7 @@ impl Application {
             ConsentService::new(store.clone(), policy, wake, stop.clone(), erasure_refs)
                 .with_feed_poll_interval(feed_poll_interval),
             unsubscribes.clone(),
+            preferences,
             subject_refs,
         )
         .into_server();
@@ -288,6 +308,7 @@ impl Application {
             store,
             unsubscribes,
             concern_deadlines,
+            preferences: preference_pages,
         };
         let admin = axum::serve(admin_listener, http::admin_router(http_state.clone()))
             .with_graceful_shutdown(stop.clone().cancelled_owned());

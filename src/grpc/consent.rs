@@ -21,6 +21,7 @@ use crate::{
     policy::Decision,
     service::{
         CheckQuery, ConsentService, MAX_BATCH,
+        preferences::Preferences,
         unsubscribe::{LinkRequest, MAX_CAMPAIGN_CHARS, Unsubscribes},
     },
     telemetry::SubjectRefs,
@@ -31,15 +32,22 @@ use crate::{
 pub struct ConsentGrpc {
     service: ConsentService,
     unsubscribes: Unsubscribes,
+    preferences: Preferences,
     /// Pseudonyms for subjects in spans: never the external id (R8).
     refs: SubjectRefs,
 }
 
 impl ConsentGrpc {
-    pub fn new(service: ConsentService, unsubscribes: Unsubscribes, refs: SubjectRefs) -> Self {
+    pub fn new(
+        service: ConsentService,
+        unsubscribes: Unsubscribes,
+        preferences: Preferences,
+        refs: SubjectRefs,
+    ) -> Self {
         Self {
             service,
             unsubscribes,
+            preferences,
             refs,
         }
     }
@@ -105,6 +113,30 @@ impl Rpc for ConsentGrpc {
                     })
                     .collect(),
                 refusal_instructions: instructions,
+            }))
+        })
+        .await
+    }
+
+    async fn create_preference_links(
+        &self,
+        request: Request<pb::CreatePreferenceLinksRequest>,
+    ) -> Result<Response<pb::CreatePreferenceLinksResponse>, Status> {
+        observe(SERVICE, "CreatePreferenceLinks", request, |r| async move {
+            let (subject_ids, campaign) = self.parse_preference_links(r.into_inner())?;
+            let links = self
+                .preferences
+                .create_links(&subject_ids, campaign)
+                .await?;
+            Ok(Response::new(pb::CreatePreferenceLinksResponse {
+                links: links
+                    .into_iter()
+                    .map(|link| pb::PreferenceLink {
+                        subject_id: link.subject_id.to_string(),
+                        url: link.url,
+                        expires_at: convert::timestamp(link.expires_at),
+                    })
+                    .collect(),
             }))
         })
         .await
@@ -303,6 +335,22 @@ impl ConsentGrpc {
             })
         })();
         done(v, parsed)
+    }
+
+    fn parse_preference_links(
+        &self,
+        r: pb::CreatePreferenceLinksRequest,
+    ) -> Result<(Vec<SubjectId>, Option<String>)> {
+        let mut v = Violations::new();
+        let campaign = v.check("campaign", campaign(r.campaign));
+        let subject_ids: Vec<_> = (r.subject_ids.iter().enumerate())
+            .filter_map(|(i, id)| {
+                v.check(format!("subject_ids[{i}]"), SubjectId::parse(id.clone()))
+            })
+            .collect();
+        self.preferences.check_links(&mut v, r.subject_ids.len());
+        let campaign = campaign.map(|c| Some(c).filter(|c| !c.is_empty()));
+        done(v, campaign.map(|c| (subject_ids, c)))
     }
 
     fn parse_record(&self, request: Request<pb::RecordConsentRequest>) -> Result<NewConsentRecord> {

@@ -61,6 +61,16 @@ pub fn export_to_pb(export: SubjectExport) -> pb::ExportSubjectResponse {
             hash: crate::keys::hex(&h.head),
             length: h.length,
         }),
+        access_events: export
+            .access_events
+            .into_iter()
+            .map(|a| pb::AccessEvent {
+                access_id: a.access_id.to_string(),
+                channel: a.channel.to_wire(),
+                campaign: a.campaign,
+                accessed_at: convert::timestamp(a.accessed_at),
+            })
+            .collect(),
     }
 }
 

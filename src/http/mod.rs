@@ -1,11 +1,17 @@
 //! The HTTP side, served beside gRPC by `consentd serve`, on two listeners:
-//! the public one serves only the one-click unsubscribe pages that letters
-//! link to (no login and no cookies: the signed token in the URL is the only
-//! credential); the admin one, loopback by default, serves the probes and
-//! /metrics, which say too much about the service to face the internet.
+//! the public one serves only what letters link to, the one-click
+//! unsubscribe pages and the person's preference page (no login: the signed
+//! token in the URL is the only credential); the admin one, loopback by
+//! default, serves the probes and /metrics, which say too much about the
+//! service to face the internet.
 
 mod one_click;
 mod pages;
+mod preference_page;
+mod preference_text;
+mod preferences;
+
+pub use preferences::PreferencePages;
 
 use axum::{
     Router,
@@ -29,6 +35,7 @@ pub struct HttpState {
     pub unsubscribes: Unsubscribes,
     /// For the overdue-concerns gauge.
     pub concern_deadlines: ConcernDeadlines,
+    pub preferences: PreferencePages,
 }
 
 /// What `--http-addr` serves: the unsubscribe pages, and nothing else.
@@ -39,6 +46,13 @@ pub fn public_router(state: HttpState) -> Router {
             get(show_unsubscribe)
                 .post(unsubscribe)
                 .layer(DefaultBodyLimit::max(one_click::MAX_BODY_BYTES)),
+        )
+        .route("/p/style.css", get(preferences::stylesheet))
+        .route(
+            "/p/{token}",
+            get(preferences::show)
+                .post(preferences::post)
+                .layer(DefaultBodyLimit::max(preferences::MAX_BODY_BYTES)),
         )
         .with_state(state)
 }

@@ -50,7 +50,7 @@ impl Lang {
         }
     }
 
-    fn pick(self, en: &'static str, zh: &'static str) -> &'static str {
+    pub(super) fn pick(self, en: &'static str, zh: &'static str) -> &'static str {
         match self {
             Lang::En => en,
             Lang::Zh => zh,
@@ -58,7 +58,7 @@ impl Lang {
     }
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

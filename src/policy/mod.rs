@@ -23,6 +23,7 @@ mod decide;
 mod disclose;
 mod load;
 mod model;
+pub mod preferences;
 
 pub use crate::domain::Reason;
 pub use callers::{Access, Callers, CallersError, Known, Refusal, authorize};

@@ -12,7 +12,7 @@ use crate::{
     ledger::ChainHead,
     policy::concern::ConcernDeadlines,
     service::{concern::ConcernView, vault::DataKeys},
-    store::{CollectionRecord, DisclosureFilter, Store},
+    store::{AccessEvent, CollectionRecord, DisclosureFilter, Store},
 };
 
 /// One personal-data value, decrypted, with its collection facts.
@@ -36,6 +36,8 @@ pub struct SubjectExport {
     pub disclosures: Vec<Disclosure>,
     /// With their deadlines and whether they are overdue at `exported_at`.
     pub concerns: Vec<ConcernView>,
+    /// Each download of the data from the person's own page.
+    pub access_events: Vec<AccessEvent>,
     pub exported_at: DateTime<Utc>,
     /// The end of the subject's history chain; None before its first record.
     pub chain_head: Option<ChainHead>,
@@ -126,6 +128,7 @@ impl Exporter {
             current_choices,
             disclosures,
             concerns,
+            access_events: self.store.access_events_of(subject_id).await?,
             exported_at,
             chain_head: self.store.chain_head_of(subject_id).await?,
         })

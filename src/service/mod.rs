@@ -10,6 +10,7 @@ pub mod export;
 pub mod feed;
 pub mod import;
 pub mod ledger;
+pub mod preferences;
 pub mod unsubscribe;
 pub mod vault;
 

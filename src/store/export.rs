@@ -25,6 +25,7 @@ pub const EXPORTED_TABLES: &[&str] = &[
     "disclosures",
     "disclosure_events",
     "concerns",
+    "access_events",
 ];
 
 /// One stored personal-data value, still sealed.

@@ -2,6 +2,7 @@
 //! the connection pool, the embedded migrations, the private fallback cluster
 //! and one function per query, named after what it does. It knows nothing of gRPC or of the policy.
 
+mod access;
 mod concern;
 mod consent;
 mod disclosure;
@@ -27,6 +28,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts}
 use sha2::{Digest as _, Sha256};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+pub use access::AccessEvent;
 pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
 pub use consent::HistoryPage;
 pub use disclosure::{Appended, DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure};

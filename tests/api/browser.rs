@@ -22,7 +22,7 @@ use crate::{helpers::spawn_app, unsubscribe::links};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-struct Driver {
+pub struct Driver {
     child: Child,
     addr: SocketAddr,
     session: String,
@@ -30,7 +30,7 @@ struct Driver {
 }
 
 impl Driver {
-    async fn start(accept_language: &str) -> Self {
+    pub async fn start(accept_language: &str) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -75,7 +75,11 @@ impl Driver {
                             format!("--user-data-dir={}", driver.profile.display()),
                             format!("--lang={accept_language}"),
                         ],
-                        "prefs": {"intl.accept_languages": accept_language},
+                        "prefs": {
+                            "intl.accept_languages": accept_language,
+                            "download.default_directory": driver.downloads(),
+                            "download.prompt_for_download": false,
+                        },
                     }
                 }}})),
             )
@@ -97,7 +101,7 @@ impl Driver {
     }
 
     /// One WebDriver command over a plain HTTP/1.1 connection.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
@@ -135,16 +139,22 @@ impl Driver {
         value["value"].clone()
     }
 
-    fn url(&self, rest: &str) -> String {
+    /// Where the browser saves downloads: inside its own profile, so they
+    /// go when it does.
+    pub fn downloads(&self) -> std::path::PathBuf {
+        self.profile.join("downloads")
+    }
+
+    pub fn url(&self, rest: &str) -> String {
         format!("/session/{}{rest}", self.session)
     }
 
-    async fn open(&self, url: &str) {
+    pub async fn open(&self, url: &str) {
         self.call("POST", &self.url("/url"), Some(json!({"url": url})))
             .await;
     }
 
-    async fn element(&self, css: &str) -> String {
+    pub async fn element(&self, css: &str) -> String {
         let found = self
             .call(
                 "POST",
@@ -160,7 +170,7 @@ impl Driver {
             .to_string()
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub async fn text(&self, css: &str) -> String {
         let element = self.element(css).await;
         self.call("GET", &self.url(&format!("/element/{element}/text")), None)
             .await
@@ -169,7 +179,7 @@ impl Driver {
             .to_string()
     }
 
-    async fn click(&self, css: &str) {
+    pub async fn click(&self, css: &str) {
         let element = self.element(css).await;
         self.call(
             "POST",
@@ -179,7 +189,7 @@ impl Driver {
         .await;
     }
 
-    async fn screenshot(&self, path: &Path) {
+    pub async fn screenshot(&self, path: &Path) {
         use base64::Engine as _;
         let png = self.call("GET", &self.url("/screenshot"), None).await;
         let bytes = base64::engine::general_purpose::STANDARD
@@ -198,7 +208,7 @@ impl Drop for Driver {
 }
 
 /// Fails, naming the packages, when the browser is not installed.
-fn require_browser() {
+pub fn require_browser() {
     assert!(
         Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
         "the browser test needs {CHROMIUM} and {CHROMEDRIVER}: \

@@ -41,6 +41,7 @@ fn sample(flag: &str) -> Option<String> {
         "--tls-client-ca" => "/run/secrets/tls/ca.crt",
         "--callers" => "/run/secrets/callers.toml",
         "--insecure-no-auth" => "true",
+        "--preference-link-days" => "45",
         _ => return None,
     };
     Some(value.to_string())

@@ -296,6 +296,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         tls_client_ca: None,
         callers: None,
         insecure_no_auth: false,
+        preference_link_days: 30,
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());

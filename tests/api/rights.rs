@@ -106,6 +106,9 @@ async fn a_subject_with_everything(app: &TestApp) {
         })
         .await
         .unwrap();
+    let prefs = crate::preferences::service(app).await;
+    let link = crate::preferences::opened_link(app, &prefs, "C-1").await;
+    prefs.download(&prefs.download_token(&link)).await.unwrap();
 }
 
 async fn export(app: &TestApp, subject: &str) -> Result<pb::ExportSubjectResponse, tonic::Status> {
@@ -232,6 +235,7 @@ async fn every_table_holding_subject_data_is_in_the_export() {
             "disclosures" => e.disclosures.len(),
             "disclosure_events" => disclosure_events,
             "concerns" => e.concerns.len(),
+            "access_events" => e.access_events.len(),
             other => panic!("the test does not know how the export shows {other}"),
         };
         assert!(stored > 0, "the setup leaves rows in {table}");

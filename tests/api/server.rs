@@ -100,7 +100,8 @@ async fn reflection_lists_every_service_and_describes_the_contract() {
             "GetConsentState",
             "ListConsentHistory",
             "WatchChanges",
-            "CreateUnsubscribeLinks"
+            "CreateUnsubscribeLinks",
+            "CreatePreferenceLinks"
         ]
     );
 }

@@ -40,6 +40,12 @@ impl KeyFile for UnsubscribeKeys {
 }
 
 impl UnsubscribeKeys {
+    /// The keys themselves, for the preference tokens, which derive their
+    /// own keys from these.
+    pub(crate) fn ring(&self) -> &KeyRing {
+        &self.0
+    }
+
     fn mac(&self, kid: &str) -> Option<HmacSha256> {
         let key = self.0.get(kid)?;
         Some(HmacSha256::new_from_slice(key.expose()).expect("HMAC takes any key length"))

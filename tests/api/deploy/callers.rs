@@ -61,6 +61,7 @@ fn the_example_callers_file_grants_each_of_the_statements_callers_its_job_and_no
         "BatchCheck",
         "WatchChanges",
         "CreateUnsubscribeLinks",
+        "CreatePreferenceLinks",
     ] {
         assert!(
             may(
