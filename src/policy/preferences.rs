@@ -89,3 +89,147 @@ pub fn gpc_refusals(policy: &Policy, history: &[ConsentRecord]) -> Vec<PurposeCo
         .map(|p| p.code.clone())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::{
+        Actor, Evidence, FieldName, NewConsentRecord, NoticeVersion, RecipientId, SubjectId,
+    };
+
+    const POLICY: &str = r#"
+version = "test-1"
+[[fields]]
+id = "email"
+[[purposes]]
+id = "delivery"
+basis = "contract"
+fields = ["email"]
+[[purposes]]
+id = "offers"
+basis = "consent"
+fields = ["email"]
+[[purposes]]
+id = "promo"
+basis = "opt_out"
+fields = ["email"]
+refusal_instructions = "Unsubscribe."
+[[purposes]]
+id = "news"
+basis = "opt_out"
+fields = ["email"]
+refusal_instructions = "Unsubscribe."
+[[recipients]]
+id = "partner"
+name = "Partner Ltd."
+category = "partner"
+contact = "dpo@partner.example"
+purposes = ["offers"]
+"#;
+
+    fn policy() -> Policy {
+        Policy::parse(Path::new("test.toml"), POLICY).unwrap()
+    }
+
+    /// A record in sequence order; `evidence` "GPC" on the web is the signal.
+    fn record(
+        sequence: i64,
+        purpose: &str,
+        field: &str,
+        choice: Choice,
+        recipient: Option<&str>,
+        evidence: &str,
+    ) -> ConsentRecord {
+        ConsentRecord {
+            record_id: Uuid::from_u128(sequence as u128),
+            sequence,
+            recorded_at: chrono::DateTime::UNIX_EPOCH,
+            content: NewConsentRecord {
+                subject_id: SubjectId::parse("C-1").unwrap(),
+                purpose: PurposeCode::parse(purpose).unwrap(),
+                field: (!field.is_empty()).then(|| FieldName::parse(field).unwrap()),
+                choice,
+                channel: Channel::Web,
+                notice_version: NoticeVersion::parse("test-1").unwrap(),
+                evidence: Evidence::parse(evidence).unwrap(),
+                actor: Actor::parse("page").unwrap(),
+                request_id: None,
+                recipient: recipient.map(|r| RecipientId::parse(r).unwrap()),
+            },
+        }
+    }
+
+    fn standing_of(code: &str, history: &[ConsentRecord]) -> Standing {
+        let policy = policy();
+        standing(
+            policy.purpose(&PurposeCode::parse(code).unwrap()).unwrap(),
+            history,
+        )
+    }
+
+    #[test]
+    fn without_records_each_basis_reads_as_check_does() {
+        assert!(standing_of("delivery", &[]).allowed);
+        assert!(!standing_of("offers", &[]).allowed);
+        assert!(standing_of("promo", &[]).allowed);
+        assert!(!standing_of("promo", &[]).chosen);
+    }
+
+    #[test]
+    fn the_latest_purpose_wide_record_decides_and_field_or_recipient_records_do_not() {
+        let history = [
+            record(1, "promo", "", Choice::Refuse, None, GPC_EVIDENCE),
+            record(2, "promo", "email", Choice::Grant, None, ""),
+            record(3, "offers", "", Choice::Grant, Some("partner"), ""),
+        ];
+        let promo = standing_of("promo", &history);
+        assert!(!promo.allowed && promo.from_gpc && promo.chosen);
+        assert!(!standing_of("offers", &history).allowed);
+        let later = [
+            history[0].clone(),
+            record(4, "promo", "", Choice::Grant, None, "preference page"),
+        ];
+        let promo = standing_of("promo", &later);
+        assert!(promo.allowed && !promo.from_gpc);
+    }
+
+    #[test]
+    fn a_partner_is_permitted_by_a_grant_naming_it_until_a_later_general_refusal() {
+        let policy = policy();
+        let partner = policy
+            .recipient(&RecipientId::parse("partner").unwrap())
+            .unwrap();
+        assert!(!permitted(partner, &[]));
+        let grant = record(1, "offers", "", Choice::Grant, Some("partner"), "");
+        assert!(permitted(partner, std::slice::from_ref(&grant)));
+        let general_grant = record(1, "offers", "", Choice::Grant, None, "");
+        assert!(
+            !permitted(partner, &[general_grant]),
+            "a general grant names no one"
+        );
+        let refusal = record(2, "offers", "", Choice::Refuse, None, "");
+        assert!(!permitted(partner, &[grant.clone(), refusal.clone()]));
+        let again = record(3, "offers", "", Choice::Grant, Some("partner"), "");
+        assert!(permitted(partner, &[grant, refusal, again]));
+    }
+
+    #[test]
+    fn gpc_refuses_unchosen_opt_out_purposes_once() {
+        let policy = policy();
+        let codes = |history: &[ConsentRecord]| -> Vec<String> {
+            gpc_refusals(&policy, history)
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
+        };
+        assert_eq!(codes(&[]), ["news", "promo"]);
+        let chosen = [record(1, "promo", "", Choice::Grant, None, "letter")];
+        assert_eq!(codes(&chosen), ["news"]);
+        let signalled = [record(1, "news", "", Choice::Refuse, None, GPC_EVIDENCE)];
+        assert!(codes(&signalled).is_empty(), "only the first visit");
+    }
+}
