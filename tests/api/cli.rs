@@ -252,6 +252,8 @@ pub fn spawn_serve(args: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
 pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
     let mut child = Command::new(BIN)
         .env("CONSENTD_STATE_DIR", test_state_dir())
+        // Info unless the test asks for another level.
+        .env("RUST_LOG", "info")
         .envs(envs.iter().copied())
         .arg("serve")
         .args(args)
@@ -263,7 +265,6 @@ pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
         )
         .arg("--policy")
         .arg(policy_path())
-        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

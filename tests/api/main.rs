@@ -32,6 +32,7 @@ mod pg_tls;
 mod pki;
 mod preference_browser;
 mod preference_links;
+mod preference_logs;
 mod preference_page;
 mod preferences;
 mod restart;
