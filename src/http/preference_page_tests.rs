@@ -251,3 +251,58 @@ fn a_bad_link_is_explained_in_both_languages() {
         assert!(html.contains(r#"<section lang="zh-CN">"#));
     }
 }
+
+/// WCAG 2 relative luminance of `#rrggbb`.
+fn luminance(hex: &str) -> f64 {
+    let channel = |i: usize| {
+        let c = f64::from(u8::from_str_radix(&hex[i..i + 2], 16).unwrap()) / 255.0;
+        if c <= 0.03928 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    0.2126 * channel(1) + 0.7152 * channel(3) + 0.0722 * channel(5)
+}
+
+fn contrast(a: &str, b: &str) -> f64 {
+    let (a, b) = (luminance(a), luminance(b));
+    (a.max(b) + 0.05) / (a.min(b) + 0.05)
+}
+
+/// Every text colour of the stylesheet meets WCAG AA (4.5:1): against its
+/// own rule's background where it sets one, else against both backgrounds
+/// text sits on (the page and the white card).
+#[test]
+fn every_text_colour_of_the_stylesheet_has_aa_contrast() {
+    let css = include_str!("preferences.css");
+    let value = |rule: &str, property: &str| {
+        rule.split(';')
+            .filter_map(|d| d.split_once(':'))
+            .find(|(name, _)| name.trim() == property)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| v.starts_with('#') && v.len() == 7)
+    };
+    let mut checked = 0;
+    for rule in css
+        .split('}')
+        .filter_map(|r| r.split_once('{').map(|(_, body)| body))
+    {
+        let Some(text) = value(rule, "color") else {
+            continue;
+        };
+        let backgrounds = match value(rule, "background") {
+            Some(own) => vec![own],
+            None => vec!["#f5f6f8".to_string(), "#ffffff".to_string()],
+        };
+        for background in backgrounds {
+            let ratio = contrast(&text, &background);
+            assert!(
+                ratio >= 4.5,
+                "{text} on {background}: {ratio:.2}:1 in {rule}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} colour pairs found");
+}
