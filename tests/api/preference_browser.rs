@@ -171,3 +171,39 @@ async fn a_person_changes_choices_files_a_concern_and_downloads_the_data_in_a_re
     );
     driver.call("DELETE", &driver.url(""), None).await;
 }
+
+/// The page works by keyboard alone: keys, not clicks, pick a choice and
+/// press the save button, and the choice reaches Check.
+#[tokio::test]
+#[cfg_attr(
+    skip_browser,
+    ignore = "CONSENTD_SKIP_BROWSER=1: the preference page was NOT tested in a browser"
+)]
+async fn the_page_works_by_keyboard_alone() {
+    require_browser();
+    let app = spawn_app().await;
+    app.register("C-2048").await;
+    let url = format!(
+        "http://{}{}",
+        app.http_addr,
+        preference_link(&app, "C-2048").await
+    );
+    let driver = Driver::start("en-US").await;
+    driver.open(&url).await;
+
+    // WebDriver key presses go to the focused element: Space selects a
+    // radio, Enter presses a button.
+    type_into(&driver, "#p-promotional_mail-refuse", " ").await;
+    type_into(&driver, "#save", "\u{E007}").await;
+    assert!(
+        driver
+            .text("#notice-saved")
+            .await
+            .contains("Your choices are saved.")
+    );
+    let mail = app.check("C-2048", "promotional_mail", "email").await;
+    assert_eq!(
+        (mail.decision(), mail.reason()),
+        (Decision::Deny, Reason::OptedOut)
+    );
+}
