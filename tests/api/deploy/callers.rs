@@ -7,7 +7,7 @@ use consentd::{
     policy::{Access, Callers, Known, Policy, authorize},
 };
 
-use super::{deploy, s, yaml};
+use super::{deploy, secrets::secret_key_of, yaml};
 
 fn example() -> Callers {
     let policy = Policy::load(&deploy().join("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
@@ -226,49 +226,11 @@ fn every_example_token_in_the_comments_opens_the_entry_below_it() {
 fn the_kubernetes_deployment_mounts_the_callers_file_from_the_secret_and_sets_consentd_callers() {
     let deployment = yaml("k8s/deployment.yaml");
     let secret = yaml("k8s/secret.example.yaml");
-    let pod = &deployment["spec"]["template"]["spec"];
-    let container = pod["containers"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|c| s(&c["name"]) == "consentd")
-        .unwrap();
-    let path = container["env"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|e| s(&e["name"]) == "CONSENTD_CALLERS")
-        .and_then(|e| e["value"].as_str())
-        .expect("deployment.yaml sets CONSENTD_CALLERS");
-    let (dir, file) = path.rsplit_once('/').unwrap();
-    let mount = container["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|m| s(&m["mountPath"]) == dir)
-        .unwrap_or_else(|| panic!("nothing is mounted at {dir}"));
-    let volume = pod["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == mount["name"])
-        .unwrap();
-    assert_eq!(
-        volume["secret"]["secretName"].as_str(),
-        secret["metadata"]["name"].as_str(),
-        "{dir} is the Secret"
-    );
-    let key = volume["secret"]["items"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|item| s(&item["path"]) == file)
-        .map(|item| s(&item["key"]))
-        .unwrap_or_else(|| panic!("the Secret volume has no {file}"));
+    let key = secret_key_of(&deployment, &secret, "CONSENTD_CALLERS");
     // The example Secret carries exactly the example file the repository checks.
     let shipped = std::fs::read_to_string(deploy().join("callers.example.toml")).unwrap();
     assert_eq!(
-        secret["stringData"][key].as_str().map(str::trim_end),
+        secret["stringData"][&key].as_str().map(str::trim_end),
         Some(shipped.trim_end()),
         "secret.example.yaml's `{key}` drifted from callers.example.toml"
     );
