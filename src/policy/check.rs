@@ -23,11 +23,25 @@ impl Policy {
     /// Whether a Check names a declared purpose and a declared field. Both
     /// are reported when both are wrong.
     pub fn check_query(&self, purpose: &PurposeCode, field: &FieldName) -> Violations {
+        self.check_query_parts(Some(purpose), Some(field))
+    }
+
+    /// [`check_query`](Self::check_query) over what parsed of a request
+    /// (`None` did not), so one answer names parse and policy errors together.
+    pub fn check_query_parts(
+        &self,
+        purpose: Option<&PurposeCode>,
+        field: Option<&FieldName>,
+    ) -> Violations {
         let mut violations = Violations::new();
-        if self.purpose(purpose).is_none() {
+        if let Some(purpose) = purpose
+            && self.purpose(purpose).is_none()
+        {
             violations.push("purpose", self.not_a_purpose(purpose));
         }
-        if !self.declares_field(field) {
+        if let Some(field) = field
+            && !self.declares_field(field)
+        {
             violations.push("field", self.not_a_field(field));
         }
         violations

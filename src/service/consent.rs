@@ -305,15 +305,8 @@ impl ConsentService {
         purpose: Option<&PurposeCode>,
         field: Option<&FieldName>,
     ) {
-        if let Some(purpose) = purpose
-            && self.policy.purpose(purpose).is_none()
-        {
-            violations.push(name("purpose"), self.policy.not_a_purpose(purpose));
-        }
-        if let Some(field) = field
-            && !self.policy.declares_field(field)
-        {
-            violations.push(name("field"), self.policy.not_a_field(field));
+        for v in self.policy.check_query_parts(purpose, field).into_vec() {
+            violations.push(name(&v.field), v.description);
         }
     }
 
