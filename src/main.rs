@@ -21,8 +21,11 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => match Application::build(&args).await {
-            Ok(app) => app.run_until_stopped(startup::shutdown_signal()).await,
+        Command::Serve(args) => match startup::shutdown_signal() {
+            Ok(signal) => match Application::build(&args).await {
+                Ok(app) => app.run_until_stopped(signal).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         Command::CheckConfig(args) => commands::check_config(&args, cli.log_format),
