@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use self::token::{Claims, Use};
+pub use self::token::{Claims, Use};
 use crate::{
     domain::{
         Actor, Channel, Choice, ConcernCategory, ConsentRecord, Evidence, FieldName, NewConcern,
