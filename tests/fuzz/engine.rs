@@ -59,7 +59,8 @@ pub fn budget() -> Duration {
     Duration::from_secs_f64(seconds)
 }
 
-fn seed() -> u64 {
+/// `CONSENTD_FUZZ_SEED`, else a fresh one.
+pub fn seed() -> u64 {
     match std::env::var("CONSENTD_FUZZ_SEED") {
         Ok(seed) => seed.parse().expect("CONSENTD_FUZZ_SEED is a number"),
         Err(_) => std::time::SystemTime::now()

@@ -11,6 +11,7 @@
 
 mod engine;
 mod files;
+mod messages;
 mod mutate;
 mod requests;
 mod tokens;
