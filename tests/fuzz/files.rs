@@ -74,17 +74,23 @@ fn policy_parser() {
     let seed = deploy("policy.toml");
     assert!(Policy::parse(Path::new("policy.toml"), &seed).is_ok());
     let dictionary = mutate::words(&seed);
+    let (mut accepted, mut refused) = (0, 0);
     fuzz(
         "policy_parser",
         |rng: &mut Rng| mutate::toml(rng, &seed, &dictionary),
         |text| match Policy::parse(Path::new("fuzz.toml"), text) {
-            Ok(policy) => policy_is_consistent(&policy),
+            Ok(policy) => {
+                accepted += 1;
+                policy_is_consistent(&policy)
+            }
             Err(e) => {
+                refused += 1;
                 let _ = e.to_string();
                 problems_are_well_formed(&e.problems, text)
             }
         },
     );
+    println!("  {accepted} accepted, {refused} refused");
 }
 
 #[test]
@@ -98,6 +104,7 @@ fn callers_parser() {
     };
     assert!(Callers::parse(Path::new("callers.toml"), &seed, known).is_ok());
     let dictionary = mutate::words(&seed);
+    let (mut accepted, mut refused) = (0, 0);
     fuzz(
         "callers_parser",
         |rng: &mut Rng| (mutate::toml(rng, &seed, &dictionary), rng.one_in(4)),
@@ -105,14 +112,19 @@ fn callers_parser() {
             // A file checked alone is checked for its own consistency only.
             let against = if *alone { Known::default() } else { known };
             match Callers::parse(Path::new("fuzz.toml"), text, against) {
-                Ok(callers) => callers_are_consistent(&callers, against),
+                Ok(callers) => {
+                    accepted += 1;
+                    callers_are_consistent(&callers, against)
+                }
                 Err(e) => {
+                    refused += 1;
                     let _ = e.to_string();
                     problems_are_well_formed(&e.problems, text)
                 }
             }
         },
     );
+    println!("  {accepted} accepted, {refused} refused");
 }
 
 /// What an accepted callers file promises: unique ids, and, checked

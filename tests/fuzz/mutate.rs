@@ -80,16 +80,27 @@ const VALUES: &[&str] = &[
 /// from the seed; values and keys swapped for others; sometimes byte edits
 /// on top. The dictionary holds the seed's own words.
 pub fn toml(rng: &mut Rng, seed: &str, dictionary: &[Vec<u8>]) -> String {
-    let seed_lines: Vec<&str> = seed.lines().collect();
-    let mut lines: Vec<String> = seed_lines.iter().map(|l| l.to_string()).collect();
+    let seed_lines = entries(seed);
+    let mut lines = seed_lines.clone();
     for _ in 0..=rng.below(6) {
         let n = lines.len();
         if n == 0 {
-            lines.push(rng.pick(&seed_lines).to_string());
+            lines.push(rng.pick(&seed_lines).clone());
             continue;
         }
         let i = rng.below(n);
-        match rng.below(7) {
+        match rng.below(10) {
+            // A quoted string swapped for another word, keeping the line's
+            // shape, so the file still parses and its checks must notice.
+            7..=9 => {
+                let quotes: Vec<usize> = lines[i].match_indices('"').map(|(at, _)| at).collect();
+                if quotes.len() >= 2 && !dictionary.is_empty() {
+                    let pair = rng.below(quotes.len() / 2) * 2;
+                    let word = String::from_utf8_lossy(&dictionary[rng.below(dictionary.len())])
+                        .into_owned();
+                    lines[i].replace_range(quotes[pair] + 1..quotes[pair + 1], &word);
+                }
+            }
             0 => {
                 lines.remove(i);
             }
@@ -98,7 +109,7 @@ pub fn toml(rng: &mut Rng, seed: &str, dictionary: &[Vec<u8>]) -> String {
                 lines.insert(rng.below(n + 1), line);
             }
             2 => lines.swap(i, rng.below(n)),
-            3 => lines.insert(i, rng.pick(&seed_lines).to_string()),
+            3 => lines.insert(i, rng.pick(&seed_lines).clone()),
             4 | 5 => {
                 if let Some((key, _)) = lines[i].split_once('=') {
                     let value = if rng.one_in(3) && !dictionary.is_empty() {
@@ -128,6 +139,26 @@ pub fn toml(rng: &mut Rng, seed: &str, dictionary: &[Vec<u8>]) -> String {
         bytes(rng, &mut text, dictionary);
     }
     String::from_utf8_lossy(&text).into_owned()
+}
+
+/// The lines of TOML text, except that a multi-line string stays with its
+/// key, so that dropping or moving an entry keeps the file parseable.
+fn entries(text: &str) -> Vec<String> {
+    let mut entries: Vec<String> = Vec::new();
+    let mut open = false;
+    for line in text.lines() {
+        match entries.last_mut() {
+            Some(last) if open => {
+                last.push('\n');
+                last.push_str(line);
+            }
+            _ => entries.push(line.to_string()),
+        }
+        if line.matches("\"\"\"").count() % 2 == 1 {
+            open = !open;
+        }
+    }
+    entries
 }
 
 /// The words and quoted strings of a seed, as mutation tokens.
