@@ -32,6 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     tonic_prost_build::configure()
+        // Undecodable requests answer INVALID_ARGUMENT (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::Codec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -140,7 +140,7 @@ impl Rpc for ConcernGrpc {
     }
 }
 
-fn parse_file(request: Request<pb::FileConcernRequest>) -> Result<NewConcern, Error> {
+pub(super) fn parse_file(request: Request<pb::FileConcernRequest>) -> Result<NewConcern, Error> {
     let mut v = Violations::new();
     let actor = convert::actor(&request, &mut v);
     let r = request.into_inner();
@@ -175,7 +175,7 @@ fn parse_file(request: Request<pb::FileConcernRequest>) -> Result<NewConcern, Er
     done(v, parsed)
 }
 
-fn parse_acknowledge(
+pub(super) fn parse_acknowledge(
     request: Request<pb::AcknowledgeConcernRequest>,
 ) -> Result<(Actor, Uuid), Error> {
     let mut v = Violations::new();
@@ -184,14 +184,14 @@ fn parse_acknowledge(
     done(v, actor.zip(id))
 }
 
-struct Resolve {
+pub(super) struct Resolve {
     actor: Actor,
     id: Uuid,
     outcome: ConcernOutcome,
     resolution: Resolution,
 }
 
-fn parse_resolve(request: Request<pb::ResolveConcernRequest>) -> Result<Resolve, Error> {
+pub(super) fn parse_resolve(request: Request<pb::ResolveConcernRequest>) -> Result<Resolve, Error> {
     let mut v = Violations::new();
     let actor = convert::actor(&request, &mut v);
     let r = request.into_inner();
@@ -212,11 +212,11 @@ fn parse_resolve(request: Request<pb::ResolveConcernRequest>) -> Result<Resolve,
     done(v, parsed)
 }
 
-fn parse_get(r: pb::GetConcernRequest) -> Result<Uuid, Error> {
+pub(super) fn parse_get(r: pb::GetConcernRequest) -> Result<Uuid, Error> {
     uuid(&r.concern_id).map_err(|e| Error::invalid("concern_id", e))
 }
 
-struct List {
+pub(super) struct List {
     status: Option<ConcernStatus>,
     overdue_only: bool,
     after: Option<(DateTime<Utc>, Uuid)>,
@@ -226,7 +226,7 @@ struct List {
     scope: String,
 }
 
-fn parse_list(r: pb::ListConcernsRequest) -> Result<List, Error> {
+pub(super) fn parse_list(r: pb::ListConcernsRequest) -> Result<List, Error> {
     let mut v = Violations::new();
     let status = enums::optional::<ConcernStatus>(&mut v, "status", r.status);
     let page_size = v.check(

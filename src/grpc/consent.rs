@@ -18,11 +18,11 @@ use crate::{
         RecipientId, RequestId, SubjectId, SubjectKind, SubjectRegistration, Violations,
     },
     error::{Error, Result},
-    policy::Decision,
+    policy::{Decision, Policy},
     service::{
         CheckQuery, ConsentService, MAX_BATCH,
-        preferences::Preferences,
-        unsubscribe::{LinkRequest, MAX_CAMPAIGN_CHARS, Unsubscribes},
+        preferences::{self, Preferences},
+        unsubscribe::{self, LinkRequest, MAX_CAMPAIGN_CHARS, Unsubscribes},
     },
     telemetry::SubjectRefs,
 };
@@ -75,7 +75,7 @@ impl Rpc for ConsentGrpc {
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         observe(SERVICE, "WatchChanges", request, |r| async move {
             let permit = Permit::of(&r)?;
-            let (after, purposes) = self.parse_watch(r.into_inner())?;
+            let (after, purposes) = parse_watch(self.service.policy(), r.into_inner())?;
             let purposes = permit.watchable(purposes)?;
             let records = self.service.watch_changes(after, purposes)?;
             let stream = tokio_stream::StreamExt::map(
@@ -98,7 +98,7 @@ impl Rpc for ConsentGrpc {
     ) -> Result<Response<pb::CreateUnsubscribeLinksResponse>, Status> {
         observe(SERVICE, "CreateUnsubscribeLinks", request, |r| async move {
             let permit = Permit::of(&r)?;
-            let request = self.parse_links(r.into_inner())?;
+            let request = parse_links(self.service.policy(), r.into_inner())?;
             permit.allow(std::slice::from_ref(&request.purpose), &[], &[])?;
             let (links, instructions) = self.unsubscribes.create_links(&request).await?;
             Ok(Response::new(pb::CreateUnsubscribeLinksResponse {
@@ -123,7 +123,7 @@ impl Rpc for ConsentGrpc {
         request: Request<pb::CreatePreferenceLinksRequest>,
     ) -> Result<Response<pb::CreatePreferenceLinksResponse>, Status> {
         observe(SERVICE, "CreatePreferenceLinks", request, |r| async move {
-            let (subject_ids, campaign) = self.parse_preference_links(r.into_inner())?;
+            let (subject_ids, campaign) = parse_preference_links(r.into_inner())?;
             let links = self
                 .preferences
                 .create_links(&subject_ids, campaign)
@@ -163,7 +163,7 @@ impl Rpc for ConsentGrpc {
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
         observe(SERVICE, "RecordConsent", request, |r| async move {
             let permit = Permit::of(&r)?;
-            let record = self.parse_record(r)?;
+            let record = parse_record(self.service.policy(), r)?;
             permit.allow(std::slice::from_ref(&record.purpose), &[], &[])?;
             let record = self.service.record_consent(&record).await?;
             Ok(Response::new(pb::RecordConsentResponse {
@@ -179,10 +179,7 @@ impl Rpc for ConsentGrpc {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         observe(SERVICE, "Check", request, |r| async move {
             let permit = Permit::of(&r)?;
-            let r = r.into_inner();
-            let mut v = Violations::new();
-            let query = self.parse_query(&mut v, "", r.subject_id, r.purpose, r.field);
-            let query = done(v, query)?;
+            let query = parse_check(self.service.policy(), r.into_inner())?;
             permit.allow(std::slice::from_ref(&query.purpose), &[], &[])?;
             let decision = self.service.check(&query).await?;
             for attribute in self.decision_attributes(&query, &decision) {
@@ -205,7 +202,7 @@ impl Rpc for ConsentGrpc {
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
         observe(SERVICE, "BatchCheck", request, |r| async move {
             let permit = Permit::of(&r)?;
-            let (queries, correlation_ids) = self.parse_batch(r.into_inner())?;
+            let (queries, correlation_ids) = parse_batch(self.service.policy(), r.into_inner())?;
             // One item the caller may not ask about refuses the whole batch.
             let purposes: Vec<PurposeCode> = queries.iter().map(|q| q.purpose.clone()).collect();
             permit.allow(&purposes, &[], &[])?;
@@ -246,8 +243,7 @@ impl Rpc for ConsentGrpc {
         request: Request<pb::GetConsentStateRequest>,
     ) -> Result<Response<pb::GetConsentStateResponse>, Status> {
         observe(SERVICE, "GetConsentState", request, |r| async move {
-            let subject_id = SubjectId::parse(r.into_inner().subject_id)
-                .map_err(|e| Error::invalid("subject_id", e))?;
+            let subject_id = parse_subject(r.into_inner().subject_id)?;
             let overview = self.service.consent_state(&subject_id).await?;
             let decisions = overview
                 .decisions
@@ -295,153 +291,7 @@ impl Rpc for ConsentGrpc {
     }
 }
 
-/// Each parser collects every violation: the fields that fail to parse, and
-/// what the policy refuses among those that did, in one answer.
 impl ConsentGrpc {
-    fn parse_watch(&self, r: pb::WatchChangesRequest) -> Result<(i64, Vec<PurposeCode>)> {
-        let mut v = Violations::new();
-        let purposes: Vec<(usize, PurposeCode)> = (r.purposes.into_iter().enumerate())
-            .filter_map(|(i, p)| {
-                Some((i, v.check(format!("purposes[{i}]"), PurposeCode::parse(p))?))
-            })
-            .collect();
-        (self.service).check_watch(&mut v, r.after, purposes.iter().map(|(i, p)| (*i, p)));
-        let purposes = purposes.into_iter().map(|(_, p)| p).collect();
-        done(v, Some((r.after, purposes)))
-    }
-
-    fn parse_links(&self, r: pb::CreateUnsubscribeLinksRequest) -> Result<LinkRequest> {
-        let mut v = Violations::new();
-        let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
-        let field = optional(&mut v, "field", r.field, FieldName::parse);
-        let campaign = v.check("campaign", campaign(r.campaign));
-        let subject_ids: Vec<_> = (r.subject_ids.iter().enumerate())
-            .filter_map(|(i, id)| {
-                v.check(format!("subject_ids[{i}]"), SubjectId::parse(id.clone()))
-            })
-            .collect();
-        self.unsubscribes.check_links(
-            &mut v,
-            purpose.as_ref(),
-            field.as_ref().and_then(Option::as_ref),
-            r.subject_ids.len(),
-        );
-        let parsed = (|| {
-            Some(LinkRequest {
-                purpose: purpose?,
-                field: field?,
-                campaign: campaign?,
-                subject_ids,
-            })
-        })();
-        done(v, parsed)
-    }
-
-    fn parse_preference_links(
-        &self,
-        r: pb::CreatePreferenceLinksRequest,
-    ) -> Result<(Vec<SubjectId>, Option<String>)> {
-        let mut v = Violations::new();
-        let campaign = v.check("campaign", campaign(r.campaign));
-        let subject_ids: Vec<_> = (r.subject_ids.iter().enumerate())
-            .filter_map(|(i, id)| {
-                v.check(format!("subject_ids[{i}]"), SubjectId::parse(id.clone()))
-            })
-            .collect();
-        self.preferences.check_links(&mut v, r.subject_ids.len());
-        let campaign = campaign.map(|c| Some(c).filter(|c| !c.is_empty()));
-        done(v, campaign.map(|c| (subject_ids, c)))
-    }
-
-    fn parse_record(&self, request: Request<pb::RecordConsentRequest>) -> Result<NewConsentRecord> {
-        let mut v = Violations::new();
-        let actor = convert::actor(&request, &mut v);
-        let r = request.into_inner();
-        let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
-        let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
-        let field = optional(&mut v, "field", r.field, FieldName::parse);
-        let choice = enums::required::<Choice>(&mut v, "choice", r.choice);
-        let channel = enums::required::<Channel>(&mut v, "channel", r.channel);
-        let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
-        let evidence = v.check("evidence", Evidence::parse(r.evidence));
-        let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
-        let recipient = optional(&mut v, "recipient", r.recipient, RecipientId::parse);
-        self.service.check_record(
-            &mut v,
-            purpose.as_ref(),
-            field.as_ref().and_then(Option::as_ref),
-            recipient.as_ref().and_then(Option::as_ref),
-        );
-        let parsed = (|| {
-            Some(NewConsentRecord {
-                subject_id: subject_id?,
-                purpose: purpose?,
-                field: field?,
-                choice: choice?,
-                channel: channel?,
-                notice_version: notice_version?,
-                evidence: evidence?,
-                actor: actor?,
-                request_id: request_id?,
-                recipient: recipient?,
-            })
-        })();
-        done(v, parsed)
-    }
-
-    /// A batch of at most [`MAX_BATCH`] checks and their correlation ids.
-    fn parse_batch(&self, r: pb::BatchCheckRequest) -> Result<(Vec<CheckQuery>, Vec<String>)> {
-        let items = r.items;
-        if items.is_empty() || items.len() > MAX_BATCH {
-            return Err(Error::invalid(
-                "items",
-                format!("must hold 1 to {MAX_BATCH} items (got {})", items.len()),
-            ));
-        }
-        let mut v = Violations::new();
-        let mut queries = Vec::with_capacity(items.len());
-        let mut correlation_ids = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            if item.correlation_id.chars().count() > 128 {
-                v.push(
-                    format!("items[{i}].correlation_id"),
-                    "must be at most 128 characters",
-                );
-            }
-            correlation_ids.push(item.correlation_id);
-            let prefix = format!("items[{i}].");
-            queries.extend(self.parse_query(
-                &mut v,
-                &prefix,
-                item.subject_id,
-                item.purpose,
-                item.field,
-            ));
-        }
-        done(v, Some((queries, correlation_ids)))
-    }
-
-    /// One check; violations are named `{prefix}subject_id` and so on.
-    fn parse_query(
-        &self,
-        v: &mut Violations,
-        prefix: &str,
-        subject_id: String,
-        purpose: String,
-        field: String,
-    ) -> Option<CheckQuery> {
-        let subject_id = v.check(format!("{prefix}subject_id"), SubjectId::parse(subject_id));
-        let purpose = v.check(format!("{prefix}purpose"), PurposeCode::parse(purpose));
-        let field = v.check(format!("{prefix}field"), FieldName::parse(field));
-        let name = |field: &str| format!("{prefix}{field}");
-        (self.service).check_query(v, name, purpose.as_ref(), field.as_ref());
-        Some(CheckQuery {
-            subject_id: subject_id?,
-            purpose: purpose?,
-            field: field?,
-        })
-    }
-
     /// The span attributes of one decision. The subject appears only as its
     /// keyed pseudonym.
     fn decision_attributes(&self, query: &CheckQuery, decision: &Decision) -> Vec<KeyValue> {
@@ -459,7 +309,7 @@ impl ConsentGrpc {
     }
 }
 
-fn parse_registration(
+pub(super) fn parse_registration(
     request: Request<pb::RegisterSubjectRequest>,
 ) -> Result<(SubjectRegistration, crate::domain::Actor)> {
     let mut v = Violations::new();
@@ -484,7 +334,7 @@ fn parse_registration(
 }
 
 /// The subject, the sequence to continue after, and the page size.
-fn parse_history(r: pb::ListConsentHistoryRequest) -> Result<(SubjectId, i64, usize)> {
+pub(super) fn parse_history(r: pb::ListConsentHistoryRequest) -> Result<(SubjectId, i64, usize)> {
     let mut v = Violations::new();
     let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
     let page_size = v.check(
@@ -520,4 +370,168 @@ fn campaign(raw: String) -> Result<String, String> {
         return Err("must not contain control characters".into());
     }
     Ok(raw)
+}
+
+/// Each parser collects every violation: the fields that fail to parse, and
+/// what the policy refuses among those that did, in one answer.
+pub(super) fn parse_watch(
+    policy: &Policy,
+    r: pb::WatchChangesRequest,
+) -> Result<(i64, Vec<PurposeCode>)> {
+    let mut v = Violations::new();
+    let purposes: Vec<(usize, PurposeCode)> = (r.purposes.into_iter().enumerate())
+        .filter_map(|(i, p)| Some((i, v.check(format!("purposes[{i}]"), PurposeCode::parse(p))?)))
+        .collect();
+    policy.check_watch(&mut v, r.after, purposes.iter().map(|(i, p)| (*i, p)));
+    let purposes = purposes.into_iter().map(|(_, p)| p).collect();
+    done(v, Some((r.after, purposes)))
+}
+
+pub(super) fn parse_links(
+    policy: &Policy,
+    r: pb::CreateUnsubscribeLinksRequest,
+) -> Result<LinkRequest> {
+    let mut v = Violations::new();
+    let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
+    let field = optional(&mut v, "field", r.field, FieldName::parse);
+    let campaign = v.check("campaign", campaign(r.campaign));
+    let subject_ids: Vec<_> = (r.subject_ids.iter().enumerate())
+        .filter_map(|(i, id)| v.check(format!("subject_ids[{i}]"), SubjectId::parse(id.clone())))
+        .collect();
+    policy.check_unsubscribe_parts(
+        &mut v,
+        purpose.as_ref(),
+        field.as_ref().and_then(Option::as_ref),
+    );
+    unsubscribe::check_link_count(&mut v, r.subject_ids.len());
+    let parsed = (|| {
+        Some(LinkRequest {
+            purpose: purpose?,
+            field: field?,
+            campaign: campaign?,
+            subject_ids,
+        })
+    })();
+    done(v, parsed)
+}
+
+pub(super) fn parse_preference_links(
+    r: pb::CreatePreferenceLinksRequest,
+) -> Result<(Vec<SubjectId>, Option<String>)> {
+    let mut v = Violations::new();
+    let campaign = v.check("campaign", campaign(r.campaign));
+    let subject_ids: Vec<_> = (r.subject_ids.iter().enumerate())
+        .filter_map(|(i, id)| v.check(format!("subject_ids[{i}]"), SubjectId::parse(id.clone())))
+        .collect();
+    preferences::check_link_count(&mut v, r.subject_ids.len());
+    let campaign = campaign.map(|c| Some(c).filter(|c| !c.is_empty()));
+    done(v, campaign.map(|c| (subject_ids, c)))
+}
+
+pub(super) fn parse_record(
+    policy: &Policy,
+    request: Request<pb::RecordConsentRequest>,
+) -> Result<NewConsentRecord> {
+    let mut v = Violations::new();
+    let actor = convert::actor(&request, &mut v);
+    let r = request.into_inner();
+    let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
+    let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
+    let field = optional(&mut v, "field", r.field, FieldName::parse);
+    let choice = enums::required::<Choice>(&mut v, "choice", r.choice);
+    let channel = enums::required::<Channel>(&mut v, "channel", r.channel);
+    let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
+    let evidence = v.check("evidence", Evidence::parse(r.evidence));
+    let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
+    let recipient = optional(&mut v, "recipient", r.recipient, RecipientId::parse);
+    policy.check_record_parts(
+        &mut v,
+        purpose.as_ref(),
+        field.as_ref().and_then(Option::as_ref),
+        recipient.as_ref().and_then(Option::as_ref),
+    );
+    let parsed = (|| {
+        Some(NewConsentRecord {
+            subject_id: subject_id?,
+            purpose: purpose?,
+            field: field?,
+            choice: choice?,
+            channel: channel?,
+            notice_version: notice_version?,
+            evidence: evidence?,
+            actor: actor?,
+            request_id: request_id?,
+            recipient: recipient?,
+        })
+    })();
+    done(v, parsed)
+}
+
+/// A batch of at most [`MAX_BATCH`] checks and their correlation ids.
+pub(super) fn parse_batch(
+    policy: &Policy,
+    r: pb::BatchCheckRequest,
+) -> Result<(Vec<CheckQuery>, Vec<String>)> {
+    let items = r.items;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(Error::invalid(
+            "items",
+            format!("must hold 1 to {MAX_BATCH} items (got {})", items.len()),
+        ));
+    }
+    let mut v = Violations::new();
+    let mut queries = Vec::with_capacity(items.len());
+    let mut correlation_ids = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        if item.correlation_id.chars().count() > 128 {
+            v.push(
+                format!("items[{i}].correlation_id"),
+                "must be at most 128 characters",
+            );
+        }
+        correlation_ids.push(item.correlation_id);
+        let prefix = format!("items[{i}].");
+        queries.extend(parse_query(
+            policy,
+            &mut v,
+            &prefix,
+            item.subject_id,
+            item.purpose,
+            item.field,
+        ));
+    }
+    done(v, Some((queries, correlation_ids)))
+}
+
+/// One check; violations are named `{prefix}subject_id` and so on.
+fn parse_query(
+    policy: &Policy,
+    v: &mut Violations,
+    prefix: &str,
+    subject_id: String,
+    purpose: String,
+    field: String,
+) -> Option<CheckQuery> {
+    let subject_id = v.check(format!("{prefix}subject_id"), SubjectId::parse(subject_id));
+    let purpose = v.check(format!("{prefix}purpose"), PurposeCode::parse(purpose));
+    let field = v.check(format!("{prefix}field"), FieldName::parse(field));
+    let name = |field: &str| format!("{prefix}{field}");
+    policy.check_query_named(v, name, purpose.as_ref(), field.as_ref());
+    Some(CheckQuery {
+        subject_id: subject_id?,
+        purpose: purpose?,
+        field: field?,
+    })
+}
+
+/// One Check.
+pub(super) fn parse_check(policy: &Policy, r: pb::CheckRequest) -> Result<CheckQuery> {
+    let mut v = Violations::new();
+    let query = parse_query(policy, &mut v, "", r.subject_id, r.purpose, r.field);
+    done(v, query)
+}
+
+/// The subject a read names.
+pub(super) fn parse_subject(raw: String) -> Result<SubjectId> {
+    SubjectId::parse(raw).map_err(|e| Error::invalid("subject_id", e))
 }

@@ -90,7 +90,7 @@ impl Rpc for DisclosureGrpc {
     ) -> Result<Response<pb::PutPersonalDataResponse>, Status> {
         observe(SERVICE, "PutPersonalData", request, |r| async move {
             let permit = Permit::of(&r)?;
-            let new = parse_put(r, &self.service)?;
+            let new = parse_put(self.service.policy(), r)?;
             permit.allow(&new.collected_for, &[], &[])?;
             let collection_id = self.service.put_personal_data(&new).await?;
             Ok(Response::new(pb::PutPersonalDataResponse {
@@ -105,7 +105,7 @@ impl Rpc for DisclosureGrpc {
         request: Request<pb::VerifyPersonalDataRequest>,
     ) -> Result<Response<pb::VerifyPersonalDataResponse>, Status> {
         observe(SERVICE, "VerifyPersonalData", request, |r| async move {
-            let (subject_id, field) = parse_verify(r.into_inner(), &self.service)?;
+            let (subject_id, field) = parse_verify(self.service.policy(), r.into_inner())?;
             let verified_at = self
                 .service
                 .verify_personal_data(&subject_id, &field)
@@ -219,8 +219,7 @@ impl Rpc for DisclosureGrpc {
         request: Request<pb::GetDisclosureRequest>,
     ) -> Result<Response<pb::GetDisclosureResponse>, Status> {
         observe(SERVICE, "GetDisclosure", request, |r| async move {
-            let id = disclosure_id(&r.get_ref().disclosure_id)
-                .map_err(|e| Error::invalid("disclosure_id", e))?;
+            let id = parse_get(r.get_ref())?;
             let disclosure = self.service.get_disclosure(id).await?;
             Ok(Response::new(pb::GetDisclosureResponse {
                 disclosure: Some(disclosure_to_pb(disclosure)),
@@ -230,9 +229,9 @@ impl Rpc for DisclosureGrpc {
     }
 }
 
-fn parse_put(
+pub(super) fn parse_put(
+    policy: &Policy,
     request: Request<pb::PutPersonalDataRequest>,
-    service: &DisclosureService,
 ) -> Result<NewPersonalData, Error> {
     let mut v = Violations::new();
     let actor = convert::actor(&request, &mut v);
@@ -245,7 +244,7 @@ fn parse_put(
     let channel = enums::required::<Channel>(&mut v, "channel", r.channel);
     let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
     let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
-    v.merge(service.check_collection(field.as_ref(), &collected_for));
+    v.merge(policy.check_collection(field.as_ref(), &collected_for));
     let parsed = (|| {
         Some(NewPersonalData {
             subject_id: subject_id?,
@@ -261,27 +260,27 @@ fn parse_put(
     done(v, parsed)
 }
 
-fn parse_verify(
+pub(super) fn parse_verify(
+    policy: &Policy,
     r: pb::VerifyPersonalDataRequest,
-    service: &DisclosureService,
 ) -> Result<(SubjectId, FieldName), Error> {
     let mut v = Violations::new();
     let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
     let field = v.check("field", FieldName::parse(r.field));
     if let Some(field) = &field {
-        v.merge(service.check_field(field));
+        v.merge(policy.check_field(field));
     }
     done(v, subject_id.zip(field))
 }
 
-struct Disclose {
+pub(super) struct Disclose {
     actor: Actor,
     subject_id: SubjectId,
     request: DisclosureRequest,
     request_id: Option<RequestId>,
 }
 
-fn parse_request(
+pub(super) fn parse_request(
     request: Request<pb::RequestDisclosureRequest>,
     policy: &Policy,
 ) -> Result<Disclose, Error> {
@@ -387,7 +386,7 @@ fn renumbered<T>(checked: Violations, name: &str, list: &[Option<T>]) -> Violati
     out
 }
 
-struct List {
+pub(super) struct List {
     subject_id: Option<SubjectId>,
     overdue_review_only: bool,
     after: Option<Uuid>,
@@ -397,7 +396,7 @@ struct List {
     scope: String,
 }
 
-fn parse_list(r: pb::ListDisclosuresRequest) -> Result<List, Error> {
+pub(super) fn parse_list(r: pb::ListDisclosuresRequest) -> Result<List, Error> {
     let mut v = Violations::new();
     let subject_id = if r.subject_id.is_empty() && r.overdue_review_only {
         Some(None)
@@ -435,11 +434,19 @@ fn parse_list(r: pb::ListDisclosuresRequest) -> Result<List, Error> {
 }
 
 /// The caller and the disclosure a follow-up call (approve, review) names.
-fn actor_and_disclosure<T>(request: &Request<T>, raw_id: &str) -> Result<(Actor, Uuid), Error> {
+pub(super) fn actor_and_disclosure<T>(
+    request: &Request<T>,
+    raw_id: &str,
+) -> Result<(Actor, Uuid), Error> {
     let mut v = Violations::new();
     let actor = convert::actor(request, &mut v);
     let id = v.check("disclosure_id", disclosure_id(raw_id));
     done(v, actor.zip(id))
+}
+
+/// The disclosure a GetDisclosure names.
+pub(super) fn parse_get(r: &pb::GetDisclosureRequest) -> Result<Uuid, Error> {
+    disclosure_id(&r.disclosure_id).map_err(|e| Error::invalid("disclosure_id", e))
 }
 
 fn disclosure_id(raw: &str) -> Result<Uuid, String> {

@@ -3,6 +3,7 @@
 //! violation), call `service`, and turn the result into a response.
 
 mod auth;
+pub mod codec;
 mod concern;
 mod consent;
 mod convert;
@@ -14,6 +15,7 @@ mod observe;
 mod page;
 mod rights;
 mod status;
+mod validate;
 
 pub use auth::{Authenticator, cert_subject};
 pub use concern::ConcernGrpc;
@@ -22,6 +24,7 @@ pub use disclosure::DisclosureGrpc;
 pub use export::export_json;
 pub use health::health_server;
 pub use rights::SubjectRightsGrpc;
+pub use validate::validate;
 
 /// The generated `consent.v1` types and service traits. Generated code is
 /// not ours to lint: proto comments are prose, not rustdoc.

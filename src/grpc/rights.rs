@@ -4,6 +4,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
+    consent::parse_subject,
     convert::{self, done},
     export::export_to_pb,
     observe::observe,
@@ -11,7 +12,7 @@ use super::{
 };
 use crate::{
     domain::{Actor, RequestId, SubjectId, Violations},
-    error::{Error, Result},
+    error::Result,
     service::{erasure::Eraser, export::Exporter},
 };
 
@@ -43,8 +44,7 @@ impl Rpc for SubjectRightsGrpc {
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<pb::ExportSubjectResponse>, Status> {
         observe(SERVICE, "ExportSubject", request, |r| async move {
-            let subject_id = SubjectId::parse(r.into_inner().subject_id)
-                .map_err(|e| Error::invalid("subject_id", e))?;
+            let subject_id = parse_subject(r.into_inner().subject_id)?;
             let export = self.exporter.export(&subject_id).await?;
             Ok(Response::new(export_to_pb(export)))
         })
@@ -70,7 +70,7 @@ impl Rpc for SubjectRightsGrpc {
 
 /// The subject to erase and who asks. The `request_id` is checked but not
 /// kept: erasing twice is already harmless.
-fn parse_erase(request: Request<pb::EraseSubjectRequest>) -> Result<(SubjectId, Actor)> {
+pub(super) fn parse_erase(request: Request<pb::EraseSubjectRequest>) -> Result<(SubjectId, Actor)> {
     let mut v = Violations::new();
     let actor = convert::actor(&request, &mut v);
     let r = request.into_inner();

@@ -170,5 +170,6 @@ impl Policy {
     }
 }
 
+mod requests;
 #[cfg(test)]
 mod tests;

@@ -33,5 +33,5 @@ pub use disclose::{
     DisclosureDecision, DisclosureFacts, DisclosureRequest, EMERGENCY_REVIEW_HOURS, FieldOutcome,
     Ground, decide_disclosure,
 };
-pub use load::PolicyError;
+pub use load::{PolicyError, Problem};
 pub use model::{Basis, Category, DisclosureRule, FieldDef, Policy, Purpose, Recipient};

@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{
-        Actor, ConsentRecord, FieldName, NewConsentRecord, PurposeCode, RecipientId, StoredChoice,
-        Subject, SubjectId, SubjectRegistration, SubjectState, Violations,
+        Actor, ConsentRecord, FieldName, NewConsentRecord, PurposeCode, StoredChoice, Subject,
+        SubjectId, SubjectRegistration, SubjectState, Violations,
     },
     error::{Error, Result},
     policy::{Decision, Policy, decide_with_data},
@@ -83,7 +83,8 @@ impl ConsentService {
         purposes: Vec<PurposeCode>,
     ) -> Result<mpsc::Receiver<Result<ConsentRecord>>> {
         let mut violations = Violations::new();
-        self.check_watch(&mut violations, after, purposes.iter().enumerate());
+        self.policy
+            .check_watch(&mut violations, after, purposes.iter().enumerate());
         if !violations.is_empty() {
             return Err(violations.into());
         }
@@ -118,7 +119,7 @@ impl ConsentService {
     /// that the field, if any, is one the purpose uses.
     pub async fn record_consent(&self, new: &NewConsentRecord) -> Result<ConsentRecord> {
         let mut violations = Violations::new();
-        self.check_record(
+        self.policy.check_record_parts(
             &mut violations,
             Some(&new.purpose),
             new.field.as_ref(),
@@ -163,7 +164,7 @@ impl ConsentService {
         // Caller bugs first, before any IO.
         let mut violations = Violations::new();
         for (i, q) in queries.iter().enumerate() {
-            self.check_query(
+            self.policy.check_query_named(
                 &mut violations,
                 |name| violation_name(i, name),
                 Some(&q.purpose),
@@ -293,102 +294,4 @@ impl ConsentService {
             .consent_history(subject_id, after, page_size.clamp(1, MAX_PAGE_SIZE))
             .await
     }
-
-    /// Notes what the policy refuses in a query, for whichever of its
-    /// purpose and field parsed (`None` did not), so that one answer names
-    /// parse errors and policy errors together. `name("purpose")` names the
-    /// request field.
-    pub fn check_query(
-        &self,
-        violations: &mut Violations,
-        name: impl Fn(&str) -> String,
-        purpose: Option<&PurposeCode>,
-        field: Option<&FieldName>,
-    ) {
-        for v in self.policy.check_query_parts(purpose, field).into_vec() {
-            violations.push(name(&v.field), v.description);
-        }
-    }
-
-    /// Notes what the policy refuses in a choice, for whichever parts parsed
-    /// and are present: the purpose, the field it uses, the recipient.
-    pub fn check_record(
-        &self,
-        violations: &mut Violations,
-        purpose: Option<&PurposeCode>,
-        field: Option<&FieldName>,
-        recipient: Option<&RecipientId>,
-    ) {
-        let declared = purpose.and_then(|p| self.policy.purpose(p));
-        if let Some(purpose) = purpose
-            && declared.is_none()
-        {
-            violations.push("purpose", self.policy.not_a_purpose(purpose));
-        }
-        if let Some(field) = field {
-            if !self.policy.declares_field(field) {
-                violations.push("field", self.policy.not_a_field(field));
-            } else if let Some(purpose) = declared
-                && !purpose.permits(field)
-            {
-                violations.push(
-                    "field",
-                    format!(
-                        "`{field}` is not used by purpose `{}` (it uses: {})",
-                        purpose.code,
-                        join(&purpose.fields)
-                    ),
-                );
-            }
-        }
-        let Some(recipient) = recipient else { return };
-        match self.policy.recipient(recipient) {
-            None => violations.push(
-                "recipient",
-                format!(
-                    "`{recipient}` is not a recipient of policy {}",
-                    self.policy.version()
-                ),
-            ),
-            Some(r) => {
-                if let Some(purpose) = declared
-                    && !r.purposes.contains(&purpose.code)
-                {
-                    violations.push(
-                        "recipient",
-                        format!(
-                            "recipient `{recipient}` does not receive data for purpose `{}`",
-                            purpose.code
-                        ),
-                    );
-                }
-            }
-        }
-    }
-
-    /// Notes what is refused in a WatchChanges: a negative position, and
-    /// each purpose (given with its index) the policy does not declare.
-    pub fn check_watch<'p>(
-        &self,
-        violations: &mut Violations,
-        after: i64,
-        purposes: impl IntoIterator<Item = (usize, &'p PurposeCode)>,
-    ) {
-        if after < 0 {
-            violations.push("after", "must not be negative");
-        }
-        for (i, purpose) in purposes {
-            if self.policy.purpose(purpose).is_none() {
-                violations.push(format!("purposes[{i}]"), self.policy.not_a_purpose(purpose));
-            }
-        }
-    }
-}
-
-fn join<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::{
     domain::{
         Actor, Disclosure, DisclosureStatus, FieldName, LegalBasis, NewPersonalData, PersonalValue,
-        PurposeCode, RecipientId, ReleasedField, RequestId, SubjectId, Violations, Withheld,
+        PurposeCode, RecipientId, ReleasedField, RequestId, SubjectId, Withheld,
     },
     error::{Error, Result},
     policy::{
@@ -82,56 +82,11 @@ impl DisclosureService {
         &self.policy
     }
 
-    /// The policy's checks on a value to store (R2): a declared field, and
-    /// at least one purpose, each declared, using the field and listed once.
-    /// A part that did not parse is `None` and skipped, so that one answer
-    /// names the parse problems and the policy problems together.
-    pub fn check_collection(
-        &self,
-        field: Option<&FieldName>,
-        collected_for: &[Option<PurposeCode>],
-    ) -> Violations {
-        let mut violations = field.map_or_else(Violations::new, |f| self.check_field(f));
-        if collected_for.is_empty() {
-            violations.push(
-                "collected_for",
-                "must name at least one purpose the value was collected for",
-            );
-        }
-        for (i, code) in collected_for.iter().enumerate() {
-            let Some(code) = code else { continue };
-            let problem = match (self.policy.purpose(code), field) {
-                (None, _) => format!(
-                    "`{code}` is not a purpose of policy {}",
-                    self.policy.version()
-                ),
-                (Some(p), Some(field)) if !p.permits(field) => {
-                    format!("purpose `{code}` does not use field `{field}`")
-                }
-                _ if collected_for[..i].iter().any(|c| c.as_ref() == Some(code)) => {
-                    format!("`{code}` is listed twice")
-                }
-                _ => continue,
-            };
-            violations.push(format!("collected_for[{i}]"), problem);
-        }
-        violations
-    }
-
-    /// The policy's check on a field named on its own: it must be declared.
-    pub fn check_field(&self, field: &FieldName) -> Violations {
-        let mut violations = Violations::new();
-        if !self.policy.declares_field(field) {
-            violations.push("field", self.undeclared_field(field));
-        }
-        violations
-    }
-
     /// Seals and stores a value, with its collection record (R2), once it
-    /// passes [`Self::check_collection`].
+    /// passes [`Policy::check_collection`].
     pub async fn put_personal_data(&self, new: &NewPersonalData) -> Result<Uuid> {
         let purposes: Vec<_> = new.collected_for.iter().cloned().map(Some).collect();
-        let violations = self.check_collection(Some(&new.field), &purposes);
+        let violations = self.policy.check_collection(Some(&new.field), &purposes);
         if !violations.is_empty() {
             return Err(violations.into());
         }
@@ -145,7 +100,7 @@ impl DisclosureService {
         subject_id: &SubjectId,
         field: &FieldName,
     ) -> Result<chrono::DateTime<Utc>> {
-        let violations = self.check_field(field);
+        let violations = self.policy.check_field(field);
         if !violations.is_empty() {
             return Err(violations.into());
         }
@@ -414,13 +369,6 @@ impl DisclosureService {
             withheld,
             disclosure: Some(disclosure),
         }
-    }
-
-    fn undeclared_field(&self, field: &FieldName) -> String {
-        format!(
-            "`{field}` is not a field of policy {}",
-            self.policy.version()
-        )
     }
 }
 

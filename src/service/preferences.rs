@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use self::token::{Claims, Use};
+pub use self::token::{Claims, Use};
 use crate::{
     domain::{
         Actor, Channel, Choice, ConcernCategory, ConsentRecord, Evidence, FieldName, NewConcern,
@@ -165,16 +165,6 @@ impl Preferences {
         (self.clock)()
     }
 
-    /// Notes a subject count out of range; the ids are checked on creation.
-    pub fn check_links(&self, violations: &mut Violations, subjects: usize) {
-        if subjects == 0 || subjects > MAX_LINKS {
-            violations.push(
-                "subject_ids",
-                format!("must hold 1 to {MAX_LINKS} subject ids (got {subjects})"),
-            );
-        }
-    }
-
     /// One link per subject, in order, to `/p/{token}` on the public URL.
     /// Every id must name a registered subject. Writes nothing.
     pub async fn create_links(
@@ -183,7 +173,7 @@ impl Preferences {
         campaign: Option<String>,
     ) -> Result<Vec<Link>> {
         let mut violations = Violations::new();
-        self.check_links(&mut violations, subject_ids.len());
+        check_link_count(&mut violations, subject_ids.len());
         if let Some(c) = &campaign
             && c.chars().count() > MAX_CAMPAIGN_CHARS
         {
@@ -477,5 +467,15 @@ impl Preferences {
             .record_access(&claims.subject_id, Channel::Web, campaign)
             .await?;
         Ok(self.exporter.export(&claims.subject_id).await?)
+    }
+}
+
+/// Notes a subject count out of range; the ids are checked on creation.
+pub fn check_link_count(violations: &mut Violations, subjects: usize) {
+    if subjects == 0 || subjects > MAX_LINKS {
+        violations.push(
+            "subject_ids",
+            format!("must hold 1 to {MAX_LINKS} subject ids (got {subjects})"),
+        );
     }
 }

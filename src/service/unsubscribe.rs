@@ -15,7 +15,7 @@ use crate::{
         SubjectId, Violations,
     },
     error::{Error, Result},
-    policy::{Basis, Policy, Purpose},
+    policy::{Policy, Purpose},
     store::Store,
 };
 
@@ -84,55 +84,14 @@ impl Unsubscribes {
         }
     }
 
-    /// Notes what the policy refuses in a link request, for whichever of
-    /// its purpose and field parsed, and a subject count out of range.
-    pub fn check_links(
-        &self,
-        violations: &mut Violations,
-        purpose: Option<&PurposeCode>,
-        field: Option<&FieldName>,
-        subjects: usize,
-    ) {
-        match purpose.map(|code| (code, self.policy.purpose(code))) {
-            None => {}
-            Some((code, None)) => violations.push(
-                "purpose",
-                format!("`{code}` is not a purpose of the policy"),
-            ),
-            Some((_, Some(p))) if p.basis == Basis::Contract => violations.push(
-                "purpose",
-                format!(
-                    "`{}` has basis contract: there is nothing to unsubscribe from",
-                    p.code
-                ),
-            ),
-            Some((_, Some(p))) => {
-                if let Some(field) = field
-                    && !p.permits(field)
-                {
-                    violations.push(
-                        "field",
-                        format!("`{field}` is not used by purpose `{}`", p.code),
-                    );
-                }
-            }
-        }
-        if subjects == 0 || subjects > MAX_LINKS {
-            violations.push(
-                "subject_ids",
-                format!("must hold 1 to {MAX_LINKS} subject ids (got {subjects})"),
-            );
-        }
-    }
-
     pub async fn create_links(&self, request: &LinkRequest) -> Result<(Vec<Link>, String)> {
         let mut violations = Violations::new();
-        self.check_links(
+        self.policy.check_unsubscribe_parts(
             &mut violations,
             Some(&request.purpose),
             request.field.as_ref(),
-            request.subject_ids.len(),
         );
+        check_link_count(&mut violations, request.subject_ids.len());
         if !violations.is_empty() {
             return Err(violations.into());
         }
@@ -238,6 +197,16 @@ fn sign_link(
         subject_id: subject_id.clone(),
         url: format!("{base_url}/u/{token}"),
         token,
+    }
+}
+
+/// Notes a subject count out of range; the ids are checked on creation.
+pub fn check_link_count(violations: &mut Violations, subjects: usize) {
+    if subjects == 0 || subjects > MAX_LINKS {
+        violations.push(
+            "subject_ids",
+            format!("must hold 1 to {MAX_LINKS} subject ids (got {subjects})"),
+        );
     }
 }
 

@@ -42,3 +42,15 @@ mod server;
 mod telemetry;
 mod tls;
 mod unsubscribe;
+mod wire_fuzz;
+
+// The fuzz tests' random source and request generator, for the wire test.
+#[allow(dead_code)]
+#[path = "../fuzz/engine.rs"]
+mod engine;
+#[allow(dead_code)]
+#[path = "../fuzz/messages.rs"]
+mod messages;
+#[allow(dead_code)]
+#[path = "../fuzz/mutate.rs"]
+mod mutate;
