@@ -35,6 +35,7 @@ mod preference_links;
 mod preference_logs;
 mod preference_page;
 mod preferences;
+mod quiet_logs;
 mod restart;
 mod rights;
 mod rolling;
