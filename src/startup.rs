@@ -82,7 +82,7 @@ impl Application {
             purposes = policy.purposes().count(),
             "policy loaded"
         );
-        let database = Database::open(&args.database).await?;
+        let database = Database::open_with(&args.database, &args.connection_settings()).await?;
         database.prepare_schema(args.migrate).await?;
         Self::with_database(args, database, policy).await
     }
