@@ -17,6 +17,7 @@ mod import;
 mod ledger;
 mod locate;
 mod personal_data;
+mod probe;
 mod redact;
 mod rows;
 mod server;
@@ -40,6 +41,7 @@ pub use idempotency::RequestDigest;
 pub use import::{BatchOutcome, RefusalImport};
 pub use locate::{DEFAULT_DATABASE, Database};
 pub use personal_data::SealedRow;
+pub use probe::DatabaseProbe;
 pub use redact::redact;
 pub use server::{admin_connect, ensure_database, quote_ident, with_database};
 
