@@ -28,6 +28,7 @@ mod import;
 mod ledger;
 mod metrics;
 mod otlp;
+mod outage;
 mod pg_tls;
 mod pki;
 mod preference_browser;
