@@ -547,6 +547,25 @@ mod tests {
             .1
     }
 
+    /// Verify, rotate and import run statements as long as the data needs.
+    #[test]
+    fn only_serve_bounds_its_statements() {
+        let cli = Cli::try_parse_from(["consentd", "verify"]).unwrap();
+        let Command::Verify(args) = &cli.command else {
+            panic!("not verify")
+        };
+        assert_eq!(args.connection_settings().statement_timeout, None);
+        let cli =
+            Cli::try_parse_from(["consentd", "serve", "--db-connect-timeout-ms", "700"]).unwrap();
+        let Command::Serve(args) = &cli.command else {
+            panic!("not serve")
+        };
+        let settings = args.connection_settings();
+        assert_eq!(settings.statement_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(settings.connect_timeout, Duration::from_millis(700));
+        assert_eq!(settings.pool_wait, Duration::from_secs(5));
+    }
+
     /// Both ways: `settings()` lists every serve flag clap knows, and only those.
     #[test]
     fn settings_name_every_serve_flag() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use consentd::{
     grpc::pb::{self, Choice, consent_service_client::ConsentServiceClient},
-    store::embedded::Durability,
+    store::{self, ConnectionSettings, Store, embedded::Durability},
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -24,20 +24,29 @@ use tonic_health::pb::{
 
 use crate::{
     cluster::PrivateCluster,
-    helpers::{TestApp, http_get, record_request, registration, spawn_app_on, spawn_app_with},
+    helpers::{
+        TestApp, fresh_database, http_get, record_request, registration, spawn_app_on,
+        spawn_app_with,
+    },
 };
 
 /// Far above every bound under test: a call that hangs fails the test.
 const LIVENESS: Duration = Duration::from_secs(10);
 
 fn bounded<T>(message: T) -> Request<T> {
+    within(LIVENESS, message)
+}
+
+fn within<T>(limit: Duration, message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request.set_timeout(LIVENESS);
+    request.set_timeout(limit);
     request
 }
 
-/// One call of each kind: a write, a read, and a check.
-async fn calls(
+/// One call of each kind: a write, a read, and a check, each with `limit`
+/// as its deadline.
+async fn calls_within(
+    limit: Duration,
     client: &ConsentServiceClient<Channel>,
     subject: &str,
 ) -> Vec<(&'static str, Status)> {
@@ -45,19 +54,19 @@ async fn calls(
     let mut client = client.clone();
     let newcomer = format!("C-new-{}", uuid::Uuid::new_v4().simple());
     if let Err(s) = client
-        .register_subject(bounded(registration(&newcomer)))
+        .register_subject(within(limit, registration(&newcomer)))
         .await
     {
         failures.push(("RegisterSubject", s));
     }
     let refusal = record_request(subject, "promotional_mail", "email", Choice::Refuse);
-    if let Err(s) = client.record_consent(bounded(refusal)).await {
+    if let Err(s) = client.record_consent(within(limit, refusal)).await {
         failures.push(("RecordConsent", s));
     }
     let state = pb::GetConsentStateRequest {
         subject_id: subject.into(),
     };
-    if let Err(s) = client.get_consent_state(bounded(state)).await {
+    if let Err(s) = client.get_consent_state(within(limit, state)).await {
         failures.push(("GetConsentState", s));
     }
     let check = pb::CheckRequest {
@@ -65,10 +74,17 @@ async fn calls(
         purpose: "promotional_mail".into(),
         field: "email".into(),
     };
-    if let Err(s) = client.check(bounded(check)).await {
+    if let Err(s) = client.check(within(limit, check)).await {
         failures.push(("Check", s));
     }
     failures
+}
+
+async fn calls(
+    client: &ConsentServiceClient<Channel>,
+    subject: &str,
+) -> Vec<(&'static str, Status)> {
+    calls_within(LIVENESS, client, subject).await
 }
 
 /// Polls `probe` every 50 ms until it holds; false after `LIVENESS`.
@@ -225,7 +241,9 @@ async fn a_call_that_waits_past_the_pool_wait_timeout_is_answered_unavailable() 
         "the first call never reached the lock"
     );
 
-    let failures = calls(&app.client, "C-1").await;
+    // Well past the 200 ms wait, well short of the 5 s default: a bound
+    // that is not the flag's shows up as the client giving up.
+    let failures = calls_within(Duration::from_secs(3), &app.client, "C-1").await;
     locker.batch_execute("COMMIT").await.unwrap();
     let codes: Vec<Code> = failures.iter().map(|(_, s)| s.code()).collect();
     assert_eq!(codes, [Code::Unavailable; 4], "{failures:?}");
@@ -264,4 +282,57 @@ async fn a_draining_server_stays_not_serving_while_its_database_answers() {
         .expect("the watch ends with the server")
         .unwrap();
     assert_eq!(rest, [Err(Code::Unavailable)], "nothing said SERVING again");
+}
+
+/// `serve` migrates the default database through its own pool, whose
+/// connections carry the statement timeout; a migration (or the wait for
+/// another replica's) must not be cut by it.
+#[tokio::test]
+async fn migrations_wait_past_the_statement_timeout() {
+    const MIGRATION_LOCK: i64 = 0x636f_6e73_656e_7464;
+    let db = fresh_database().await;
+    let store = Store::connect_with(
+        &db.db_url,
+        &ConnectionSettings {
+            statement_timeout: Some(Duration::from_millis(100)),
+            ..ConnectionSettings::new(2)
+        },
+    )
+    .unwrap();
+    // Another replica migrating, as far as this one can tell.
+    let other = store::admin_connect(&db.db_url).await.unwrap();
+    other
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .unwrap();
+    let migrate = tokio::spawn(async move { store.migrate().await });
+    assert!(
+        eventually(async || {
+            let waiting: i64 = other
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            waiting > 0
+        })
+        .await,
+        "the migration never waited for the lock"
+    );
+    // Five statement timeouts' worth of waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!migrate.is_finished(), "{:?}", migrate.await);
+
+    other
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .unwrap();
+    let applied = tokio::time::timeout(LIVENESS, migrate)
+        .await
+        .expect("the migration finishes once the lock is free")
+        .unwrap()
+        .expect("the migration succeeds");
+    assert_eq!(applied, 0, "the template database is up to date");
 }
