@@ -147,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn the_one_shot_commands_get_no_statement_timeout() {
+    fn no_statement_timeout_unless_one_is_asked_for() {
         let config = applied("postgres://u@h/db", &ConnectionSettings::new(4));
         assert_eq!(config.get_options(), None);
     }
