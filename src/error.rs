@@ -57,9 +57,10 @@ pub enum Error {
     #[error("no database connection available")]
     Pool(#[from] deadpool_postgres::PoolError),
 
-    /// UNAVAILABLE when the connection was lost or the server is shutting
-    /// down or starting up ([`Error::is_unavailable`]): a retry can succeed.
-    /// INTERNAL otherwise.
+    /// UNAVAILABLE when the connection was lost or refused, the server is
+    /// shutting down or starting up, or it cancelled the statement at
+    /// `--db-statement-timeout-ms` ([`Error::is_unavailable`]): a retry can
+    /// succeed. INTERNAL otherwise.
     #[error("database error")]
     Database(#[from] tokio_postgres::Error),
 
@@ -89,7 +90,15 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Error::Pool(_) => true,
-            Error::Database(e) => connection_failed(e),
+            Error::Database(e) => database_unavailable(e),
+            // A driver error wrapped with context on its way up is still
+            // an outage.
+            Error::Internal(e) => e.chain().any(|cause| {
+                cause.is::<deadpool_postgres::PoolError>()
+                    || cause
+                        .downcast_ref::<tokio_postgres::Error>()
+                        .is_some_and(database_unavailable)
+            }),
             _ => false,
         }
     }
@@ -123,6 +132,22 @@ impl Error {
             | Error::RequestIdReused => {}
         }
     }
+}
+
+/// An error that says nothing about the request, only that the database
+/// could not do it now: a lost connection, or a statement cancelled.
+fn database_unavailable(e: &tokio_postgres::Error) -> bool {
+    connection_failed(e) || statement_cancelled(e)
+}
+
+/// The server cancelled the statement (57014): it ran past
+/// `statement_timeout`, or an operator cancelled it. Its transaction rolled
+/// back, so a retry writes at most once. UNAVAILABLE rather than
+/// DEADLINE_EXCEEDED: the caller's own deadline did not pass, and clients
+/// retry UNAVAILABLE, with backoff, where a slow database can recover;
+/// DEADLINE_EXCEEDED stays the answer to the caller's own deadline.
+fn statement_cancelled(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
 }
 
 /// A lost or refused connection, or a server that is shutting down, crashed

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::store::ConnectionSettings;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "consentd",
@@ -210,6 +212,30 @@ pub struct DatabaseArgs {
     /// Most database connections this process opens.
     #[arg(long, env = "CONSENTD_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: usize,
+
+    /// How long opening one database connection (TCP, TLS, login) may take
+    /// before the call that needed it fails. A `connect_timeout` in the URL
+    /// wins.
+    #[arg(long, env = "CONSENTD_DB_CONNECT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub db_connect_timeout_ms: u64,
+
+    /// How long a call waits for a free pooled database connection before
+    /// it is answered UNAVAILABLE.
+    #[arg(long, env = "CONSENTD_DB_POOL_WAIT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub db_pool_wait_timeout_ms: u64,
+}
+
+impl DatabaseArgs {
+    /// The connection bounds these flags ask for, without a statement
+    /// timeout: only `serve` sets one ([`ServeArgs::connection_settings`]).
+    pub fn connection_settings(&self) -> ConnectionSettings {
+        ConnectionSettings {
+            max_connections: self.max_connections,
+            connect_timeout: Duration::from_millis(self.db_connect_timeout_ms),
+            pool_wait: Duration::from_millis(self.db_pool_wait_timeout_ms),
+            statement_timeout: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -326,6 +352,13 @@ pub struct ServeArgs {
     #[arg(long, env = "CONSENTD_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
 
+    /// PostgreSQL cancels any statement of the server's that runs longer
+    /// (`statement_timeout`, set when each connection opens); the call is
+    /// answered UNAVAILABLE and wrote nothing. A `statement_timeout` in the
+    /// URL's `options` wins. Migrations run without it.
+    #[arg(long, env = "CONSENTD_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub db_statement_timeout_ms: u64,
+
     /// How many days a link to the person's own page (`/p/...`, from
     /// CreatePreferenceLinks) stays valid.
     #[arg(long, env = "CONSENTD_PREFERENCE_LINK_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=366))]
@@ -347,6 +380,14 @@ impl ServeArgs {
 
     pub fn feed_poll_interval(&self) -> Duration {
         Duration::from_millis(self.feed_poll_interval_ms)
+    }
+
+    /// The database flags' bounds, with serve's statement timeout.
+    pub fn connection_settings(&self) -> ConnectionSettings {
+        ConnectionSettings {
+            statement_timeout: Some(Duration::from_millis(self.db_statement_timeout_ms)),
+            ..self.database.connection_settings()
+        }
     }
 
     /// Every serve setting as the server will use it, by flag, as text
@@ -373,6 +414,18 @@ impl ServeArgs {
             ("--policy", Some(self.policy.display().to_string())),
             ("--migrate", Some(self.migrate.to_string())),
             ("--max-connections", Some(db.max_connections.to_string())),
+            (
+                "--db-connect-timeout-ms",
+                Some(db.db_connect_timeout_ms.to_string()),
+            ),
+            (
+                "--db-pool-wait-timeout-ms",
+                Some(db.db_pool_wait_timeout_ms.to_string()),
+            ),
+            (
+                "--db-statement-timeout-ms",
+                Some(self.db_statement_timeout_ms.to_string()),
+            ),
             ("--drain-seconds", Some(self.drain_seconds.to_string())),
             ("--public-url", self.public_url.clone()),
             ("--unsubscribe-keys-file", path(&self.unsubscribe_keys_file)),
@@ -492,6 +545,25 @@ mod tests {
                 panic!("the README documents {flag}, which ServeArgs::settings lacks")
             })
             .1
+    }
+
+    /// Verify, rotate and import run statements as long as the data needs.
+    #[test]
+    fn only_serve_bounds_its_statements() {
+        let cli = Cli::try_parse_from(["consentd", "verify"]).unwrap();
+        let Command::Verify(args) = &cli.command else {
+            panic!("not verify")
+        };
+        assert_eq!(args.connection_settings().statement_timeout, None);
+        let cli =
+            Cli::try_parse_from(["consentd", "serve", "--db-connect-timeout-ms", "700"]).unwrap();
+        let Command::Serve(args) = &cli.command else {
+            panic!("not serve")
+        };
+        let settings = args.connection_settings();
+        assert_eq!(settings.statement_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(settings.connect_timeout, Duration::from_millis(700));
+        assert_eq!(settings.pool_wait, Duration::from_secs(5));
     }
 
     /// Both ways: `settings()` lists every serve flag clap knows, and only those.

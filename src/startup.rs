@@ -33,6 +33,7 @@ use crate::{
         export::Exporter,
         ledger::Checkpointer,
         preferences::Preferences,
+        readiness::{PROBE_INTERVAL, Readiness, Ready},
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
     },
@@ -82,7 +83,7 @@ impl Application {
             purposes = policy.purposes().count(),
             "policy loaded"
         );
-        let database = Database::open(&args.database).await?;
+        let database = Database::open_with(&args.database, &args.connection_settings()).await?;
         database.prepare_schema(args.migrate).await?;
         Self::with_database(args, database, policy).await
     }
@@ -230,6 +231,13 @@ impl Application {
         let stop = CancellationToken::new();
         let health = tonic_health::server::HealthReporter::new();
         report_health(&health, ServingStatus::Serving).await;
+        let readiness = Readiness::new();
+        tokio::spawn(
+            readiness
+                .clone()
+                .probe_database(store.clone(), PROBE_INTERVAL, stop.clone()),
+        );
+        let health_follower = tokio::spawn(follow_readiness(health.clone(), readiness.subscribe()));
         // Its Watch streams end at `stop`, or they would hold the drain open.
         let health_service = health_server(health.clone(), stop.clone());
         let reflection = tonic_reflection::server::Builder::configure()
@@ -309,6 +317,7 @@ impl Application {
             unsubscribes,
             concern_deadlines,
             preferences: preference_pages,
+            readiness: readiness.clone(),
         };
         let admin = axum::serve(admin_listener, http::admin_router(http_state.clone()))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
@@ -354,7 +363,9 @@ impl Application {
         }
 
         tracing::info!(drain = ?drain, "shutting down: reporting NOT_SERVING, then finishing in-flight calls");
-        report_health(&health, ServingStatus::NotServing).await;
+        readiness.shut_down();
+        // Health has said NOT_SERVING once the follower ends.
+        let _ = health_follower.await;
         tokio::time::sleep(drain).await;
         stop.cancel();
         let finished = tokio::time::timeout(shutdown_timeout, async {
@@ -463,6 +474,33 @@ async fn report_health(health: &tonic_health::server::HealthReporter, status: Se
         pb::subject_rights_service_server::SubjectRightsServiceServer::<SubjectRightsGrpc>::NAME,
     ] {
         health.set_service_status(service, status).await;
+    }
+}
+
+/// Reports each change of readiness to gRPC health (SERVING or
+/// NOT_SERVING), and ends once it has reported the shutdown. After start it
+/// is health's only writer, so a probe's answer can never land after the
+/// shutdown's NOT_SERVING. Only changes are sent: a Watch stream relays
+/// every report, repeats included.
+async fn follow_readiness(
+    health: tonic_health::server::HealthReporter,
+    mut readiness: tokio::sync::watch::Receiver<Ready>,
+) {
+    let mut reported = ServingStatus::Serving;
+    loop {
+        let ready = *readiness.borrow_and_update();
+        let status = if ready.is_ready() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if status != reported {
+            report_health(&health, status).await;
+            reported = status;
+        }
+        if ready == Ready::ShuttingDown || readiness.changed().await.is_err() {
+            return;
+        }
     }
 }
 

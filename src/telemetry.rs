@@ -11,7 +11,8 @@
 //!   recorded (they still get ids, for the logs).
 //!
 //! Nothing here may carry personal data (R8): spans name subjects only by a
-//! keyed pseudonym (`SubjectRefs`).
+//! keyed pseudonym (`SubjectRefs`), and the database driver's verbose levels
+//! stay off whatever RUST_LOG says ([`QUIET_TARGETS`]).
 
 use std::io::IsTerminal as _;
 
@@ -22,7 +23,12 @@ use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
     trace::{Sampler, SdkTracerProvider},
 };
-use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
+use tracing_subscriber::{
+    EnvFilter, Layer as _,
+    filter::{LevelFilter, Targets},
+    fmt,
+    prelude::*,
+};
 
 use crate::{
     domain::SubjectId,
@@ -36,6 +42,27 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, with the current span's fields.
     Json,
+}
+
+/// Crates whose verbose levels would print personal data, and the most they
+/// may ever log. tokio-postgres logs every statement's parameters (subject
+/// ids, values) at debug on `tokio_postgres::query`, and statement text at
+/// debug elsewhere; its info level carries only server notices. deadpool
+/// logs nothing above warn today; the cap keeps a future debug line out.
+/// Their `log` records reach tracing through the log bridge, which asks
+/// this filter before tokio-postgres even formats the parameters.
+pub const QUIET_TARGETS: [(&str, LevelFilter); 2] = [
+    ("tokio_postgres", LevelFilter::INFO),
+    ("deadpool", LevelFilter::WARN),
+];
+
+/// A filter that holds [`QUIET_TARGETS`] to their caps and lets everything
+/// else through. It sits beside RUST_LOG's filter, and both must agree, so
+/// no RUST_LOG directive (`trace`, `tokio_postgres=trace`) can lift a cap.
+fn quiet_targets() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(QUIET_TARGETS)
 }
 
 /// Keeps the tracer provider alive; `shutdown` flushes pending spans.
@@ -101,6 +128,7 @@ pub fn init(default_filter: &str, format: LogFormat) -> anyhow::Result<Telemetry
             .boxed(),
     };
     let installed = tracing_subscriber::registry()
+        .with(quiet_targets())
         .with(filter)
         .with(logs)
         .with(otel)
@@ -146,6 +174,26 @@ mod tests {
     use base64::{Engine as _, engine::general_purpose::STANDARD};
 
     use super::*;
+
+    #[test]
+    fn the_driver_targets_never_pass_debug() {
+        let quiet = quiet_targets();
+        for target in [
+            "tokio_postgres::query",
+            "tokio_postgres::prepare",
+            "deadpool.postgres",
+        ] {
+            assert!(
+                !quiet.would_enable(target, &tracing::Level::DEBUG),
+                "{target}"
+            );
+            assert!(
+                quiet.would_enable(target, &tracing::Level::WARN),
+                "{target}"
+            );
+        }
+        assert!(quiet.would_enable("consentd::store", &tracing::Level::TRACE));
+    }
 
     #[test]
     fn subject_refs_are_stable_keyed_and_hide_the_id() {

@@ -71,7 +71,9 @@ impl From<Error> for Status {
                 "request_id was already used for a different request; use a new request_id",
             ),
             Error::Pool(_) => Status::unavailable(UNAVAILABLE),
-            Error::Database(_) if unavailable => Status::unavailable(UNAVAILABLE),
+            Error::Database(_) | Error::Internal(_) if unavailable => {
+                Status::unavailable(UNAVAILABLE)
+            }
             Error::Database(_) | Error::Internal(_) => Status::internal("internal error"),
         }
     }

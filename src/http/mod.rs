@@ -24,7 +24,10 @@ use axum::{
 
 use crate::{
     policy::concern::ConcernDeadlines,
-    service::unsubscribe::{LinkError, Unsubscribes},
+    service::{
+        readiness::{Readiness, Ready},
+        unsubscribe::{LinkError, Unsubscribes},
+    },
     store::Store,
 };
 use pages::Lang;
@@ -36,6 +39,8 @@ pub struct HttpState {
     /// For the overdue-concerns gauge.
     pub concern_deadlines: ConcernDeadlines,
     pub preferences: PreferencePages,
+    /// What `/readyz` reports, as gRPC health does.
+    pub readiness: Readiness,
 }
 
 /// What `--http-addr` serves: the unsubscribe pages, and nothing else.
@@ -66,11 +71,14 @@ pub fn admin_router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Ready when the database answers.
+/// Ready when the database answered the last probe and the server is not
+/// shutting down. The background prober asks the database, not this
+/// handler, so probes cost the database nothing however often they come.
 async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+    match state.readiness.current() {
+        Ready::Yes => (StatusCode::OK, "ready\n"),
+        Ready::DatabaseUnreachable => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+        Ready::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod feed;
 pub mod import;
 pub mod ledger;
 pub mod preferences;
+pub mod readiness;
 pub mod unsubscribe;
 pub mod vault;
 

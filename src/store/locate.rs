@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 
 use super::{
-    Store,
+    ConnectionSettings, Store,
     embedded::{Durability, EmbeddedPostgres},
     redact::redact,
     server::{admin_connect, ensure_database, with_database},
@@ -28,10 +28,19 @@ pub struct Database {
 
 impl Database {
     /// Connects to `--database-url`, or to the default local database,
-    /// creating it, or to a private cluster started for the purpose.
+    /// creating it, or to a private cluster started for the purpose, with
+    /// the bounds the database flags ask for.
     pub async fn open(args: &DatabaseArgs) -> anyhow::Result<Self> {
+        Self::open_with(args, &args.connection_settings()).await
+    }
+
+    /// Like [`Database::open`], every connection set up as `settings` say.
+    pub async fn open_with(
+        args: &DatabaseArgs,
+        settings: &ConnectionSettings,
+    ) -> anyhow::Result<Self> {
         if let Some(url) = &args.database_url {
-            let store = Store::connect(url, args.max_connections)?;
+            let store = Store::connect_with(url, settings)?;
             store.ping().await?;
             tracing::info!(database = %redact(url), "using the configured PostgreSQL");
             return Ok(Self {
@@ -71,7 +80,7 @@ impl Database {
             tracing::info!("created database `{DEFAULT_DATABASE}`");
         }
         let url = with_database(&server_url, DEFAULT_DATABASE)?;
-        let store = Store::connect(&url, args.max_connections)?;
+        let store = Store::connect_with(&url, settings)?;
         store.ping().await?;
         Ok(Self {
             store,

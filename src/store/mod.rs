@@ -4,6 +4,7 @@
 
 mod access;
 mod concern;
+mod connection;
 mod consent;
 mod disclosure;
 mod durability;
@@ -16,20 +17,20 @@ mod import;
 mod ledger;
 mod locate;
 mod personal_data;
+mod probe;
 mod redact;
 mod rows;
 mod server;
 mod tls;
 
-use std::time::Duration;
-
 use anyhow::Context as _;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Timeouts};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use sha2::{Digest as _, Sha256};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use access::AccessEvent;
 pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
+pub use connection::ConnectionSettings;
 pub use consent::HistoryPage;
 pub use disclosure::{Appended, DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure};
 pub use durability::DurabilitySettings;
@@ -40,19 +41,13 @@ pub use idempotency::RequestDigest;
 pub use import::{BatchOutcome, RefusalImport};
 pub use locate::{DEFAULT_DATABASE, Database};
 pub use personal_data::SealedRow;
+pub use probe::DatabaseProbe;
 pub use redact::redact;
 pub use server::{admin_connect, ensure_database, quote_ident, with_database};
 
 mod migrations {
     refinery::embed_migrations!("src/store/migrations");
 }
-
-/// How long opening a connection may take, unless the URL sets `connect_timeout`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a call waits for a free pooled connection before it is answered
-/// UNAVAILABLE: past this the database is saturated, and a retry elsewhere
-/// or later does better than a longer queue.
-const POOL_WAIT: Duration = Duration::from_secs(5);
 
 /// A handle on the database, cheap to clone.
 #[derive(Clone)]
@@ -65,16 +60,17 @@ pub struct Store {
 }
 
 impl Store {
-    /// Builds a pool for `url`. Connections are opened lazily; call
-    /// [`Store::ping`] to find out at start whether the database answers.
+    /// Builds a pool for `url` with the default bounds and no statement
+    /// timeout. Connections are opened lazily; call [`Store::ping`] to find
+    /// out at start whether the database answers.
     pub fn connect(url: &str, max_connections: usize) -> anyhow::Result<Self> {
+        Self::connect_with(url, &ConnectionSettings::new(max_connections))
+    }
+
+    /// Builds a pool for `url`, every connection set up as `settings` say.
+    pub fn connect_with(url: &str, settings: &ConnectionSettings) -> anyhow::Result<Self> {
         let (mut config, tls) = tls::connect_config(url)?;
-        // A database that does not answer must fail calls fast (UNAVAILABLE,
-        // which clients retry), not hold them: bounded connect, and a
-        // bounded wait for a pooled connection.
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
+        settings.apply(&mut config);
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -83,12 +79,8 @@ impl Store {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(max_connections)
-            .timeouts(Timeouts {
-                wait: Some(POOL_WAIT),
-                create: Some(CONNECT_TIMEOUT),
-                recycle: Some(CONNECT_TIMEOUT),
-            })
+            .max_size(settings.max_connections)
+            .timeouts(settings.timeouts())
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .context("cannot build the database pool")?;
@@ -113,12 +105,18 @@ impl Store {
     #[tracing::instrument(name = "store.migrate", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "migrate"))]
     pub async fn migrate(&self) -> anyhow::Result<usize> {
         const MIGRATION_LOCK: i64 = 0x636f_6e73_656e_7464; // "consentd"
-        let mut client = self.pool.get().await.context("cannot connect to migrate")?;
+        let client = self.pool.get().await.context("cannot connect to migrate")?;
+        // A schema change takes as long as the data needs, and so does the
+        // wait for another replica's migrations: this connection lifts the
+        // statement timeout, and leaves the pool (closing when done), so
+        // that no call ever runs without it.
+        let mut client = deadpool_postgres::Object::take(client);
+        client.batch_execute("SET statement_timeout = 0").await?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         let report = migrations::migrations::runner()
-            .run_async(&mut **client)
+            .run_async(&mut *client)
             .await
             .context("migration failed");
         client

@@ -265,12 +265,20 @@ pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
         )
         .arg("--policy")
         .arg(policy_path())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    // Both streams, so that a test scanning the output sees all of it.
     let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let out_tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = out_tx.send(line);
+        }
+    });
+    let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);

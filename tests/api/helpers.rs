@@ -274,6 +274,8 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
             pg_data_dir: None,
             local_server_url: admin_url.clone(),
             max_connections: 8,
+            db_connect_timeout_ms: 2000,
+            db_pool_wait_timeout_ms: 5000,
         },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
@@ -297,10 +299,13 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         callers: None,
         insecure_no_auth: false,
         preference_link_days: 30,
+        db_statement_timeout_ms: 5000,
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
-    let database = Database::open(&args.database).await.unwrap();
+    let database = Database::open_with(&args.database, &args.connection_settings())
+        .await
+        .unwrap();
     let app = Application::with_database(&args, database, policy)
         .await
         .unwrap();
