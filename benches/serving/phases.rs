@@ -79,9 +79,9 @@ pub struct Serving<'a> {
 impl Serving<'_> {
     /// Runs `phase` between the hook's start and end.
     async fn hooked<T>(&self, phase: &str, run: impl Future<Output = T>) -> anyhow::Result<T> {
-        self.settings.hook("start", phase, self.server.pid())?;
+        self.settings.hook("start", phase, self.server)?;
         let out = run.await;
-        self.settings.hook("end", phase, self.server.pid())?;
+        self.settings.hook("end", phase, self.server)?;
         Ok(out)
     }
 
@@ -188,20 +188,20 @@ impl Serving<'_> {
                 .collect(),
         );
         let (warm_up, measure) = self.window();
-        let streams: Vec<_> = (0..CONNECTIONS as u64)
-            .map(|i| {
-                tokio::spawn(bulk.clone().stream(
-                    self.connections.channel(i),
-                    requests.clone(),
-                    BULK_IDS,
-                    BULK_DEPTH,
-                    warm_up,
-                    measure,
-                ))
-            })
-            .collect();
         let outcome = self
             .hooked("bulk", async {
+                let streams: Vec<_> = (0..CONNECTIONS as u64)
+                    .map(|i| {
+                        tokio::spawn(bulk.clone().stream(
+                            self.connections.channel(i),
+                            requests.clone(),
+                            BULK_IDS,
+                            BULK_DEPTH,
+                            warm_up,
+                            measure,
+                        ))
+                    })
+                    .collect();
                 let mut parts = Vec::new();
                 for stream in streams {
                     parts.push(stream.await??);

@@ -177,6 +177,9 @@ pub fn table(rows: &[Row]) -> String {
             outcome_text(row.outcome),
         );
     }
+    for row in rows.iter().filter(|r| !r.note.is_empty()) {
+        let _ = write!(out, "\n- {}: {}", row.what, row.note);
+    }
     out
 }
 
@@ -191,7 +194,7 @@ pub fn write_json(path: &Path, report: &impl Serialize) -> anyhow::Result<()> {
 pub fn write_svg(path: &Path, title: &str, rows: &[Row]) -> anyhow::Result<()> {
     const LABEL: f64 = 360.0;
     const PLOT: f64 = 480.0;
-    const TEXT: f64 = 200.0;
+    const TEXT: f64 = 260.0;
     const ROW: f64 = 30.0;
     const TOP: f64 = 56.0;
     let judged: Vec<&Row> = rows.iter().filter(|r| r.target.is_some()).collect();
@@ -208,6 +211,10 @@ pub fn write_svg(path: &Path, title: &str, rows: &[Row]) -> anyhow::Result<()> {
         svg,
         r#"<text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#,
         escape(title)
+    );
+    let _ = writeln!(
+        svg,
+        r##"<text x="10" y="40" fill="#555">each figure divided by its target (log scale); bars right of the line meet it</text>"##
     );
     for (score, label) in [
         (0.01, "1/100"),
@@ -235,7 +242,7 @@ pub fn write_svg(path: &Path, title: &str, rows: &[Row]) -> anyhow::Result<()> {
             r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
             LABEL - 8.0,
             y + 18.0,
-            escape(&row.what)
+            escape(&row.what.replace('`', ""))
         );
         let note = match (row.outcome, row.value) {
             (Outcome::NotBuilt, _) | (_, None) => format!("not built (target {})", target.text),

@@ -2,13 +2,16 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::server::ServeProcess;
+
 pub struct Settings {
     /// CONSENTD_BENCH_SMOKE=1: about a second per phase and tiny counts,
     /// to prove in CI that the bench runs; its figures mean nothing.
     pub smoke: bool,
     /// CONSENTD_BENCH_SECONDS: the measured time of each phase (10).
     pub measure: Duration,
-    /// Before each closed-loop phase: connections, pools and caches fill.
+    /// CONSENTD_BENCH_WARMUP_MS: before each closed-loop phase, unmeasured,
+    /// while connections, pools and caches fill (1000; 200 in a smoke).
     pub warm_up: Duration,
     /// CONSENTD_BENCH_SUBJECTS: registered subjects the checks ask about
     /// (20,000), half of them with a refusal.
@@ -26,8 +29,9 @@ pub struct Settings {
     /// when unset.
     phases: Option<Vec<String>>,
     /// CONSENTD_BENCH_HOOK: a shell command run before and after each phase
-    /// that loads the server, with BENCH_EVENT (`start`/`end`), BENCH_PHASE
-    /// and BENCH_SERVER_PID set; for profilers (`callgrind_control`).
+    /// that loads the server, with BENCH_EVENT (`start`/`end`), BENCH_PHASE,
+    /// BENCH_SERVER_PID and BENCH_ADMIN_ADDR set; for profilers
+    /// (`callgrind_control`) and for reading the server's /metrics.
     pub hook: Option<String>,
     /// Where the JSON and SVG go: CONSENTD_BENCH_OUT, else target/bench.
     pub out_dir: PathBuf,
@@ -80,7 +84,7 @@ impl Settings {
         Ok(Self {
             smoke,
             measure: Duration::from_secs(seconds),
-            warm_up: Duration::from_millis(if smoke { 200 } else { 1000 }),
+            warm_up: Duration::from_millis(number("CONSENTD_BENCH_WARMUP_MS", 1000, 200)?),
             subjects: number("CONSENTD_BENCH_SUBJECTS", 20_000, 200)?.max(2),
             memory_subjects: number("CONSENTD_BENCH_MEMORY_SUBJECTS", 1_000_000, 1_000)?.max(1),
             import_rows: number("CONSENTD_BENCH_IMPORT_ROWS", 1_000_000, 2_000)?.max(1) as usize,
@@ -103,7 +107,7 @@ impl Settings {
     }
 
     /// Runs the hook, if any, around a phase.
-    pub fn hook(&self, event: &str, phase: &str, server_pid: u32) -> anyhow::Result<()> {
+    pub fn hook(&self, event: &str, phase: &str, server: &ServeProcess) -> anyhow::Result<()> {
         let Some(hook) = &self.hook else {
             return Ok(());
         };
@@ -111,7 +115,8 @@ impl Settings {
             .args(["-c", hook])
             .env("BENCH_EVENT", event)
             .env("BENCH_PHASE", phase)
-            .env("BENCH_SERVER_PID", server_pid.to_string())
+            .env("BENCH_SERVER_PID", server.pid().to_string())
+            .env("BENCH_ADMIN_ADDR", &server.admin_addr)
             .status()?;
         anyhow::ensure!(
             status.success(),
