@@ -352,6 +352,10 @@ async fn run(
                     thousands(after as f64 / 1024.0),
                     thousands(n as f64)
                 );
+                if after <= before {
+                    row.note =
+                        "RSS did not grow: the server keeps no per-subject state in memory".into();
+                }
                 rows.push(row.judged(
                     per_subject,
                     format!("{per_subject:.1} B/subject"),

@@ -30,7 +30,8 @@ pub struct Settings {
     phases: Option<Vec<String>>,
     /// CONSENTD_BENCH_HOOK: a shell command run before and after each phase
     /// that loads the server, with BENCH_EVENT (`start`/`end`), BENCH_PHASE,
-    /// BENCH_SERVER_PID and BENCH_ADMIN_ADDR set; for profilers
+    /// BENCH_SERVER_PID, BENCH_ADMIN_ADDR and BENCH_CLIENT_PID (this
+    /// process) set; for profilers
     /// (`callgrind_control`) and for reading the server's /metrics.
     pub hook: Option<String>,
     /// Where the JSON and SVG go: CONSENTD_BENCH_OUT, else target/bench.
@@ -117,6 +118,7 @@ impl Settings {
             .env("BENCH_PHASE", phase)
             .env("BENCH_SERVER_PID", server.pid().to_string())
             .env("BENCH_ADMIN_ADDR", &server.admin_addr)
+            .env("BENCH_CLIENT_PID", std::process::id().to_string())
             .status()?;
         anyhow::ensure!(
             status.success(),
