@@ -20,9 +20,9 @@ use crate::{
     error::{Error, Result},
     policy::Decision,
     service::{
-        CheckQuery, ConsentService, MAX_BATCH,
-        preferences::Preferences,
-        unsubscribe::{LinkRequest, MAX_CAMPAIGN_CHARS, Unsubscribes},
+        BATCH_ITEMS, CheckQuery, ConsentService, WATCH_PURPOSES,
+        preferences::{self, Preferences},
+        unsubscribe::{self, LinkRequest, MAX_CAMPAIGN_CHARS, Unsubscribes},
     },
     telemetry::SubjectRefs,
 };
@@ -300,6 +300,9 @@ impl Rpc for ConsentGrpc {
 impl ConsentGrpc {
     fn parse_watch(&self, r: pb::WatchChangesRequest) -> Result<(i64, Vec<PurposeCode>)> {
         let mut v = Violations::new();
+        if !WATCH_PURPOSES.check(&mut v, r.purposes.len()) {
+            return done(v, None);
+        }
         let purposes: Vec<(usize, PurposeCode)> = (r.purposes.into_iter().enumerate())
             .filter_map(|(i, p)| {
                 Some((i, v.check(format!("purposes[{i}]"), PurposeCode::parse(p))?))
@@ -315,23 +318,19 @@ impl ConsentGrpc {
         let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
         let field = optional(&mut v, "field", r.field, FieldName::parse);
         let campaign = v.check("campaign", campaign(r.campaign));
-        let subject_ids: Vec<_> = (r.subject_ids.iter().enumerate())
-            .filter_map(|(i, id)| {
-                v.check(format!("subject_ids[{i}]"), SubjectId::parse(id.clone()))
-            })
-            .collect();
+        let subject_ids = subject_ids(&mut v, unsubscribe::LINK_SUBJECTS.max, r.subject_ids);
         self.unsubscribes.check_links(
             &mut v,
             purpose.as_ref(),
             field.as_ref().and_then(Option::as_ref),
-            r.subject_ids.len(),
+            subject_ids.sent,
         );
         let parsed = (|| {
             Some(LinkRequest {
                 purpose: purpose?,
                 field: field?,
                 campaign: campaign?,
-                subject_ids,
+                subject_ids: subject_ids.parsed?,
             })
         })();
         done(v, parsed)
@@ -343,14 +342,11 @@ impl ConsentGrpc {
     ) -> Result<(Vec<SubjectId>, Option<String>)> {
         let mut v = Violations::new();
         let campaign = v.check("campaign", campaign(r.campaign));
-        let subject_ids: Vec<_> = (r.subject_ids.iter().enumerate())
-            .filter_map(|(i, id)| {
-                v.check(format!("subject_ids[{i}]"), SubjectId::parse(id.clone()))
-            })
-            .collect();
-        self.preferences.check_links(&mut v, r.subject_ids.len());
+        let subject_ids = subject_ids(&mut v, preferences::LINK_SUBJECTS.max, r.subject_ids);
+        self.preferences.check_links(&mut v, subject_ids.sent);
         let campaign = campaign.map(|c| Some(c).filter(|c| !c.is_empty()));
-        done(v, campaign.map(|c| (subject_ids, c)))
+        let parsed = (|| Some((subject_ids.parsed?, campaign?)))();
+        done(v, parsed)
     }
 
     fn parse_record(&self, request: Request<pb::RecordConsentRequest>) -> Result<NewConsentRecord> {
@@ -389,14 +385,11 @@ impl ConsentGrpc {
         done(v, parsed)
     }
 
-    /// A batch of at most [`MAX_BATCH`] checks and their correlation ids.
+    /// A batch of 1 to [`BATCH_ITEMS`]`.max` checks and their correlation ids.
     fn parse_batch(&self, r: pb::BatchCheckRequest) -> Result<(Vec<CheckQuery>, Vec<String>)> {
         let items = r.items;
-        if items.is_empty() || items.len() > MAX_BATCH {
-            return Err(Error::invalid(
-                "items",
-                format!("must hold 1 to {MAX_BATCH} items (got {})", items.len()),
-            ));
+        if let Some(violation) = BATCH_ITEMS.violation(items.len()) {
+            return Err(Error::InvalidArgument(vec![violation]));
         }
         let mut v = Violations::new();
         let mut queries = Vec::with_capacity(items.len());
@@ -505,6 +498,28 @@ fn parse_history(r: pb::ListConsentHistoryRequest) -> Result<(SubjectId, i64, us
     };
     let parsed = (|| Some((subject_id?, after?, page_size?)))();
     done(v, parsed)
+}
+
+/// The subject ids of a link request, and how many the caller sent. Past
+/// `max` none is parsed: the count alone is the one violation.
+struct SubjectIds {
+    sent: usize,
+    /// `None` when some id did not parse, or there were too many.
+    parsed: Option<Vec<SubjectId>>,
+}
+
+fn subject_ids(v: &mut Violations, max: usize, raw: Vec<String>) -> SubjectIds {
+    let sent = raw.len();
+    if sent > max {
+        return SubjectIds { sent, parsed: None };
+    }
+    let parsed = (raw.into_iter().enumerate())
+        .map(|(i, id)| v.check(format!("subject_ids[{i}]"), SubjectId::parse(id)))
+        .collect::<Vec<_>>();
+    SubjectIds {
+        sent,
+        parsed: parsed.into_iter().collect(),
+    }
 }
 
 /// A campaign name: optional, short, printable. It travels inside tokens
