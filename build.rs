@@ -31,9 +31,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
 
+    // Type names let the codec know which message it decodes, so that it
+    // can count a request's list in the raw bytes first (grpc::codec).
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(descriptors)?;
+        .codec_path("crate::grpc::codec::ListCheckingCodec")
+        .compile_fds_with_config(descriptors, config)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! violation), call `service`, and turn the result into a response.
 
 mod auth;
+mod codec;
 mod concern;
 mod consent;
 mod convert;
@@ -10,6 +11,7 @@ mod disclosure;
 mod enums;
 mod export;
 mod health;
+mod lists;
 mod observe;
 mod page;
 mod rights;
@@ -21,6 +23,7 @@ pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
 pub use export::export_json;
 pub use health::health_server;
+pub use lists::{check_lists, request_cap};
 pub use rights::SubjectRightsGrpc;
 
 /// The generated `consent.v1` types and service traits. Generated code is
