@@ -12,6 +12,7 @@ mod enums;
 mod export;
 mod health;
 mod lists;
+mod message_size;
 mod observe;
 mod page;
 mod rights;
@@ -24,6 +25,7 @@ pub use disclosure::DisclosureGrpc;
 pub use export::export_json;
 pub use health::health_server;
 pub use lists::{check_lists, request_cap};
+pub use message_size::SizeCapped;
 pub use rights::SubjectRightsGrpc;
 
 /// The generated `consent.v1` types and service traits. Generated code is

@@ -87,6 +87,7 @@ impl From<Error> for Status {
                 );
                 Status::with_error_details(Code::PermissionDenied, message, details)
             }
+            Error::MessageTooLarge { .. } => Status::resource_exhausted(error.to_string()),
             Error::RequestIdReused => Status::already_exists(
                 "request_id was already used for a different request; use a new request_id",
             ),
