@@ -138,6 +138,11 @@ pub const LISTS: &[RequestList] = &[
     },
 ];
 
+/// Every method whose request carries a list, as the callers file names it.
+pub fn list_rpcs() -> impl Iterator<Item = &'static str> {
+    LISTS.iter().map(|list| list.rpc)
+}
+
 /// The list `message` (a consent.v1 message name) carries, if any.
 pub fn list_of(message: &str) -> Option<&'static RequestList> {
     LISTS.iter().find(|list| list.message == message)

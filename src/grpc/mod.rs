@@ -24,7 +24,7 @@ pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
 pub use export::export_json;
 pub use health::health_server;
-pub use lists::{check_lists, request_cap};
+pub use lists::{check_lists, list_rpcs, request_cap};
 pub use message_size::SizeCapped;
 pub use rights::SubjectRightsGrpc;
 
