@@ -20,6 +20,28 @@ const UNAVAILABLE: &str = "the database is unavailable; retry later";
 /// before it needs the next, and an answer stays small whatever was sent.
 pub const MAX_VIOLATIONS: usize = 100;
 
+/// The most bytes of field names and descriptions one answer lists, before
+/// [`MAX_VIOLATIONS`] if the descriptions are long. The details travel in
+/// a header, base64 adds a third, and HTTP/2 clients refuse header blocks
+/// over 16 KiB: past that a caller would get a broken stream, not an
+/// answer.
+const MAX_VIOLATION_BYTES: usize = 6 * 1024;
+
+/// How many of `violations` an answer lists: the first ones, within both
+/// caps, and always the first.
+fn listed(violations: &[crate::domain::FieldViolation]) -> usize {
+    let mut bytes = 0;
+    let within = violations
+        .iter()
+        .take(MAX_VIOLATIONS)
+        .take_while(|v| {
+            bytes += v.field.len() + v.description.len();
+            bytes <= MAX_VIOLATION_BYTES
+        })
+        .count();
+    within.max(1).min(violations.len())
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         error.log();
@@ -27,7 +49,7 @@ impl From<Error> for Status {
         match error {
             Error::InvalidArgument(mut violations) => {
                 let total = violations.len();
-                violations.truncate(MAX_VIOLATIONS);
+                violations.truncate(listed(&violations));
                 let more = total - violations.len();
                 let mut message = error_message(&violations);
                 let mut details = ErrorDetails::with_bad_request(
@@ -43,7 +65,7 @@ impl From<Error> for Status {
                         "consentd",
                         HashMap::from([
                             ("violations".to_string(), total.to_string()),
-                            ("listed".to_string(), MAX_VIOLATIONS.to_string()),
+                            ("listed".to_string(), (total - more).to_string()),
                         ]),
                     );
                 }
@@ -125,6 +147,29 @@ mod tests {
         assert_eq!(details.bad_request().unwrap().field_violations.len(), 100);
         assert!(details.error_info().is_none());
         assert!(!status.message().contains("more"), "{}", status.message());
+    }
+
+    #[test]
+    fn long_descriptions_are_listed_only_as_far_as_the_byte_cap() {
+        let long = "d".repeat(1000);
+        let violations = (0..20)
+            .map(|i| Violation::new(format!("items[{i}].purpose"), long.clone()))
+            .collect();
+        let status = Status::from(Error::InvalidArgument(violations));
+        let details = status.get_error_details();
+        assert_eq!(details.bad_request().unwrap().field_violations.len(), 6);
+        assert_eq!(details.error_info().unwrap().metadata["listed"], "6");
+        assert!(status.message().ends_with("and 14 more"));
+        // One violation is always listed, however long.
+        let one = vec![Violation::new("value", "d".repeat(10_000))];
+        let status = Status::from(Error::InvalidArgument(one));
+        let listed = status
+            .get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .len();
+        assert_eq!(listed, 1);
     }
 
     #[test]

@@ -423,3 +423,37 @@ async fn max_message_bytes_caps_every_method() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(app.counts().await, before);
 }
+
+/// Violations quote what was wrong and list what the policy knows: even
+/// the longest of them, as many as an answer lists, arrive as an answer
+/// and not as a broken stream (gRPC details travel in a header, and HTTP/2
+/// clients cap headers at 16 KiB).
+#[tokio::test]
+async fn the_longest_violations_still_arrive_as_invalid_argument() {
+    let app = spawn_app().await;
+    let worst = pb::BatchCheckItem {
+        correlation_id: "\u{1F600}".repeat(129),
+        subject_id: "\u{1F600}".repeat(129),
+        purpose: "p".repeat(64),
+        field: "f".repeat(64),
+    };
+    let status = app
+        .client
+        .clone()
+        .batch_check(pb::BatchCheckRequest {
+            items: vec![worst; 1000],
+        })
+        .await
+        .unwrap_err();
+    let listed = violated_fields(&status).len();
+    let info = status.get_error_details().error_info().cloned().unwrap();
+    let total: usize = info.metadata["violations"].parse().unwrap();
+    assert!(listed >= 10 && listed < total, "{listed} of {total}");
+    assert!(
+        status
+            .message()
+            .ends_with(&format!("and {} more", total - listed)),
+        "{}",
+        status.message()
+    );
+}
