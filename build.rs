@@ -31,11 +31,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
 
+    // Type names let the codec know which message it decodes, so that it
+    // can count a request's list in the raw bytes first (grpc::codec).
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
-        // Undecodable requests answer INVALID_ARGUMENT (src/grpc/codec.rs).
+        // Lists are counted before decoding, and undecodable requests answer
+        // INVALID_ARGUMENT (src/grpc/codec.rs).
         .codec_path("crate::grpc::codec::Codec")
         .build_client(true)
         .build_server(true)
-        .compile_fds(descriptors)?;
+        .compile_fds_with_config(descriptors, config)?;
     Ok(())
 }

@@ -47,6 +47,12 @@ pub enum Error {
         rpc: String,
     },
 
+    /// RESOURCE_EXHAUSTED, as gRPC answers any message over the receiver's
+    /// limit: the request message is `length` bytes (at least), and its
+    /// method takes at most `cap`. Nothing was decoded.
+    #[error("request message larger than max ({length} vs. {cap} bytes)")]
+    MessageTooLarge { length: usize, cap: usize },
+
     /// ALREADY_EXISTS: the `request_id` was first used for a different
     /// request. Retrying cannot help; the caller must pick a new id.
     #[error("request_id was already used for a different request")]
@@ -129,6 +135,7 @@ impl Error {
             | Error::PermissionDenied(_)
             | Error::Unauthenticated(_)
             | Error::Refused { .. }
+            | Error::MessageTooLarge { .. }
             | Error::RequestIdReused => {}
         }
     }

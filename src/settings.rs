@@ -363,6 +363,13 @@ pub struct ServeArgs {
     /// CreatePreferenceLinks) stays valid.
     #[arg(long, env = "CONSENTD_PREFERENCE_LINK_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=366))]
     pub preference_link_days: u32,
+
+    /// The largest gRPC message, in bytes, received or sent. A request over
+    /// it is refused with RESOURCE_EXHAUSTED before it is buffered; methods
+    /// that carry a list take at most the largest request their list's
+    /// limit allows, which is less.
+    #[arg(long, env = "CONSENTD_MAX_MESSAGE_BYTES", default_value_t = 4_194_304, value_parser = clap::value_parser!(u64).range(1024..=268_435_456))]
+    pub max_message_bytes: u64,
 }
 
 impl ServeArgs {
@@ -388,6 +395,10 @@ impl ServeArgs {
             statement_timeout: Some(Duration::from_millis(self.db_statement_timeout_ms)),
             ..self.database.connection_settings()
         }
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX)
     }
 
     /// Every serve setting as the server will use it, by flag, as text
@@ -459,6 +470,10 @@ impl ServeArgs {
             (
                 "--preference-link-days",
                 Some(self.preference_link_days.to_string()),
+            ),
+            (
+                "--max-message-bytes",
+                Some(self.max_message_bytes.to_string()),
             ),
             ("--log-format", log_format),
         ]

@@ -20,8 +20,8 @@ use tonic_health::ServingStatus;
 
 use crate::{
     grpc::{
-        self, Authenticator, ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc,
-        health_server, pb,
+        self, Authenticator, ConcernGrpc, ConsentGrpc, DisclosureGrpc, SizeCapped,
+        SubjectRightsGrpc, health_server, pb,
     },
     http::{self, HttpState, PreferencePages},
     keys::{KeyFile as _, SubjectKey},
@@ -71,6 +71,8 @@ pub struct Application {
     /// Who may call and what each may do; `None` serves everyone as
     /// anonymous (loopback only, unless told otherwise).
     callers: Option<Arc<Callers>>,
+    /// The largest gRPC message received or sent (`--max-message-bytes`).
+    max_message_bytes: usize,
 }
 
 impl Application {
@@ -169,6 +171,7 @@ impl Application {
             checkpointer,
             tls,
             callers,
+            max_message_bytes: args.max_message_bytes(),
         })
     }
 
@@ -219,6 +222,7 @@ impl Application {
             checkpointer,
             tls,
             callers,
+            max_message_bytes,
         } = self;
         let auth = Authenticator::new(callers);
         let subject_refs = SubjectRefs::new(subject_key.clone());
@@ -239,12 +243,16 @@ impl Application {
         );
         let health_follower = tokio::spawn(follow_readiness(health.clone(), readiness.subscribe()));
         // Its Watch streams end at `stop`, or they would hold the drain open.
-        let health_service = health_server(health.clone(), stop.clone());
+        let health_service = health_server(health.clone(), stop.clone())
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .context("cannot build the reflection service")?;
+            .context("cannot build the reflection service")?
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
         // Any caller may discover the API; probes, which carry no
         // credentials, get health only.
         let reflection = InterceptedService::new(reflection, auth.clone());
@@ -287,13 +295,29 @@ impl Application {
         )
         .into_server();
 
+        // Each request is held to its method's size cap as it arrives (a
+        // list-carrying method's is smaller); tonic's own cap, one per
+        // service, stays as the backstop and caps what is sent.
+        macro_rules! served {
+            ($server:expr) => {
+                SizeCapped::new(
+                    InterceptedService::new(
+                        $server
+                            .max_decoding_message_size(max_message_bytes)
+                            .max_encoding_message_size(max_message_bytes),
+                        auth.clone(),
+                    ),
+                    max_message_bytes,
+                )
+            };
+        }
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(InterceptedService::new(consent, auth.clone()))
-            .add_service(InterceptedService::new(concerns, auth.clone()))
-            .add_service(InterceptedService::new(disclosure, auth.clone()))
-            .add_service(InterceptedService::new(rights, auth));
+            .add_service(served!(consent))
+            .add_service(served!(concerns))
+            .add_service(served!(disclosure))
+            .add_service(served!(rights));
         let grpc: BoxedServer<tonic::transport::Error> = match &tls {
             Some(tls) => {
                 let acceptor = tls.clone();

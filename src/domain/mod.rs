@@ -39,6 +39,7 @@ mod caller;
 mod concern;
 mod disclosure;
 mod ids;
+mod list;
 mod reason;
 mod record;
 mod state;
@@ -56,6 +57,7 @@ pub use ids::{
     Actor, Evidence, FieldName, Justification, NoticeVersion, PersonalValue, PurposeCode,
     RecipientId, Reference, RequestId, SubjectId,
 };
+pub use list::ListLimit;
 pub use reason::Reason;
 pub use record::{
     Channel, Choice, ConsentRecord, NewConsentRecord, Subject, SubjectKind, SubjectRegistration,

@@ -1,17 +1,21 @@
-//! The codec every consent.v1 service and client uses: prost's, except that
-//! a request that is not valid protobuf is the caller's mistake, answered
-//! INVALID_ARGUMENT with a `BadRequest`, not INTERNAL (tonic-prost's choice,
-//! which would page an operator for a client's garbage).
+//! The codec every consent.v1 service and client uses: prost's, with two
+//! changes on the way in. A request's lists are counted in the raw bytes
+//! before prost decodes anything ([`super::lists`]), so an over-long list
+//! costs no allocation per item. And a request that is not valid protobuf is
+//! the caller's mistake, answered INVALID_ARGUMENT with a `BadRequest`, not
+//! INTERNAL (tonic-prost's choice, which would page an operator for a
+//! client's garbage).
 
 use std::marker::PhantomData;
 
-use prost::Message;
+use prost::{Message, Name, bytes::Buf as _};
 use tonic::{
     Status,
     codec::{BufferSettings, DecodeBuf, Decoder},
 };
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
+use super::lists;
 use crate::error::Error;
 
 /// The violation of a message that does not decode. It names no field: a
@@ -19,6 +23,14 @@ use crate::error::Error;
 /// stopped (never the bytes it read).
 pub fn undecodable(error: prost::DecodeError) -> Error {
     Error::invalid("", format!("is not a valid protobuf message: {error}"))
+}
+
+/// Decodes one whole request as the served methods do: lists first, then
+/// prost, with [`undecodable`] for its errors. Shared by the codec and by
+/// request validation without a server (`grpc::validate`).
+pub fn decode_request<U: Message + Name + Default>(bytes: &[u8]) -> Result<U, Error> {
+    lists::check_lists(U::NAME, bytes)?;
+    U::decode(bytes).map_err(undecodable)
 }
 
 /// Named in build.rs (`codec_path`): the generated code calls `default()`.
@@ -34,7 +46,7 @@ impl<T, U> Default for Codec<T, U> {
 impl<T, U> tonic::codec::Codec for Codec<T, U>
 where
     T: Message + Send + 'static,
-    U: Message + Default + Send + 'static,
+    U: Message + Name + Default + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
@@ -50,18 +62,21 @@ where
     }
 }
 
-/// prost's decoder with [`undecodable`] for its errors.
+/// prost's decoder, after the list check, with [`undecodable`] for its
+/// errors.
 #[derive(Debug)]
 pub struct RequestDecoder<U>(ProstDecoder<U>);
 
-impl<U: Message + Default> Decoder for RequestDecoder<U> {
+impl<U: Message + Name + Default> Decoder for RequestDecoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(buf)
-            .map(Some)
-            .map_err(|e| Status::from(undecodable(e)))
+        // tonic hands over one message, whole, in one contiguous buffer.
+        debug_assert_eq!(buf.chunk().len(), buf.remaining());
+        let message = decode_request(buf.chunk()).map_err(Status::from)?;
+        buf.advance(buf.remaining());
+        Ok(Some(message))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

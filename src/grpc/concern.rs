@@ -13,8 +13,8 @@ use super::{
 };
 use crate::{
     domain::{
-        Actor, ConcernCategory, ConcernOutcome, ConcernStatus, NewConcern, RequestId, Resolution,
-        SubjectId, Text, Violations,
+        Actor, ConcernCategory, ConcernOutcome, ConcernStatus, ListLimit, NewConcern, RequestId,
+        Resolution, SubjectId, Text, Violations,
     },
     error::Error,
     service::concern::{ConcernService, ConcernView},
@@ -24,7 +24,13 @@ use crate::{
 const SERVICE: &str = "consent.v1.ConcernService";
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
-const MAX_LINKS: usize = 50;
+/// FileConcern's `links`.
+pub(super) const CONCERN_LINKS: ListLimit = ListLimit {
+    field: "links",
+    noun: "links",
+    min: 0,
+    max: 50,
+};
 
 /// Serves `consent.v1.ConcernService`.
 #[derive(Clone)]
@@ -148,18 +154,13 @@ pub(super) fn parse_file(request: Request<pb::FileConcernRequest>) -> Result<New
     let contact = v.check("contact", Text::parse(r.contact, MAX_CONTACT_CHARS));
     let category = enums::required::<ConcernCategory>(&mut v, "category", r.category);
     let description = v.check("description", Text::parse(r.description, MAX_TEXT_CHARS));
-    if r.links.len() > MAX_LINKS {
-        v.push(
-            "links",
-            format!("at most {MAX_LINKS} links (got {})", r.links.len()),
-        );
-    }
-    let links: Vec<Uuid> = r
-        .links
-        .iter()
-        .enumerate()
-        .filter_map(|(i, link)| v.check(format!("links[{i}]"), uuid(link)))
-        .collect();
+    let links: Vec<Uuid> = if CONCERN_LINKS.check(&mut v, r.links.len()) {
+        (r.links.iter().enumerate())
+            .filter_map(|(i, link)| v.check(format!("links[{i}]"), uuid(link)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
     let parsed = (|| {
         Some(NewConcern {

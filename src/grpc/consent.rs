@@ -20,7 +20,7 @@ use crate::{
     error::{Error, Result},
     policy::{Decision, Policy},
     service::{
-        CheckQuery, ConsentService, MAX_BATCH,
+        BATCH_ITEMS, CheckQuery, ConsentService, WATCH_PURPOSES,
         preferences::{self, Preferences},
         unsubscribe::{self, LinkRequest, MAX_CAMPAIGN_CHARS, Unsubscribes},
     },
@@ -357,6 +357,28 @@ pub(super) fn parse_history(r: pb::ListConsentHistoryRequest) -> Result<(Subject
     done(v, parsed)
 }
 
+/// The subject ids of a link request, and how many the caller sent. Past
+/// `max` none is parsed: the count alone is the one violation.
+struct SubjectIds {
+    sent: usize,
+    /// `None` when some id did not parse, or there were too many.
+    parsed: Option<Vec<SubjectId>>,
+}
+
+fn subject_ids(v: &mut Violations, max: usize, raw: Vec<String>) -> SubjectIds {
+    let sent = raw.len();
+    if sent > max {
+        return SubjectIds { sent, parsed: None };
+    }
+    let parsed = (raw.into_iter().enumerate())
+        .map(|(i, id)| v.check(format!("subject_ids[{i}]"), SubjectId::parse(id)))
+        .collect::<Vec<_>>();
+    SubjectIds {
+        sent,
+        parsed: parsed.into_iter().collect(),
+    }
+}
+
 /// A campaign name: optional, short, printable. It travels inside tokens
 /// and into evidence, so it is held to the evidence rules and a length cap.
 fn campaign(raw: String) -> Result<String, String> {
@@ -379,6 +401,9 @@ pub(super) fn parse_watch(
     r: pb::WatchChangesRequest,
 ) -> Result<(i64, Vec<PurposeCode>)> {
     let mut v = Violations::new();
+    if !WATCH_PURPOSES.check(&mut v, r.purposes.len()) {
+        return done(v, None);
+    }
     let purposes: Vec<(usize, PurposeCode)> = (r.purposes.into_iter().enumerate())
         .filter_map(|(i, p)| Some((i, v.check(format!("purposes[{i}]"), PurposeCode::parse(p))?)))
         .collect();
@@ -395,21 +420,19 @@ pub(super) fn parse_links(
     let purpose = v.check("purpose", PurposeCode::parse(r.purpose));
     let field = optional(&mut v, "field", r.field, FieldName::parse);
     let campaign = v.check("campaign", campaign(r.campaign));
-    let subject_ids: Vec<_> = (r.subject_ids.iter().enumerate())
-        .filter_map(|(i, id)| v.check(format!("subject_ids[{i}]"), SubjectId::parse(id.clone())))
-        .collect();
+    let subject_ids = subject_ids(&mut v, unsubscribe::LINK_SUBJECTS.max, r.subject_ids);
     policy.check_unsubscribe_parts(
         &mut v,
         purpose.as_ref(),
         field.as_ref().and_then(Option::as_ref),
     );
-    unsubscribe::check_link_count(&mut v, r.subject_ids.len());
+    unsubscribe::check_link_count(&mut v, subject_ids.sent);
     let parsed = (|| {
         Some(LinkRequest {
             purpose: purpose?,
             field: field?,
             campaign: campaign?,
-            subject_ids,
+            subject_ids: subject_ids.parsed?,
         })
     })();
     done(v, parsed)
@@ -420,12 +443,11 @@ pub(super) fn parse_preference_links(
 ) -> Result<(Vec<SubjectId>, Option<String>)> {
     let mut v = Violations::new();
     let campaign = v.check("campaign", campaign(r.campaign));
-    let subject_ids: Vec<_> = (r.subject_ids.iter().enumerate())
-        .filter_map(|(i, id)| v.check(format!("subject_ids[{i}]"), SubjectId::parse(id.clone())))
-        .collect();
-    preferences::check_link_count(&mut v, r.subject_ids.len());
+    let subject_ids = subject_ids(&mut v, preferences::LINK_SUBJECTS.max, r.subject_ids);
+    preferences::check_link_count(&mut v, subject_ids.sent);
     let campaign = campaign.map(|c| Some(c).filter(|c| !c.is_empty()));
-    done(v, campaign.map(|c| (subject_ids, c)))
+    let parsed = (|| Some((subject_ids.parsed?, campaign?)))();
+    done(v, parsed)
 }
 
 pub(super) fn parse_record(
@@ -467,17 +489,14 @@ pub(super) fn parse_record(
     done(v, parsed)
 }
 
-/// A batch of at most [`MAX_BATCH`] checks and their correlation ids.
+/// A batch of 1 to [`BATCH_ITEMS`]`.max` checks and their correlation ids.
 pub(super) fn parse_batch(
     policy: &Policy,
     r: pb::BatchCheckRequest,
 ) -> Result<(Vec<CheckQuery>, Vec<String>)> {
     let items = r.items;
-    if items.is_empty() || items.len() > MAX_BATCH {
-        return Err(Error::invalid(
-            "items",
-            format!("must hold 1 to {MAX_BATCH} items (got {})", items.len()),
-        ));
+    if let Some(violation) = BATCH_ITEMS.violation(items.len()) {
+        return Err(Error::InvalidArgument(vec![violation]));
     }
     let mut v = Violations::new();
     let mut queries = Vec::with_capacity(items.len());

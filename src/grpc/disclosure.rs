@@ -15,12 +15,16 @@ use super::{
 };
 use crate::{
     domain::{
-        self, Actor, Channel, FieldName, Justification, LegalBasis, NewPersonalData, NoticeVersion,
-        PersonalValue, PurposeCode, RecipientId, Reference, RequestId, SubjectId, Violations,
+        self, Actor, Channel, FieldName, Justification, LegalBasis, ListLimit, NewPersonalData,
+        NoticeVersion, PersonalValue, PurposeCode, RecipientId, Reference, RequestId, SubjectId,
+        Violations,
     },
     error::Error,
     policy::{DisclosureParts, DisclosureRequest, Ground, Policy, Reason, Recipient},
-    service::{DisclosureAnswer, DisclosureService, disclosure::MAX_DISCLOSURE_PAGE},
+    service::{
+        DisclosureAnswer, DisclosureService,
+        disclosure::{COLLECTED_FOR, DISCLOSED_FIELDS, MAX_DISCLOSURE_PAGE},
+    },
     telemetry::SubjectRefs,
 };
 
@@ -240,7 +244,7 @@ pub(super) fn parse_put(
     let field = v.check("field", FieldName::parse(r.field));
     // The description says what is wrong, never what the value was.
     let value = v.check("value", PersonalValue::parse(r.value));
-    let collected_for = each(&mut v, "collected_for", r.collected_for, PurposeCode::parse);
+    let collected_for = each(&mut v, &COLLECTED_FOR, r.collected_for, PurposeCode::parse);
     let channel = enums::required::<Channel>(&mut v, "channel", r.channel);
     let notice_version = v.check("notice_version", NoticeVersion::parse(r.notice_version));
     let request_id = optional(&mut v, "request_id", r.request_id, RequestId::parse);
@@ -289,7 +293,7 @@ pub(super) fn parse_request(
     let r = request.into_inner();
     let subject_id = v.check("subject_id", SubjectId::parse(r.subject_id));
     let recipient = v.check("recipient_id", RecipientId::parse(r.recipient_id));
-    let fields = each(&mut v, "fields", r.fields, FieldName::parse);
+    let fields = each(&mut v, &DISCLOSED_FIELDS, r.fields, FieldName::parse);
     let legal_basis = enums::optional::<LegalBasis>(&mut v, "legal_basis", r.legal_basis);
     let ground = match (legal_basis, r.purpose.is_empty()) {
         (None, _) => None,
@@ -351,16 +355,21 @@ pub(super) fn parse_request(
 }
 
 /// Parses each element of a repeated field, keeping each one's place so
-/// that a later check can name the caller's index.
+/// that a later check can name the caller's index. Past the limit nothing
+/// is parsed and the list stands as one `None`: the length is the one
+/// violation, and the request cannot pass.
 fn each<T>(
     v: &mut Violations,
-    name: &str,
+    limit: &ListLimit,
     raw: Vec<String>,
     parse: impl Fn(String) -> Result<T, String>,
 ) -> Vec<Option<T>> {
+    if !limit.check(v, raw.len()) {
+        return vec![None];
+    }
     raw.into_iter()
         .enumerate()
-        .map(|(i, item)| v.check(format!("{name}[{i}]"), parse(item)))
+        .map(|(i, item)| v.check(format!("{}[{i}]", limit.field), parse(item)))
         .collect()
 }
 

@@ -11,6 +11,8 @@ mod disclosure;
 mod enums;
 mod export;
 mod health;
+mod lists;
+mod message_size;
 mod observe;
 mod page;
 mod rights;
@@ -23,6 +25,8 @@ pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
 pub use export::export_json;
 pub use health::health_server;
+pub use lists::{check_lists, list_rpcs, request_cap};
+pub use message_size::SizeCapped;
 pub use rights::SubjectRightsGrpc;
 pub use validate::validate;
 

@@ -7,7 +7,7 @@
 use prost::Message;
 use tonic::{Request, metadata::MetadataMap};
 
-use super::{codec::undecodable, concern, consent, disclosure, pb, rights};
+use super::{codec::decode_request, concern, consent, disclosure, pb, rights};
 use crate::{error::Error, policy::Policy};
 
 /// Validates an encoded request to `method` (`consent.v1.ConsentService/Check`)
@@ -75,11 +75,11 @@ pub fn validate(
 
 /// Decodes `M` as the codec does and hands it, with its metadata, to the
 /// handler's parser.
-fn run<M: Message + Default, T>(
+fn run<M: Message + prost::Name + Default, T>(
     (metadata, message): (MetadataMap, &[u8]),
     parse: impl FnOnce(Request<M>) -> Result<T, Error>,
 ) -> Result<(), Error> {
-    let mut request = Request::new(M::decode(message).map_err(undecodable)?);
+    let mut request = Request::new(decode_request::<M>(message)?);
     *request.metadata_mut() = metadata;
     parse(request).map(drop)
 }

@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{
-        Actor, ConsentRecord, FieldName, NewConsentRecord, PurposeCode, StoredChoice, Subject,
-        SubjectId, SubjectRegistration, SubjectState, Violations,
+        Actor, ConsentRecord, FieldName, ListLimit, NewConsentRecord, PurposeCode, StoredChoice,
+        Subject, SubjectId, SubjectRegistration, SubjectState, Violations,
     },
     error::{Error, Result},
     policy::{Decision, Policy, decide_with_data},
@@ -18,6 +18,21 @@ use crate::{
 
 /// The most items one BatchCheck may carry.
 pub const MAX_BATCH: usize = 1000;
+/// BatchCheck's `items`.
+pub const BATCH_ITEMS: ListLimit = ListLimit {
+    field: "items",
+    noun: "items",
+    min: 1,
+    max: MAX_BATCH,
+};
+/// WatchChanges' `purposes`: more than a policy plausibly declares; an
+/// empty list follows them all anyway.
+pub const WATCH_PURPOSES: ListLimit = ListLimit {
+    field: "purposes",
+    noun: "purposes",
+    min: 0,
+    max: 100,
+};
 /// The largest history page.
 pub const MAX_PAGE_SIZE: usize = 1000;
 

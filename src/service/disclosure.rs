@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        Actor, Disclosure, DisclosureStatus, FieldName, LegalBasis, NewPersonalData, PersonalValue,
-        PurposeCode, RecipientId, ReleasedField, RequestId, SubjectId, Withheld,
+        Actor, Disclosure, DisclosureStatus, FieldName, LegalBasis, ListLimit, NewPersonalData,
+        PersonalValue, PurposeCode, RecipientId, ReleasedField, RequestId, SubjectId, Withheld,
     },
     error::{Error, Result},
     policy::{
@@ -23,6 +23,22 @@ use crate::{
 
 /// The largest page of disclosures.
 pub const MAX_DISCLOSURE_PAGE: usize = 1000;
+/// PutPersonalData's `collected_for`: no purpose may be listed twice, so
+/// more than a policy plausibly declares is never needed.
+pub const COLLECTED_FOR: ListLimit = ListLimit {
+    field: "collected_for",
+    noun: "purposes",
+    min: 0,
+    max: 100,
+};
+/// RequestDisclosure's `fields`: no field may be asked for twice, so more
+/// than a policy plausibly declares is never needed.
+pub const DISCLOSED_FIELDS: ListLimit = ListLimit {
+    field: "fields",
+    noun: "fields",
+    min: 0,
+    max: 100,
+};
 
 /// What a disclosure request or approval answers.
 #[derive(Debug, Clone)]

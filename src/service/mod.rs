@@ -15,5 +15,8 @@ pub mod readiness;
 pub mod unsubscribe;
 pub mod vault;
 
-pub use consent::{CheckQuery, ConsentOverview, ConsentService, MAX_BATCH, MAX_PAGE_SIZE};
+pub use consent::{
+    BATCH_ITEMS, CheckQuery, ConsentOverview, ConsentService, MAX_BATCH, MAX_PAGE_SIZE,
+    WATCH_PURPOSES,
+};
 pub use disclosure::{DisclosureAnswer, DisclosureService};

@@ -11,8 +11,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 pub use self::token::{Claims, Use};
 use crate::{
     domain::{
-        Actor, Channel, Choice, ConcernCategory, ConsentRecord, Evidence, FieldName, NewConcern,
-        NewConsentRecord, NoticeVersion, PurposeCode, RecipientId, SubjectId, Text, Violations,
+        Actor, Channel, Choice, ConcernCategory, ConsentRecord, Evidence, FieldName, ListLimit,
+        NewConcern, NewConsentRecord, NoticeVersion, PurposeCode, RecipientId, SubjectId, Text,
+        Violations,
     },
     error::{Error, Result},
     policy::{
@@ -31,6 +32,13 @@ use crate::{
 pub const DOWNLOAD_MINUTES: i64 = 15;
 /// The most subjects per CreatePreferenceLinks call.
 pub const MAX_LINKS: usize = 1000;
+/// CreatePreferenceLinks' `subject_ids`.
+pub const LINK_SUBJECTS: ListLimit = ListLimit {
+    field: "subject_ids",
+    noun: "subject ids",
+    min: 1,
+    max: MAX_LINKS,
+};
 /// Who the page's records and concerns name as their actor.
 const ACTOR: &str = "preference-page";
 
@@ -472,10 +480,5 @@ impl Preferences {
 
 /// Notes a subject count out of range; the ids are checked on creation.
 pub fn check_link_count(violations: &mut Violations, subjects: usize) {
-    if subjects == 0 || subjects > MAX_LINKS {
-        violations.push(
-            "subject_ids",
-            format!("must hold 1 to {MAX_LINKS} subject ids (got {subjects})"),
-        );
-    }
+    LINK_SUBJECTS.check(violations, subjects);
 }

@@ -11,8 +11,8 @@ pub use token::{MAX_CAMPAIGN_CHARS, TokenError, UnsubscribeClaims, UnsubscribeKe
 
 use crate::{
     domain::{
-        Actor, Channel, Choice, Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode,
-        SubjectId, Violations,
+        Actor, Channel, Choice, Evidence, FieldName, ListLimit, NewConsentRecord, NoticeVersion,
+        PurposeCode, SubjectId, Violations,
     },
     error::{Error, Result},
     policy::{Policy, Purpose},
@@ -68,6 +68,13 @@ pub enum LinkError {
 
 /// The most subjects per CreateUnsubscribeLinks call.
 pub const MAX_LINKS: usize = 1000;
+/// CreateUnsubscribeLinks' `subject_ids`.
+pub const LINK_SUBJECTS: ListLimit = ListLimit {
+    field: "subject_ids",
+    noun: "subject ids",
+    min: 1,
+    max: MAX_LINKS,
+};
 
 impl Unsubscribes {
     pub fn new(
@@ -202,12 +209,7 @@ fn sign_link(
 
 /// Notes a subject count out of range; the ids are checked on creation.
 pub fn check_link_count(violations: &mut Violations, subjects: usize) {
-    if subjects == 0 || subjects > MAX_LINKS {
-        violations.push(
-            "subject_ids",
-            format!("must hold 1 to {MAX_LINKS} subject ids (got {subjects})"),
-        );
-    }
+    LINK_SUBJECTS.check(violations, subjects);
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ fn sample(flag: &str) -> Option<String> {
         "--callers" => "/run/secrets/callers.toml",
         "--insecure-no-auth" => "true",
         "--preference-link-days" => "45",
+        "--max-message-bytes" => "1048576",
         _ => return None,
     };
     Some(value.to_string())

@@ -300,6 +300,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         insecure_no_auth: false,
         preference_link_days: 30,
         db_statement_timeout_ms: 5000,
+        max_message_bytes: 4_194_304,
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());

@@ -24,6 +24,7 @@ mod erasure;
 mod error_paths;
 mod feed;
 mod helpers;
+mod hostile_input;
 mod import;
 mod ledger;
 mod metrics;
