@@ -234,8 +234,11 @@ async fn a_subscriber_far_behind_catches_up_and_joins_the_live_feed_exactly_once
     for s in 0..4 {
         app.register(&format!("C-{s}")).await;
     }
-    // Many pages of history behind the reader's head.
-    insert_many(&app, 3000).await;
+    // Many pages of history behind the reader's head: once a fresh stream
+    // gets the last of them, the reader has passed them all.
+    let last = insert_many(&app, 3000).await;
+    let mut probe = watch(&mut app.client.clone(), last - 1).await.unwrap();
+    assert_eq!(next_sequence(&mut probe).await, last);
     // Writers keep going while the subscriber catches up and joins.
     let writers: Vec<_> = (0..80)
         .map(|i| {
