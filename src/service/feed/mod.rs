@@ -37,8 +37,10 @@ pub const RING: usize = 8192;
 /// Subscribers that may read the history from the database at once; the
 /// rest wait their turn, so a crowd that reconnects cannot take the pool.
 pub const MAX_CATCHING_UP: usize = 4;
-/// Events one catch-up read fetches.
-const PAGE: i64 = 256;
+/// Events one catch-up read fetches. A subscription holds at most one page
+/// it has not yielded yet, so this bounds what a stalled subscriber that is
+/// still catching up keeps in memory.
+const PAGE: i64 = 128;
 
 /// The server's one reader of the change feed, and its subscribers'
 /// meeting point. Cheap to clone.
