@@ -372,7 +372,7 @@ async fn follow(channel: Channel, counts: Arc<Counts>, deadline: Instant) {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, stream.next()).await {
                 Ok(Some(Ok(change))) => {
-                    cursor = change.record.map_or(cursor, |r| r.sequence);
+                    cursor = change.sequence().unwrap_or(cursor);
                     counts.streamed.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Some(Err(e))) => {

@@ -58,6 +58,20 @@ pub enum Error {
     #[error("request_id was already used for a different request")]
     RequestIdReused,
 
+    /// RESOURCE_EXHAUSTED with `google.rpc.ErrorInfo` reason
+    /// `TOO_MANY_WATCH_STREAMS`: the server already serves as many change
+    /// streams as `--max-watch-streams` allows. A retry later can succeed.
+    #[error("too many change streams are open (at most {limit})")]
+    TooManyStreams { limit: usize },
+
+    /// RESOURCE_EXHAUSTED with `google.rpc.ErrorInfo` reason `FEED_LAGGED`
+    /// and metadata `cursor`: a change stream fell so far behind that the
+    /// server would have to buffer without bound. Everything up to `cursor`
+    /// was sent (or filtered out); a new stream with `after = cursor`
+    /// resumes without loss.
+    #[error("the change stream fell too far behind; resume after {cursor}")]
+    FeedLagged { cursor: i64 },
+
     /// UNAVAILABLE: the database pool gave no connection in time, or could
     /// not open one.
     #[error("no database connection available")]
@@ -133,6 +147,8 @@ impl Error {
             | Error::NotFound { .. }
             | Error::FailedPrecondition { .. }
             | Error::PermissionDenied(_)
+            | Error::TooManyStreams { .. }
+            | Error::FeedLagged { .. }
             | Error::Unauthenticated(_)
             | Error::Refused { .. }
             | Error::MessageTooLarge { .. }

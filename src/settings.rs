@@ -304,10 +304,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CONSENTD_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
     pub shutdown_timeout_seconds: u64,
 
-    /// How often a change stream re-reads the history when no NOTIFY woke
-    /// it: a safety net for a lost notification, not the normal path.
+    /// How often the change feed's reader re-reads the history when no
+    /// NOTIFY woke it: a safety net for a lost notification, not the normal
+    /// path.
     #[arg(long, env = "CONSENTD_FEED_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub feed_poll_interval_ms: u64,
+
+    /// The most WatchChanges streams served at once; one more is refused
+    /// with RESOURCE_EXHAUSTED. All of them share one database reader.
+    #[arg(long, env = "CONSENTD_MAX_WATCH_STREAMS", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_watch_streams: usize,
 
     /// Where the server keeps its own files: every key no key file is given
     /// for and the checkpoint signing key, created there (mode 0600) on first start and reused after.
@@ -449,6 +455,10 @@ impl ServeArgs {
             (
                 "--feed-poll-interval-ms",
                 Some(self.feed_poll_interval_ms.to_string()),
+            ),
+            (
+                "--max-watch-streams",
+                Some(self.max_watch_streams.to_string()),
             ),
             ("--state-dir", path(&self.state_dir)),
             (

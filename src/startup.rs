@@ -31,6 +31,7 @@ use crate::{
         concern::ConcernService,
         erasure::{Eraser, ErasureRefs},
         export::Exporter,
+        feed::FeedHub,
         ledger::Checkpointer,
         preferences::Preferences,
         readiness::{PROBE_INTERVAL, Readiness, Ready},
@@ -53,8 +54,10 @@ pub struct Application {
     policy: Arc<Policy>,
     drain: Duration,
     shutdown_timeout: Duration,
-    /// How often change streams re-read without a NOTIFY.
+    /// How often the change feed's reader re-reads without a NOTIFY.
     feed_poll_interval: Duration,
+    /// The most WatchChanges streams open at once.
+    max_watch_streams: usize,
     unsubscribe_keys: Arc<UnsubscribeKeys>,
     /// Derives trace refs and erasure hashes, each under its own tag.
     subject_key: SubjectKey,
@@ -163,6 +166,7 @@ impl Application {
             drain: args.drain(),
             shutdown_timeout: args.shutdown_timeout(),
             feed_poll_interval: args.feed_poll_interval(),
+            max_watch_streams: args.max_watch_streams,
             unsubscribe_keys: Arc::new(unsubscribe_keys),
             subject_key,
             data_keys: Arc::new(data_keys),
@@ -214,6 +218,7 @@ impl Application {
             drain,
             shutdown_timeout,
             feed_poll_interval,
+            max_watch_streams,
             unsubscribe_keys,
             subject_key,
             data_keys,
@@ -257,6 +262,7 @@ impl Application {
         // credentials, get health only.
         let reflection = InterceptedService::new(reflection, auth.clone());
         let wake = store.spawn_change_listener(stop.clone());
+        let feed = FeedHub::start(store.clone(), wake, feed_poll_interval, stop.clone());
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
         let exporter = Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines());
         let preferences = Preferences::new(
@@ -287,8 +293,7 @@ impl Application {
         )
         .into_server();
         let consent = ConsentGrpc::new(
-            ConsentService::new(store.clone(), policy, wake, stop.clone(), erasure_refs)
-                .with_feed_poll_interval(feed_poll_interval),
+            ConsentService::new(store.clone(), policy, feed, max_watch_streams, erasure_refs),
             unsubscribes.clone(),
             preferences,
             subject_refs,

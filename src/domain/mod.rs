@@ -38,6 +38,7 @@ pub(crate) use stored_enum;
 mod caller;
 mod concern;
 mod disclosure;
+mod feed;
 mod ids;
 mod list;
 mod reason;
@@ -53,6 +54,7 @@ pub use disclosure::{
     Disclosure, DisclosureStatus, FieldData, LegalBasis, NewPersonalData, ReleasedField,
     SealedValue, Withheld,
 };
+pub use feed::{ErasureEvent, FeedEvent};
 pub use ids::{
     Actor, Evidence, FieldName, Justification, NoticeVersion, PersonalValue, PurposeCode,
     RecipientId, Reference, RequestId, SubjectId,

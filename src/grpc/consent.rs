@@ -77,16 +77,10 @@ impl Rpc for ConsentGrpc {
             let permit = Permit::of(&r)?;
             let (after, purposes) = parse_watch(self.service.policy(), r.into_inner())?;
             let purposes = permit.watchable(purposes)?;
-            let records = self.service.watch_changes(after, purposes)?;
-            let stream = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::ReceiverStream::new(records),
-                |item| {
-                    item.map(|record| pb::WatchChangesResponse {
-                        record: Some(convert::record_to_pb(record)),
-                    })
-                    .map_err(Status::from)
-                },
-            );
+            let events = self.service.watch_changes(after, purposes)?;
+            let stream = tokio_stream::StreamExt::map(events, |item| {
+                item.map(convert::feed_event_to_pb).map_err(Status::from)
+            });
             Ok(Response::new(Box::pin(stream) as WatchStream))
         })
         .await

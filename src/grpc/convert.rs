@@ -104,6 +104,22 @@ pub fn record_to_pb(record: domain::ConsentRecord) -> pb::ConsentRecord {
     }
 }
 
+pub fn feed_event_to_pb(event: domain::FeedEvent) -> pb::WatchChangesResponse {
+    use pb::watch_changes_response::Change;
+    let change = match event {
+        domain::FeedEvent::Record(record) => Change::Record(record_to_pb(record)),
+        domain::FeedEvent::Erasure(erasure) => Change::Erasure(pb::SubjectErased {
+            sequence: erasure.sequence,
+            pseudonym: erasure.pseudonym.to_string(),
+            erased_at: timestamp(erasure.erased_at),
+            record_sequences: erasure.records.into_iter().map(|(s, _)| s).collect(),
+        }),
+    };
+    pb::WatchChangesResponse {
+        change: Some(change),
+    }
+}
+
 pub fn choice_state_to_pb(c: domain::StoredChoice) -> pb::ConsentChoice {
     pb::ConsentChoice {
         purpose: c.purpose.to_string(),

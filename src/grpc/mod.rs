@@ -41,6 +41,25 @@ pub mod pb {
         tonic::include_file_descriptor_set!("consent_descriptor");
 }
 
+impl pb::WatchChangesResponse {
+    /// The change's position in the feed: the cursor to resume from.
+    pub fn sequence(&self) -> Option<i64> {
+        use pb::watch_changes_response::Change;
+        match self.change.as_ref()? {
+            Change::Record(record) => Some(record.sequence),
+            Change::Erasure(erasure) => Some(erasure.sequence),
+        }
+    }
+
+    /// The consent record it carries, when it carries one.
+    pub fn into_record(self) -> Option<pb::ConsentRecord> {
+        match self.change? {
+            pb::watch_changes_response::Change::Record(record) => Some(record),
+            pb::watch_changes_response::Change::Erasure(_) => None,
+        }
+    }
+}
+
 /// Every method the consent.v1 services serve, as the callers file names
 /// them (`consent.v1.ConsentService/Check`), read from the descriptors so
 /// that a new RPC is known to the callers check without a list to update.

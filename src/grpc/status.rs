@@ -113,6 +113,24 @@ impl From<Error> for Status {
             Error::RequestIdReused => Status::already_exists(
                 "request_id was already used for a different request; use a new request_id",
             ),
+            Error::TooManyStreams { limit } => Status::with_error_details(
+                Code::ResourceExhausted,
+                error.to_string(),
+                ErrorDetails::with_error_info(
+                    "TOO_MANY_WATCH_STREAMS",
+                    "consentd",
+                    HashMap::from([("limit".to_string(), limit.to_string())]),
+                ),
+            ),
+            Error::FeedLagged { cursor } => Status::with_error_details(
+                Code::ResourceExhausted,
+                error.to_string(),
+                ErrorDetails::with_error_info(
+                    "FEED_LAGGED",
+                    "consentd",
+                    HashMap::from([("cursor".to_string(), cursor.to_string())]),
+                ),
+            ),
             Error::Pool(_) => Status::unavailable(UNAVAILABLE),
             Error::Database(_) | Error::Internal(_) if unavailable => {
                 Status::unavailable(UNAVAILABLE)

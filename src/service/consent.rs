@@ -1,18 +1,21 @@
 //! Recording choices and answering checks.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc};
 
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Semaphore;
+use tokio_stream::{Stream, StreamExt as _};
 
 use crate::{
     domain::{
-        Actor, ConsentRecord, FieldName, ListLimit, NewConsentRecord, PurposeCode, StoredChoice,
-        Subject, SubjectId, SubjectRegistration, SubjectState, Violations,
+        Actor, ConsentRecord, FeedEvent, FieldName, ListLimit, NewConsentRecord, PurposeCode,
+        StoredChoice, Subject, SubjectId, SubjectRegistration, SubjectState, Violations,
     },
     error::{Error, Result},
     policy::{Decision, Policy, decide_with_data},
-    service::{erasure::ErasureRefs, feed},
+    service::{
+        erasure::ErasureRefs,
+        feed::{self, FeedHub},
+    },
     store::{HistoryPage, Store},
 };
 
@@ -57,63 +60,62 @@ pub struct ConsentOverview {
 pub struct ConsentService {
     store: Store,
     policy: Arc<Policy>,
-    /// Bumped when records commit (LISTEN/NOTIFY); wakes change streams.
-    wake: watch::Receiver<u64>,
-    /// Cancelled at shutdown, so change streams end and the server can stop.
-    stop: CancellationToken,
+    /// The server's one reader of the change feed.
+    feed: FeedHub,
+    /// One permit per open change stream (`--max-watch-streams`).
+    watch_streams: Arc<Semaphore>,
+    max_watch_streams: usize,
     /// Keyed hashes for the erasure suppression list.
     refs: ErasureRefs,
-    /// How often change streams re-read without a wake-up.
-    feed_poll: Duration,
 }
 
 impl ConsentService {
     pub fn new(
         store: Store,
         policy: Arc<Policy>,
-        wake: watch::Receiver<u64>,
-        stop: CancellationToken,
+        feed: FeedHub,
+        max_watch_streams: usize,
         refs: ErasureRefs,
     ) -> Self {
         Self {
             store,
             policy,
-            wake,
-            stop,
+            feed,
+            watch_streams: Arc::new(Semaphore::new(max_watch_streams)),
+            max_watch_streams,
             refs,
-            feed_poll: Duration::from_secs(1),
         }
     }
 
-    /// Sets how often change streams re-read without a wake-up.
-    pub fn with_feed_poll_interval(mut self, interval: Duration) -> Self {
-        self.feed_poll = interval;
-        self
-    }
-
-    /// Follows the history after `after`; see [`feed::follow`].
+    /// Follows the feed after `after`, as a caller limited to `purposes`
+    /// (empty: all) sees it; see [`feed::as_seen_by`]. Refused with
+    /// RESOURCE_EXHAUSTED when `--max-watch-streams` streams are open.
     pub fn watch_changes(
         &self,
         after: i64,
         purposes: Vec<PurposeCode>,
-    ) -> Result<mpsc::Receiver<Result<ConsentRecord>>> {
+    ) -> Result<impl Stream<Item = Result<FeedEvent>> + Send + 'static> {
         let mut violations = Violations::new();
         self.policy
             .check_watch(&mut violations, after, purposes.iter().enumerate());
         if !violations.is_empty() {
             return Err(violations.into());
         }
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(feed::follow(
-            self.store.clone(),
-            self.wake.clone(),
-            self.feed_poll,
-            after,
-            purposes.into_iter().collect(),
-            tx,
-            self.stop.clone(),
-        ));
-        Ok(rx)
+        let permit = (self.watch_streams.clone().try_acquire_owned()).map_err(|_| {
+            Error::TooManyStreams {
+                limit: self.max_watch_streams,
+            }
+        })?;
+        let purposes: HashSet<PurposeCode> = purposes.into_iter().collect();
+        let events = self.feed.subscribe(after).into_stream();
+        Ok(events.filter_map(move |item| {
+            // The stream holds its permit until it ends.
+            let _open = &permit;
+            match item {
+                Ok(event) => feed::as_seen_by(&event, &purposes).map(Ok),
+                Err(e) => Some(Err(e)),
+            }
+        }))
     }
 
     pub fn policy(&self) -> &Policy {

@@ -60,6 +60,18 @@ impl Store {
         // else, while this setting is on (see V5).
         tx.batch_execute("SET LOCAL consentd.erasure = 'on'")
             .await?;
+        // The feed's event, naming this life's records (read before the
+        // rename below, so a re-registered person's earlier ones are not
+        // named again). The lock above gave this transaction its id before
+        // the sequence is drawn, as the feed's gap rules need.
+        tx.execute(
+            "INSERT INTO erasure_events (pseudonym, record_sequences, record_purposes)
+             SELECT $2, coalesce(array_agg(sequence ORDER BY sequence), '{}'),
+                        coalesce(array_agg(purpose ORDER BY sequence), '{}')
+               FROM consent_records WHERE subject_id = $1",
+            &[&subject_id.as_str(), &pseudonym.as_str()],
+        )
+        .await?;
         tx.execute(
             "DELETE FROM personal_data WHERE subject_id = $1",
             &[&subject_id.as_str()],
@@ -83,6 +95,7 @@ impl Store {
                 &[&hash, &pseudonym.as_str(), &actor.as_str()],
             )
             .await?;
+        tx.batch_execute(super::feed::NOTIFY).await?;
         tx.commit().await?;
         Ok(Erased {
             pseudonym: pseudonym.clone(),

@@ -1,5 +1,5 @@
-//! Reading the consent history in sequence order for WatchChanges, and the
-//! LISTEN connection that wakes the streams when new records commit.
+//! Reading the change feed (consent records and erasure events) in sequence
+//! order, and the LISTEN connection that wakes the feed when changes commit.
 
 use std::time::Duration;
 
@@ -10,26 +10,43 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Store,
-    rows::{RECORD_COLUMNS, record_from_row},
+    rows::{RECORD_COLUMNS, record_from_row, stored},
 };
-use crate::{domain::ConsentRecord, error::Result};
+use crate::{
+    domain::{ErasureEvent, FeedEvent, PurposeCode, SubjectId},
+    error::Result,
+};
 
 /// The channel writers notify; see the V2 migration.
 pub(crate) const NOTIFY: &str = "NOTIFY consent_changes";
 
-/// Records after a cursor, read in one snapshot, with the transactions that
+/// Events after a cursor, read in one snapshot, with the transactions that
 /// were still in flight in that snapshot.
 #[derive(Debug)]
 pub struct FeedRead {
-    /// Visible records with `sequence > after`, ascending.
-    pub records: Vec<ConsentRecord>,
+    /// Visible events with `sequence > after`, ascending.
+    pub events: Vec<FeedEvent>,
     /// Ids of the transactions in progress when the snapshot was taken. Any
-    /// of them may yet commit a record whose sequence falls in a gap.
+    /// of them may yet commit an event whose sequence falls in a gap.
     pub in_progress: Vec<String>,
 }
 
+/// The transactions in flight in the current snapshot, fixing the snapshot
+/// when it is the first statement of a transaction. Transaction ids are
+/// cluster-wide, so the snapshot also lists other databases' transactions,
+/// which can never fill a gap here: a long one elsewhere on the same server
+/// must not stall this feed. Only those known to be elsewhere are left out;
+/// one whose database is not visible to this role is kept, which can only
+/// delay.
+const IN_PROGRESS: &str = "SELECT array(
+   SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+    WHERE x::xid NOT IN (
+      SELECT backend_xid FROM pg_stat_activity
+       WHERE backend_xid IS NOT NULL
+         AND datname IS DISTINCT FROM current_database()))";
+
 impl Store {
-    /// Up to `limit` records after sequence `after`, and the snapshot's
+    /// Up to `limit` events after sequence `after`, and the snapshot's
     /// in-flight transactions, both from one REPEATABLE READ snapshot.
     #[tracing::instrument(name = "store.read_feed", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "read_feed", limit))]
     pub async fn read_feed(&self, after: i64, limit: i64) -> Result<FeedRead> {
@@ -41,38 +58,53 @@ impl Store {
             .start()
             .await?;
         // The first statement fixes the snapshot for the whole transaction.
-        // Transaction ids are cluster-wide, so the snapshot also lists other
-        // databases' transactions, which can never fill a gap here: a long
-        // one elsewhere on the same server must not stall this feed. Only
-        // those known to be elsewhere are left out; one whose database is
-        // not visible to this role is kept, which can only delay.
-        let in_progress: Vec<String> = tx
+        let in_progress: Vec<String> = tx.query_one(IN_PROGRESS, &[]).await?.get(0);
+        let events = events_between(&*tx, after, i64::MAX, limit).await?;
+        tx.commit().await?;
+        Ok(FeedRead {
+            events,
+            in_progress,
+        })
+    }
+
+    /// Up to `limit` events with `after < sequence <= upto`, for a range the
+    /// feed has already settled (no transaction can add to it any more), so
+    /// no snapshot bookkeeping is needed.
+    #[tracing::instrument(name = "store.read_settled_feed", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "read_settled_feed", limit))]
+    pub async fn read_settled_feed(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<FeedEvent>> {
+        let client = self.pool.get().await?;
+        events_between(&**client, after, upto, limit).await
+    }
+
+    /// The highest visible sequence and the transactions in flight, from one
+    /// snapshot: once those have finished, every sequence up to it is
+    /// settled, so a feed may start there.
+    #[tracing::instrument(name = "store.feed_head", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "feed_head"))]
+    pub async fn feed_head(&self) -> Result<(i64, Vec<String>)> {
+        let mut client = self.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let in_progress: Vec<String> = tx.query_one(IN_PROGRESS, &[]).await?.get(0);
+        let head: i64 = tx
             .query_one(
-                "SELECT array(
-                   SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-                    WHERE x::xid NOT IN (
-                      SELECT backend_xid FROM pg_stat_activity
-                       WHERE backend_xid IS NOT NULL
-                         AND datname IS DISTINCT FROM current_database()))",
+                "SELECT greatest(
+                   (SELECT coalesce(max(sequence), 0) FROM consent_records),
+                   (SELECT coalesce(max(sequence), 0) FROM erasure_events))",
                 &[],
             )
             .await?
             .get(0);
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT {RECORD_COLUMNS} FROM consent_records
-                      WHERE sequence > $1 ORDER BY sequence LIMIT $2"
-                ),
-                &[&after, &limit],
-            )
-            .await?;
         tx.commit().await?;
-        let records = rows.iter().map(record_from_row).collect::<Result<_>>()?;
-        Ok(FeedRead {
-            records,
-            in_progress,
-        })
+        Ok((head, in_progress))
     }
 
     /// Whether every one of these transactions has committed or rolled back.
@@ -112,6 +144,66 @@ impl Store {
         });
         rx
     }
+}
+
+/// Up to `limit` events with `after < sequence <= upto`, ascending. The two
+/// tables share one sequence; the first `limit` of their union are among the
+/// first `limit` of each.
+async fn events_between(
+    client: &impl tokio_postgres::GenericClient,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<FeedEvent>> {
+    let records = client
+        .query(
+            &format!(
+                "SELECT {RECORD_COLUMNS} FROM consent_records
+                  WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence LIMIT $3"
+            ),
+            &[&after, &upto, &limit],
+        )
+        .await?;
+    let erasures = client
+        .query(
+            "SELECT sequence, pseudonym, erased_at, record_sequences, record_purposes
+               FROM erasure_events
+              WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence LIMIT $3",
+            &[&after, &upto, &limit],
+        )
+        .await?;
+    let mut events = records
+        .iter()
+        .map(|row| record_from_row(row).map(FeedEvent::Record))
+        .chain(
+            erasures
+                .iter()
+                .map(|row| erasure_from_row(row).map(FeedEvent::Erasure)),
+        )
+        .collect::<Result<Vec<_>>>()?;
+    events.sort_unstable_by_key(FeedEvent::sequence);
+    events.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(events)
+}
+
+fn erasure_from_row(row: &tokio_postgres::Row) -> Result<ErasureEvent> {
+    let sequences: Vec<i64> = row.get("record_sequences");
+    let purposes: Vec<String> = row.get("record_purposes");
+    Ok(ErasureEvent {
+        sequence: row.get("sequence"),
+        pseudonym: stored(
+            SubjectId::parse(row.get::<_, String>("pseudonym")),
+            "pseudonym",
+        )?,
+        erased_at: row.get("erased_at"),
+        records: sequences
+            .into_iter()
+            .zip(purposes)
+            .map(|(sequence, purpose)| {
+                Ok((sequence, stored(PurposeCode::parse(purpose), "purpose")?))
+            })
+            .collect::<Result<_>>()?,
+    })
 }
 
 async fn listen(

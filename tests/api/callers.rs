@@ -334,7 +334,7 @@ async fn a_watch_sends_the_caller_only_records_of_its_purposes() {
         .expect("the mailer's own purpose arrives")
         .unwrap()
         .unwrap()
-        .record
+        .into_record()
         .unwrap();
     assert_eq!(first.purpose, "promotional_mail");
     assert_eq!(first.actor, "crm");

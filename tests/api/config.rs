@@ -35,6 +35,7 @@ fn sample(flag: &str) -> Option<String> {
         "--data-keys-file" => "/run/secrets/data.keys",
         "--shutdown-timeout-seconds" => "12",
         "--feed-poll-interval-ms" => "250",
+        "--max-watch-streams" => "500",
         "--log-format" => "json",
         "--state-dir" => "/srv/consentd/state",
         "--allow-unsafe-durability" => "true",

@@ -111,7 +111,7 @@ async fn subscribe(
                 () = cut.notified() => break,
                 item = stream.next() => match item {
                     Some(Ok(change)) => {
-                        let record = change.record.expect("a record");
+                        let record = change.into_record().expect("a record");
                         cursor = record.sequence;
                         watched.lock().unwrap().record_ids.push(record.record_id);
                     }

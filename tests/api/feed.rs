@@ -39,7 +39,7 @@ async fn next(
         .expect("a change within the time limit")
         .expect("the stream is open")
         .expect("no error")
-        .record
+        .into_record()
         .expect("a record")
 }
 

@@ -285,6 +285,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         drain_seconds: 0,
         shutdown_timeout_seconds: 10,
         feed_poll_interval_ms: 1000,
+        max_watch_streams: 10_000,
         public_url: None,
         unsubscribe_keys_file: Some(test_keys_file()),
         subject_ref_key_file: None,

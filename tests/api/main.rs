@@ -23,6 +23,8 @@ mod disclosure_holes;
 mod erasure;
 mod error_paths;
 mod feed;
+mod feed_erasure;
+mod feed_scale;
 mod helpers;
 mod hostile_input;
 mod import;

@@ -98,7 +98,7 @@ async fn one_click_refuses_at_once_and_a_second_click_adds_nothing() {
         .unwrap()
         .unwrap()
         .unwrap()
-        .record
+        .into_record()
         .unwrap();
     assert_eq!(record.record_id, answer.record_id);
     assert_eq!(record.choice(), Choice::Refuse);
