@@ -5,6 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+mod limits;
+
+pub use limits::LimitArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "consentd",
@@ -330,6 +334,9 @@ pub struct ServeArgs {
     /// CreatePreferenceLinks) stays valid.
     #[arg(long, env = "CONSENTD_PREFERENCE_LINK_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=366))]
     pub preference_link_days: u32,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 impl ServeArgs {
@@ -363,7 +370,7 @@ impl ServeArgs {
         let log_format = log_format
             .to_possible_value()
             .map(|value| value.get_name().to_string());
-        vec![
+        let mut settings = vec![
             ("--database-url", db.database_url.clone()),
             ("--local-server-url", Some(db.local_server_url.clone())),
             ("--pg-data-dir", path(&db.pg_data_dir)),
@@ -408,7 +415,9 @@ impl ServeArgs {
                 Some(self.preference_link_days.to_string()),
             ),
             ("--log-format", log_format),
-        ]
+        ];
+        settings.extend(self.limits.settings());
+        settings
     }
 
     /// `--state-dir`, or its default.
