@@ -52,6 +52,21 @@ pub enum Error {
     #[error("request_id was already used for a different request")]
     RequestIdReused,
 
+    /// RESOURCE_EXHAUSTED: the server is serving as many calls as it may
+    /// (`--max-concurrent-calls`); this one was shed, not queued.
+    #[error("too many calls in flight")]
+    Overloaded,
+
+    /// RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`: the caller is over
+    /// its rate (`--rate-limit-per-caller`); it may retry after the delay.
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: std::time::Duration },
+
+    /// DEADLINE_EXCEEDED: the call's deadline (the client's, or
+    /// `--default-deadline-ms`) passed; its database query was cancelled.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+
     /// UNAVAILABLE: the database pool gave no connection in time, or could
     /// not open one.
     #[error("no database connection available")]
@@ -120,7 +135,11 @@ impl Error {
             | Error::PermissionDenied(_)
             | Error::Unauthenticated(_)
             | Error::Refused { .. }
-            | Error::RequestIdReused => {}
+            | Error::RequestIdReused
+            | Error::RateLimited { .. }
+            | Error::DeadlineExceeded => {}
+            // Once per shed call would flood the log just when it is busiest.
+            Error::Overloaded => tracing::debug!("call shed: too many in flight"),
         }
     }
 }

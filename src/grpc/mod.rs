@@ -10,6 +10,7 @@ mod disclosure;
 mod enums;
 mod export;
 mod health;
+mod limits;
 mod observe;
 mod page;
 mod rights;
@@ -21,6 +22,7 @@ pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
 pub use export::export_json;
 pub use health::health_server;
+pub use limits::LimitLayer;
 pub use rights::SubjectRightsGrpc;
 
 /// The generated `consent.v1` types and service traits. Generated code is

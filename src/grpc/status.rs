@@ -70,6 +70,18 @@ impl From<Error> for Status {
             Error::RequestIdReused => Status::already_exists(
                 "request_id was already used for a different request; use a new request_id",
             ),
+            Error::Overloaded => Status::resource_exhausted(
+                "the server is serving as many calls as it may; retry later",
+            ),
+            Error::RateLimited { retry_after } => Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "this caller is over its rate limit; retry in {} ms",
+                    retry_after.as_millis().max(1)
+                ),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            Error::DeadlineExceeded => Status::deadline_exceeded("the call's deadline passed"),
             Error::Pool(_) => Status::unavailable(UNAVAILABLE),
             Error::Database(_) if unavailable => Status::unavailable(UNAVAILABLE),
             Error::Database(_) | Error::Internal(_) => Status::internal("internal error"),
