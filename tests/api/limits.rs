@@ -243,7 +243,10 @@ async fn a_call_past_the_clients_deadline_is_deadline_exceeded_and_its_query_is_
         "the call's INSERT waits on the lock"
     );
 
-    let (code, message) = call.await.unwrap();
+    let (code, message) = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
     assert_eq!(Code::from_i32(code), Code::DeadlineExceeded, "{message}");
     // Still holding the lock: only a cancel can have ended the wait.
     assert!(
@@ -263,7 +266,10 @@ async fn a_call_past_the_clients_deadline_is_deadline_exceeded_and_its_query_is_
 async fn a_call_without_a_deadline_gets_the_servers_default() {
     let app = spawn_app_with(|args| args.limits.default_deadline_ms = 1000).await;
     let holder = lock_subjects(&app).await;
-    let (code, message) = raw_h2::unary(app.grpc_addr, REGISTER, &registration("C-1"), &[]).await;
+    let call = raw_h2::unary(app.grpc_addr, REGISTER, &registration("C-1"), &[]);
+    let (code, message) = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("answered within 10 s");
     assert_eq!(Code::from_i32(code), Code::DeadlineExceeded, "{message}");
     assert!(until_waiting(&app, 0).await, "its query was cancelled");
     holder.batch_execute("COMMIT").await.unwrap();

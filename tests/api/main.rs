@@ -24,6 +24,7 @@ mod erasure;
 mod error_paths;
 mod feed;
 mod helpers;
+mod http_limits;
 mod import;
 mod ledger;
 mod limits;
