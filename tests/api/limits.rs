@@ -266,7 +266,8 @@ async fn a_call_past_the_clients_deadline_is_deadline_exceeded_and_its_query_is_
 async fn a_call_without_a_deadline_gets_the_servers_default() {
     let app = spawn_app_with(|args| args.limits.default_deadline_ms = 1000).await;
     let holder = lock_subjects(&app).await;
-    let call = raw_h2::unary(app.grpc_addr, REGISTER, &registration("C-1"), &[]);
+    let request = registration("C-1");
+    let call = raw_h2::unary(app.grpc_addr, REGISTER, &request, &[]);
     let (code, message) = tokio::time::timeout(Duration::from_secs(10), call)
         .await
         .expect("answered within 10 s");

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use prost::{Message as _, bytes::Bytes};
+use prost::bytes::Bytes;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
