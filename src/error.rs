@@ -72,6 +72,21 @@ pub enum Error {
     #[error("the change stream fell too far behind; resume after {cursor}")]
     FeedLagged { cursor: i64 },
 
+    /// RESOURCE_EXHAUSTED: the server is serving as many calls as it may
+    /// (`--max-concurrent-calls`); this one was shed, not queued.
+    #[error("too many calls in flight")]
+    Overloaded,
+
+    /// RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`: the caller is over
+    /// its rate (`--rate-limit-per-caller`); it may retry after the delay.
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: std::time::Duration },
+
+    /// DEADLINE_EXCEEDED: the call's deadline (the client's, or
+    /// `--default-deadline-ms`) passed; its database query was cancelled.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+
     /// UNAVAILABLE: the database pool gave no connection in time, or could
     /// not open one.
     #[error("no database connection available")]
@@ -152,7 +167,11 @@ impl Error {
             | Error::Unauthenticated(_)
             | Error::Refused { .. }
             | Error::MessageTooLarge { .. }
-            | Error::RequestIdReused => {}
+            | Error::RequestIdReused
+            | Error::RateLimited { .. }
+            | Error::DeadlineExceeded => {}
+            // Once per shed call would flood the log just when it is busiest.
+            Error::Overloaded => tracing::debug!("call shed: too many in flight"),
         }
     }
 }

@@ -7,6 +7,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::store::ConnectionSettings;
 
+mod limits;
+
+pub use limits::LimitArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "consentd",
@@ -376,6 +380,9 @@ pub struct ServeArgs {
     /// limit allows, which is less.
     #[arg(long, env = "CONSENTD_MAX_MESSAGE_BYTES", default_value_t = 4_194_304, value_parser = clap::value_parser!(u64).range(1024..=268_435_456))]
     pub max_message_bytes: u64,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 impl ServeArgs {
@@ -421,7 +428,7 @@ impl ServeArgs {
         let log_format = log_format
             .to_possible_value()
             .map(|value| value.get_name().to_string());
-        vec![
+        let mut settings = vec![
             ("--database-url", db.database_url.clone()),
             ("--local-server-url", Some(db.local_server_url.clone())),
             ("--pg-data-dir", path(&db.pg_data_dir)),
@@ -486,7 +493,9 @@ impl ServeArgs {
                 Some(self.max_message_bytes.to_string()),
             ),
             ("--log-format", log_format),
-        ]
+        ];
+        settings.extend(self.limits.settings());
+        settings
     }
 
     /// `--state-dir`, or its default.

@@ -20,12 +20,12 @@ use tonic_health::ServingStatus;
 
 use crate::{
     grpc::{
-        self, Authenticator, ConcernGrpc, ConsentGrpc, DisclosureGrpc, SizeCapped,
+        self, Authenticator, ConcernGrpc, ConsentGrpc, DisclosureGrpc, LimitLayer, SizeCapped,
         SubjectRightsGrpc, health_server, pb,
     },
-    http::{self, HttpState, PreferencePages},
+    http::{self, AddressLimit, HttpLimits, HttpState, PreferencePages},
     keys::{KeyFile as _, SubjectKey},
-    policy::{Callers, Known, Policy},
+    policy::{Callers, Known, Policy, rate::Rate},
     service::{
         ConsentService, DisclosureService,
         concern::ConcernService,
@@ -38,7 +38,7 @@ use crate::{
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
     },
-    settings::ServeArgs,
+    settings::{LimitArgs, ServeArgs},
     store::{Database, Store},
     telemetry::SubjectRefs,
     tls::{self, Tls, TlsFiles, TlsListener},
@@ -76,6 +76,8 @@ pub struct Application {
     callers: Option<Arc<Callers>>,
     /// The largest gRPC message received or sent (`--max-message-bytes`).
     max_message_bytes: usize,
+    /// What every call and request is held to.
+    limits: LimitArgs,
 }
 
 impl Application {
@@ -176,6 +178,7 @@ impl Application {
             tls,
             callers,
             max_message_bytes: args.max_message_bytes(),
+            limits: args.limits.clone(),
         })
     }
 
@@ -228,8 +231,12 @@ impl Application {
             tls,
             callers,
             max_message_bytes,
+            limits,
         } = self;
-        let auth = Authenticator::new(callers);
+        let auth = Authenticator::new(
+            callers,
+            Rate::per_second(limits.rate_limit_per_caller, limits.rate_limit_burst),
+        );
         let subject_refs = SubjectRefs::new(subject_key.clone());
         let csrf_key = subject_key.clone();
         let erasure_refs = ErasureRefs::new(subject_key);
@@ -317,6 +324,13 @@ impl Application {
             };
         }
         let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(limits.http2_keepalive_interval()))
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout()))
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .layer(LimitLayer::new(
+                limits.max_concurrent_calls as usize,
+                limits.default_deadline(),
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(served!(consent))
@@ -347,11 +361,20 @@ impl Application {
             concern_deadlines,
             preferences: preference_pages,
             readiness: readiness.clone(),
+            link_limit: AddressLimit::per_minute(limits.unsubscribe_rate_limit_per_address),
         };
-        let admin = axum::serve(admin_listener, http::admin_router(http_state.clone()))
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let http_limits = HttpLimits {
+            header_timeout: limits.http_header_timeout(),
+            max_body_bytes: usize::try_from(limits.http_max_body_bytes).unwrap_or(usize::MAX),
+        };
+        let admin = http::serve(
+            admin_listener,
+            http::admin_router(http_state.clone()),
+            http_limits,
+            stop.clone(),
+        );
         let public = http::public_router(http_state);
-        let http: BoxedServer<std::io::Error> = match &tls {
+        let http: Pin<Box<dyn Future<Output = ()> + Send>> = match &tls {
             Some(tls) => {
                 let acceptor = tls.clone();
                 let incoming = tls::accept(
@@ -359,17 +382,15 @@ impl Application {
                     move || acceptor.http_acceptor(),
                     stop.clone(),
                 );
-                Box::pin(
-                    axum::serve(TlsListener::new(incoming, http_addr), public)
-                        .with_graceful_shutdown(stop.clone().cancelled_owned())
-                        .into_future(),
-                )
+                let listener = TlsListener::new(incoming, http_addr);
+                Box::pin(http::serve(listener, public, http_limits, stop.clone()))
             }
-            None => Box::pin(
-                axum::serve(http_listener, public)
-                    .with_graceful_shutdown(stop.clone().cancelled_owned())
-                    .into_future(),
-            ),
+            None => Box::pin(http::serve(
+                http_listener,
+                public,
+                http_limits,
+                stop.clone(),
+            )),
         };
         if let Some(tls) = &tls {
             tls.spawn_reloader(tls::POLL_INTERVAL, stop.clone());
@@ -383,7 +404,7 @@ impl Application {
 
         let mut grpc = tokio::spawn(grpc);
         let mut http = tokio::spawn(http);
-        let mut admin = tokio::spawn(async move { admin.await });
+        let mut admin = tokio::spawn(admin);
         tokio::select! {
             () = shutdown => {}
             result = &mut grpc => return Err(anyhow::anyhow!("gRPC server stopped: {:?}", result)),
@@ -399,8 +420,8 @@ impl Application {
         stop.cancel();
         let finished = tokio::time::timeout(shutdown_timeout, async {
             grpc.await?.context("gRPC server failed")?;
-            http.await?.context("HTTP server failed")?;
-            admin.await?.context("admin server failed")
+            http.await.context("HTTP server failed")?;
+            admin.await.context("admin server failed")
         })
         .await;
         match finished {

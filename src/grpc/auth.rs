@@ -7,15 +7,22 @@
 //! and [`Permit::allow`] whether it may touch what the parsed request names.
 //! Without a callers file nobody is authenticated and everything is allowed:
 //! `startup` permits that only on loopback addresses.
+//!
+//! It also holds each caller to its rate (`policy::rate`): keyed by the
+//! caller's id, or by its address when the call is anonymous or names no
+//! known caller (so guessing tokens is throttled too).
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use tonic::{Request, Status, metadata::MetadataMap, service::Interceptor};
 
 use crate::{
-    domain::{Caller, LegalBasis, PurposeCode, RecipientId},
+    domain::{Caller, CallerId, LegalBasis, PurposeCode, RecipientId},
     error::Error,
-    policy::{Access, Callers, authorize},
+    policy::{
+        Access, Callers, authorize,
+        rate::{Buckets, Rate, address_key},
+    },
 };
 
 mod subject;
@@ -28,6 +35,16 @@ pub struct Authenticator {
     /// `None` when served without callers: every call is let through, and
     /// its actor is whatever `x-actor` says.
     callers: Option<Arc<Callers>>,
+    /// Every caller's bucket, shared by all services and connections.
+    rates: Arc<Buckets<RateKey>>,
+}
+
+/// Whom a call counts against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RateKey {
+    Caller(CallerId),
+    /// `None` only for a transport without addresses.
+    Address(Option<IpAddr>),
 }
 
 /// The authenticated caller of a call, in its request extensions.
@@ -35,8 +52,17 @@ pub struct Authenticator {
 struct Authenticated(Arc<Caller>);
 
 impl Authenticator {
-    pub fn new(callers: Option<Arc<Callers>>) -> Self {
-        Self { callers }
+    pub fn new(callers: Option<Arc<Callers>>, rate: Rate) -> Self {
+        Self {
+            callers,
+            rates: Arc::new(Buckets::new(rate)),
+        }
+    }
+
+    /// Takes one call from `key`'s bucket, or says when to come back.
+    fn count(&self, key: RateKey) -> Result<(), Error> {
+        (self.rates.take(key, Instant::now()))
+            .map_err(|retry_after| Error::RateLimited { retry_after })
     }
 
     fn find(&self, callers: &Callers, request: &Request<()>) -> Result<Caller, Error> {
@@ -64,10 +90,19 @@ impl Authenticator {
 
 impl Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let address = RateKey::Address(request.remote_addr().map(|a| address_key(a.ip())));
         let Some(callers) = &self.callers else {
+            self.count(address)?;
             return Ok(request);
         };
-        let caller = self.find(callers, &request)?;
+        let caller = match self.find(callers, &request) {
+            Ok(caller) => caller,
+            Err(unknown) => {
+                self.count(address)?;
+                return Err(unknown.into());
+            }
+        };
+        self.count(RateKey::Caller(caller.id.clone()))?;
         request
             .extensions_mut()
             .insert(Authenticated(Arc::new(caller)));

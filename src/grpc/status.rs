@@ -131,6 +131,18 @@ impl From<Error> for Status {
                     HashMap::from([("cursor".to_string(), cursor.to_string())]),
                 ),
             ),
+            Error::Overloaded => Status::resource_exhausted(
+                "the server is serving as many calls as it may; retry later",
+            ),
+            Error::RateLimited { retry_after } => Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "this caller is over its rate limit; retry in {} ms",
+                    retry_after.as_millis().max(1)
+                ),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            Error::DeadlineExceeded => Status::deadline_exceeded("the call's deadline passed"),
             Error::Pool(_) => Status::unavailable(UNAVAILABLE),
             Error::Database(_) | Error::Internal(_) if unavailable => {
                 Status::unavailable(UNAVAILABLE)

@@ -5,19 +5,24 @@
 //! default, serves the probes and /metrics, which say too much about the
 //! service to face the internet.
 
+mod limit;
 mod one_click;
 mod pages;
 mod preference_page;
 mod preference_text;
 mod preferences;
+mod serve;
 
+pub use limit::AddressLimit;
 pub use preferences::PreferencePages;
+pub use serve::{HttpLimits, serve};
 
 use axum::{
     Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::from_fn_with_state,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -41,23 +46,28 @@ pub struct HttpState {
     pub preferences: PreferencePages,
     /// What `/readyz` reports, as gRPC health does.
     pub readiness: Readiness,
+    /// How often one address may open the link pages.
+    pub link_limit: AddressLimit,
 }
 
 /// What `--http-addr` serves: the unsubscribe pages, and nothing else.
 pub fn public_router(state: HttpState) -> Router {
+    let per_address = from_fn_with_state(state.link_limit.clone(), limit::limit_by_address);
     Router::new()
         .route(
             "/u/{token}",
             get(show_unsubscribe)
                 .post(unsubscribe)
-                .layer(DefaultBodyLimit::max(one_click::MAX_BODY_BYTES)),
+                .layer(DefaultBodyLimit::max(one_click::MAX_BODY_BYTES))
+                .layer(per_address.clone()),
         )
         .route("/p/style.css", get(preferences::stylesheet))
         .route(
             "/p/{token}",
             get(preferences::show)
                 .post(preferences::post)
-                .layer(DefaultBodyLimit::max(preferences::MAX_BODY_BYTES)),
+                .layer(DefaultBodyLimit::max(preferences::MAX_BODY_BYTES))
+                .layer(per_address),
         )
         .with_state(state)
 }

@@ -13,6 +13,7 @@
 //! - [`concern`]: deadlines and status changes of a concern.
 //! - [`callers`]: the callers file and `authorize`, whether one caller may
 //!   make one call.
+//! - [`rate`]: whether one more call fits a caller's rate, and the buckets.
 //!
 //! This module never touches `store`, `grpc` or `service`.
 
@@ -24,6 +25,7 @@ mod disclose;
 mod load;
 mod model;
 pub mod preferences;
+pub mod rate;
 
 pub use crate::domain::Reason;
 pub use callers::{Access, Callers, CallersError, Known, Refusal, authorize};

@@ -27,7 +27,7 @@ impl Store {
         channel: Channel,
         campaign: &str,
     ) -> Result<AccessEvent> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let access_id = Uuid::now_v7();
         let row = client
             .query_one(
@@ -52,7 +52,7 @@ impl Store {
     /// The subject's access events, oldest first.
     #[tracing::instrument(name = "store.access_events_of", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "access_events_of"))]
     pub async fn access_events_of(&self, subject_id: &SubjectId) -> Result<Vec<AccessEvent>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT access_id, channel, campaign, accessed_at FROM access_events

@@ -49,7 +49,7 @@ const CURRENT: &str = "
 impl Store {
     #[tracing::instrument(name = "store.file_concern", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "file_concern"))]
     pub async fn file_concern(&self, new: &NewConcern) -> Result<Concern> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if let Some(request_id) = &new.request_id {
             let links: Vec<String> = new.links.iter().map(Uuid::to_string).collect();
@@ -115,7 +115,7 @@ impl Store {
         + Send,
         actor: &Actor,
     ) -> Result<Concern> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let locked = tx
             .query_opt(
@@ -146,8 +146,8 @@ impl Store {
 
     #[tracing::instrument(name = "store.concern", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "concern"))]
     pub async fn concern(&self, concern_id: Uuid) -> Result<Option<Concern>> {
-        let client = self.pool.get().await?;
-        concern_in(&client, concern_id).await
+        let client = self.client().await?;
+        concern_in(&*client, concern_id).await
     }
 
     /// Concerns after `after` (filing time, id), oldest first. Events are
@@ -159,7 +159,7 @@ impl Store {
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: usize,
     ) -> Result<ConcernPage> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let (after_time, after_id) = (after.map(|a| a.0), after.map(|a| a.1));
         let fetch = (limit + 1) as i64;
         let rows = client
@@ -206,7 +206,7 @@ impl Store {
         acknowledge_within: Duration,
         resolve_within: Duration,
     ) -> Result<i64> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_one(
                 &format!(

@@ -38,7 +38,7 @@ impl Store {
         actor: &Actor,
         erasure_hash: &[u8],
     ) -> Result<(Subject, bool)> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if let Some(request_id) = &reg.request_id {
             let digest = RequestDigest::of(
@@ -98,8 +98,8 @@ impl Store {
 
     #[tracing::instrument(name = "store.subject", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "subject"))]
     pub async fn subject(&self, subject_id: &SubjectId) -> Result<Option<Subject>> {
-        let client = self.pool.get().await?;
-        subject_in(&client, subject_id).await
+        let client = self.client().await?;
+        subject_in(&*client, subject_id).await
     }
 
     /// Appends a consent record and updates the current state in the same
@@ -129,7 +129,7 @@ impl Store {
         new: &NewConsentRecord,
         unless_current: bool,
     ) -> Result<(ConsentRecord, bool)> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if let Some(request_id) = &new.request_id {
             let digest = consent_digest(new);
@@ -242,7 +242,7 @@ impl Store {
         &self,
         ids: &[&SubjectId],
     ) -> Result<HashMap<SubjectId, SubjectState>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         let rows = client
             .query(
@@ -284,7 +284,7 @@ impl Store {
         subject_id: &SubjectId,
         recipient: &RecipientId,
     ) -> Result<Vec<StoredChoice>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT DISTINCT ON (purpose, field)
@@ -314,7 +314,7 @@ impl Store {
     /// given subjects. Unregistered subjects are absent.
     #[tracing::instrument(name = "store.subject_keys", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "subject_keys", subjects = ids.len()))]
     pub async fn subject_keys(&self, ids: &[&SubjectId]) -> Result<HashMap<SubjectId, Uuid>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         let rows = client
             .query(
@@ -335,7 +335,7 @@ impl Store {
     /// The subject an unsubscribe token's surrogate key names.
     #[tracing::instrument(name = "store.subject_by_key", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "subject_by_key"))]
     pub async fn subject_by_key(&self, key: Uuid) -> Result<Option<SubjectId>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT subject_id FROM subjects WHERE subject_key = $1",
@@ -355,7 +355,7 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<HistoryPage> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         // One extra row tells whether another page follows.
         let fetch = i64::try_from(limit + 1).map_err(|e| anyhow!(e))?;
         let rows = client

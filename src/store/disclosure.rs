@@ -94,7 +94,7 @@ impl Store {
     /// those past their deadline. For the metrics.
     #[tracing::instrument(name = "store.count_open_reviews", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "count_open_reviews"))]
     pub async fn count_open_reviews(&self) -> Result<(i64, i64)> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_one(
                 "SELECT count(*), count(*) FILTER (WHERE d.review_due < now())
@@ -115,7 +115,7 @@ impl Store {
     /// disclosure as a [`Appended::Replay`].
     #[tracing::instrument(name = "store.append_disclosure", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "append_disclosure"))]
     pub async fn append_disclosure(&self, new: &NewDisclosure) -> Result<Appended> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if let Some(request_id) = &new.request_id {
             let digest = disclosure_digest(new);
@@ -146,7 +146,7 @@ impl Store {
     /// answers with the first disclosure.
     #[tracing::instrument(name = "store.append_retried_disclosure", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "append_retried_disclosure"))]
     pub async fn append_retried_disclosure(&self, new: &NewDisclosure) -> Result<Disclosure> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let disclosure = insert_disclosure(&tx, new).await?;
         tx.commit().await?;
@@ -155,7 +155,7 @@ impl Store {
 
     #[tracing::instrument(name = "store.disclosure", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "disclosure"))]
     pub async fn disclosure(&self, disclosure_id: Uuid) -> Result<Option<Disclosure>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 &format!("{DISCLOSURE_SELECT} WHERE d.disclosure_id = $1"),
@@ -175,7 +175,7 @@ impl Store {
         kind: DisclosureEvent,
         actor: &Actor,
     ) -> Result<Option<Disclosure>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let inserted = client
             .execute(
                 "INSERT INTO disclosure_events (subject_id, disclosure_id, kind, actor)
@@ -205,7 +205,7 @@ impl Store {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<DisclosurePage> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let fetch = i64::try_from(limit + 1).map_err(|e| anyhow!(e))?;
         let rows = client
             .query(

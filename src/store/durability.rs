@@ -39,7 +39,7 @@ impl DurabilitySettings {
 impl Store {
     #[tracing::instrument(name = "store.durability_settings", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "durability_settings"))]
     pub async fn durability_settings(&self) -> Result<DurabilitySettings> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_one(
                 "SELECT current_setting('fsync'), current_setting('synchronous_commit')",

@@ -31,7 +31,7 @@ impl Store {
         pseudonym: &SubjectId,
         actor: &Actor,
     ) -> Result<Erased> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let exists = tx
             .query_opt(
@@ -110,7 +110,7 @@ impl Store {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         Ok(client
             .query(
                 "SELECT subject_hash FROM erased_subjects WHERE subject_hash = ANY($1)",

@@ -53,7 +53,7 @@ pub struct CollectionRecord {
 impl Store {
     #[tracing::instrument(name = "store.stored_fields", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "stored_fields"))]
     pub async fn stored_fields(&self, subject_id: &SubjectId) -> Result<Vec<StoredField>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT field, key_id, nonce, ciphertext, collected_for, collected_at, verified_at
@@ -83,7 +83,7 @@ impl Store {
         &self,
         subject_id: &SubjectId,
     ) -> Result<Vec<CollectionRecord>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT collection_id, field, collected_for, channel, notice_version, actor, collected_at
@@ -110,7 +110,7 @@ impl Store {
     #[tracing::instrument(name = "store.concerns_of", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "concerns_of"))]
     pub async fn concerns_of(&self, subject_id: &SubjectId) -> Result<Vec<Concern>> {
         let ids: Vec<Uuid> = {
-            let client = self.pool.get().await?;
+            let client = self.client().await?;
             client
                 .query(
                     "SELECT concern_id FROM concerns WHERE subject_id = $1 ORDER BY filed_at, concern_id",

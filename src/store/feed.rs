@@ -50,7 +50,7 @@ impl Store {
     /// in-flight transactions, both from one REPEATABLE READ snapshot.
     #[tracing::instrument(name = "store.read_feed", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "read_feed", limit))]
     pub async fn read_feed(&self, after: i64, limit: i64) -> Result<FeedRead> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -110,7 +110,7 @@ impl Store {
     /// Whether every one of these transactions has committed or rolled back.
     #[tracing::instrument(name = "store.transactions_finished", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "transactions_finished", count = xids.len()))]
     pub async fn transactions_finished(&self, xids: &[String]) -> Result<bool> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         // pg_xact_status is NULL for transactions too old to be tracked,
         // which are long finished.
         let finished: Option<bool> = client

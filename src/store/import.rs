@@ -40,7 +40,7 @@ impl Store {
         spec: &RefusalImport,
         subjects: &[SubjectId],
     ) -> Result<BatchOutcome> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // A transaction id before any sequence number: see the change feed.
         // The temporary table lives as long as the pooled connection and is

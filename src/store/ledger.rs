@@ -47,7 +47,7 @@ impl Store {
     /// meanwhile cannot make a chain and its head disagree.
     #[tracing::instrument(name = "store.ledger", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "ledger"))]
     pub async fn ledger(&self) -> Result<Ledger> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -102,7 +102,7 @@ impl Store {
     /// The head of one subject's chain; None before its first record.
     #[tracing::instrument(name = "store.chain_head_of", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "chain_head_of"))]
     pub async fn chain_head_of(&self, subject_id: &SubjectId) -> Result<Option<ChainHead>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT h.subject_key, h.length, h.head
@@ -122,7 +122,7 @@ impl Store {
         &self,
         sign: impl FnOnce(&mut Checkpoint),
     ) -> Result<Option<Checkpoint>> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         // Taken before the transaction starts, so that its snapshot already
         // sees the checkpoint the previous holder committed.
         let locked: bool = client

@@ -3,6 +3,7 @@
 //! and one function per query, named after what it does. It knows nothing of gRPC or of the policy.
 
 mod access;
+mod cancel;
 mod concern;
 mod connection;
 mod consent;
@@ -29,6 +30,7 @@ use sha2::{Digest as _, Sha256};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use access::AccessEvent;
+pub use cancel::{CancelOnDrop, cancel_queries_on_drop};
 pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
 pub use connection::ConnectionSettings;
 pub use consent::HistoryPage;
@@ -85,6 +87,13 @@ impl Store {
             .build()
             .context("cannot build the database pool")?;
         Ok(Self { pool, config, tls })
+    }
+
+    /// A pooled connection whose query is cancelled if its call is
+    /// abandoned ([`cancel_queries_on_drop`]).
+    async fn client(&self) -> Result<cancel::PooledClient, deadpool_postgres::PoolError> {
+        let object = self.pool.get().await?;
+        Ok(cancel::PooledClient::new(object, &self.tls))
     }
 
     pub async fn ping(&self) -> anyhow::Result<()> {

@@ -36,7 +36,7 @@ impl Store {
         new: &NewPersonalData,
         sealed: &SealedValue,
     ) -> Result<Uuid> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let collected_for: Vec<&str> = new.collected_for.iter().map(|p| p.as_str()).collect();
         if let Some(request_id) = &new.request_id {
@@ -120,7 +120,7 @@ impl Store {
         subject_id: &SubjectId,
         field: &FieldName,
     ) -> Result<Option<DateTime<Utc>>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "UPDATE personal_data SET verified_at = clock_timestamp()
@@ -138,7 +138,7 @@ impl Store {
         &self,
         ids: &[&SubjectId],
     ) -> Result<HashMap<SubjectId, Vec<FieldData>>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         let rows = client
             .query(
@@ -174,7 +174,7 @@ impl Store {
         subject_id: &SubjectId,
         fields: &[FieldName],
     ) -> Result<HashMap<FieldName, SealedValue>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let names: Vec<&str> = fields.iter().map(|f| f.as_str()).collect();
         let rows = client
             .query(
@@ -204,7 +204,7 @@ impl Store {
         current: &str,
         limit: i64,
     ) -> Result<Vec<SealedRow>> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT subject_id, field, key_id, nonce, ciphertext FROM personal_data
@@ -232,7 +232,7 @@ impl Store {
     /// wins). Returns how many rows were replaced.
     #[tracing::instrument(name = "store.reseal", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "reseal", rows = rows.len()))]
     pub async fn reseal(&self, rows: &[(SealedRow, SealedValue)]) -> Result<u64> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let mut replaced = 0;
         for (old, new) in rows {

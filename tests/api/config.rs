@@ -47,6 +47,16 @@ fn sample(flag: &str) -> Option<String> {
         "--insecure-no-auth" => "true",
         "--preference-link-days" => "45",
         "--max-message-bytes" => "1048576",
+        "--max-concurrent-calls" => "64",
+        "--rate-limit-per-caller" => "50",
+        "--rate-limit-burst" => "75",
+        "--default-deadline-ms" => "2500",
+        "--http2-keepalive-interval-seconds" => "30",
+        "--http2-keepalive-timeout-seconds" => "5",
+        "--max-concurrent-streams" => "100",
+        "--http-header-timeout-seconds" => "3",
+        "--http-max-body-bytes" => "4096",
+        "--unsubscribe-rate-limit-per-address" => "30",
         _ => return None,
     };
     Some(value.to_string())

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use consentd::{
     grpc::pb::{self, consent_service_client::ConsentServiceClient},
     policy::Policy,
-    settings::{DatabaseArgs, ServeArgs},
+    settings::{DatabaseArgs, LimitArgs, ServeArgs},
     startup::Application,
     store::{
         self, Database, Store,
@@ -302,6 +302,18 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         preference_link_days: 30,
         db_statement_timeout_ms: 5000,
         max_message_bytes: 4_194_304,
+        limits: LimitArgs {
+            max_concurrent_calls: 256,
+            rate_limit_per_caller: 1000,
+            rate_limit_burst: 2000,
+            default_deadline_ms: 30_000,
+            http2_keepalive_interval_seconds: 60,
+            http2_keepalive_timeout_seconds: 20,
+            max_concurrent_streams: 1024,
+            http_header_timeout_seconds: 10,
+            http_max_body_bytes: 65_536,
+            unsubscribe_rate_limit_per_address: 120,
+        },
     };
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
