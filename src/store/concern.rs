@@ -21,6 +21,10 @@ use crate::{
 pub const MAX_CONTACT_CHARS: usize = 256;
 pub const MAX_TEXT_CHARS: usize = 10_000;
 
+/// The advisory lock class under which status changes of one concern take
+/// turns.
+const CONCERN_LOCK_CLASS: i32 = 0x636f_6e63; // "conc"
+
 /// Which concerns ListConcerns wants.
 #[derive(Debug, Clone, Copy)]
 pub struct ConcernFilter {
@@ -117,9 +121,18 @@ impl Store {
     ) -> Result<Concern> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // A transaction-scoped advisory lock on the concern rather than a
+        // row lock: the serving role may not UPDATE concerns, and FOR UPDATE
+        // needs that privilege. Its own class keeps it apart from other
+        // advisory locks.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))",
+            &[&CONCERN_LOCK_CLASS, &concern_id],
+        )
+        .await?;
         let locked = tx
             .query_opt(
-                "SELECT 1 FROM concerns WHERE concern_id = $1 FOR UPDATE",
+                "SELECT 1 FROM concerns WHERE concern_id = $1",
                 &[&concern_id],
             )
             .await?;
