@@ -37,7 +37,7 @@ use crate::{
         vault::DataKeys,
     },
     settings::ServeArgs,
-    store::{Database, Store},
+    store::{Database, ServingRole, Store},
     telemetry::SubjectRefs,
     tls::{self, Tls, TlsFiles, TlsListener},
 };
@@ -93,6 +93,11 @@ impl Application {
         database: Database,
         policy: Arc<Policy>,
     ) -> anyhow::Result<Self> {
+        // From here on the server holds only the serving role's connections:
+        // the owner's, which could rewrite the history, close.
+        let serving =
+            ServingRole::from_settings(&args.serving_role, args.serving_password_file.as_deref())?;
+        let database = database.serve_as(&serving).await?;
         check_durability(&database.store, args.allow_unsafe_durability).await?;
         let tls = TlsFiles::from_settings(
             args.tls_cert.as_deref(),

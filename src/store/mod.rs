@@ -17,6 +17,7 @@ mod ledger;
 mod locate;
 mod personal_data;
 mod redact;
+mod roles;
 mod rows;
 mod server;
 mod tls;
@@ -41,6 +42,7 @@ pub use import::{BatchOutcome, RefusalImport};
 pub use locate::{DEFAULT_DATABASE, Database};
 pub use personal_data::SealedRow;
 pub use redact::redact;
+pub use roles::{ServingRole, parse_role_name};
 pub use server::{admin_connect, ensure_database, quote_ident, with_database};
 
 mod migrations {
@@ -68,7 +70,15 @@ impl Store {
     /// Builds a pool for `url`. Connections are opened lazily; call
     /// [`Store::ping`] to find out at start whether the database answers.
     pub fn connect(url: &str, max_connections: usize) -> anyhow::Result<Self> {
-        let (mut config, tls) = tls::connect_config(url)?;
+        let (config, tls) = tls::connect_config(url)?;
+        Self::with_config(config, tls, max_connections)
+    }
+
+    fn with_config(
+        mut config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
+        max_connections: usize,
+    ) -> anyhow::Result<Self> {
         // A database that does not answer must fail calls fast (UNAVAILABLE,
         // which clients retry), not hold them: bounded connect, and a
         // bounded wait for a pooled connection.
@@ -158,6 +168,15 @@ impl Store {
             .iter()
             .filter(|m| !applied.iter().any(|a| a.version() == m.version()))
             .count())
+    }
+
+    /// A connection from this store's own pool: the server's role, its
+    /// settings, its TLS. For tests and tools that must act exactly as the
+    /// server does; the server's own code goes through the functions here.
+    pub async fn connection(
+        &self,
+    ) -> Result<deadpool_postgres::Object, deadpool_postgres::PoolError> {
+        self.pool.get().await
     }
 
     /// The pool's state, for health and metrics.

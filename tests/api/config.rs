@@ -25,6 +25,8 @@ fn sample(flag: &str) -> Option<String> {
         "--policy" => return Some(policy_path().display().to_string()),
         "--migrate" => "true",
         "--max-connections" => "7",
+        "--serving-role" => "consent_app",
+        "--serving-password-file" => "/run/secrets/serving-password",
         "--drain-seconds" => "5",
         "--public-url" => "https://consent.example.org",
         "--unsubscribe-keys-file" => "/run/secrets/unsubscribe.keys",

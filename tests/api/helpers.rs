@@ -206,6 +206,8 @@ pub struct TestApp {
     pub channel: Channel,
     /// A direct connection to the test's database, to look behind the API.
     pub db: tokio_postgres::Client,
+    /// The server's own store: connections as the server makes them.
+    pub store: Store,
     /// Dropped (and so the database with it) when the test ends.
     _database: FreshDatabase,
     stop: CancellationToken,
@@ -263,18 +265,13 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
     spawn_app_on(fresh_database().await, configure).await
 }
 
-/// Like `spawn_app_with`, on a database the test made itself (on a
-/// PostgreSQL server of its own, say).
-pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
-    let (admin_url, db_url) = (fresh.admin_url.clone(), fresh.db_url.clone());
-
-    let mut args = ServeArgs {
-        database: DatabaseArgs {
-            database_url: Some(db_url.clone()),
-            pg_data_dir: None,
-            local_server_url: admin_url.clone(),
-            max_connections: 8,
-        },
+/// The serve settings every test starts from, on `database`: free
+/// loopback ports, the test keys and policy.
+pub async fn serve_args(database: DatabaseArgs) -> ServeArgs {
+    ServeArgs {
+        database,
+        serving_role: "consentd_serving".into(),
+        serving_password_file: None,
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
@@ -297,13 +294,27 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         callers: None,
         insecure_no_auth: false,
         preference_link_days: 30,
-    };
+    }
+}
+
+/// Like `spawn_app_with`, on a database the test made itself (on a
+/// PostgreSQL server of its own, say).
+pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let (admin_url, db_url) = (fresh.admin_url.clone(), fresh.db_url.clone());
+    let mut args = serve_args(DatabaseArgs {
+        database_url: Some(db_url.clone()),
+        pg_data_dir: None,
+        local_server_url: admin_url.clone(),
+        max_connections: 8,
+    })
+    .await;
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
     let database = Database::open(&args.database).await.unwrap();
     let app = Application::with_database(&args, database, policy)
         .await
         .unwrap();
+    let store = app.store().clone();
     let (grpc_addr, http_addr, admin_addr) = (app.grpc_addr(), app.http_addr(), app.admin_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
@@ -323,6 +334,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         client: ConsentServiceClient::new(channel.clone()),
         channel,
         db,
+        store,
         _database: fresh,
         stop,
         server: Some(server),
