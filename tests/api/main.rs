@@ -2,6 +2,7 @@
 //! fresh database per test, and real gRPC calls over a socket. One test
 //! binary, so one process shares the PostgreSQL setup.
 
+mod append_only;
 mod auth_matrix;
 mod bad_input;
 mod browser;
