@@ -66,7 +66,15 @@ impl Store {
             ];
             parts.extend(links.iter().map(String::as_str));
             let digest = RequestDigest::of("FileConcern", &parts);
-            if let Claim::Replay(id) = idempotency::claim(&tx, request_id, &digest).await? {
+            if let Claim::Replay(id) = idempotency::claim(
+                &tx,
+                self.request_key.as_ref(),
+                request_id,
+                &digest,
+                new.subject_id.as_ref(),
+            )
+            .await?
+            {
                 let id: Uuid = id
                     .parse()
                     .map_err(|e| Error::Internal(anyhow::anyhow!("bad concern id: {e}")))?;

@@ -51,7 +51,15 @@ impl Store {
                     actor.as_str(),
                 ],
             );
-            if let Claim::Replay(result) = idempotency::claim(&tx, request_id, &digest).await? {
+            if let Claim::Replay(result) = idempotency::claim(
+                &tx,
+                self.request_key.as_ref(),
+                request_id,
+                &digest,
+                Some(&reg.subject_id),
+            )
+            .await?
+            {
                 let subject = subject_in(&tx, &reg.subject_id)
                     .await?
                     .ok_or_else(|| anyhow!("idempotency key refers to a missing subject"))?;
@@ -133,7 +141,15 @@ impl Store {
         let tx = client.transaction().await?;
         if let Some(request_id) = &new.request_id {
             let digest = consent_digest(new);
-            if let Claim::Replay(record_id) = idempotency::claim(&tx, request_id, &digest).await? {
+            if let Claim::Replay(record_id) = idempotency::claim(
+                &tx,
+                self.request_key.as_ref(),
+                request_id,
+                &digest,
+                Some(&new.subject_id),
+            )
+            .await?
+            {
                 let record_id: Uuid = record_id
                     .parse()
                     .map_err(|e| anyhow!("idempotency key holds a bad record id: {e}"))?;

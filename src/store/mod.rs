@@ -64,6 +64,8 @@ pub struct Store {
     config: tokio_postgres::Config,
     /// TLS as the URL's `sslmode` asks, for those connections too.
     tls: MakeRustlsConnect,
+    /// Keys the idempotency digests; writes with a request id need it.
+    request_key: Option<crate::keys::SubjectKey>,
 }
 
 impl Store {
@@ -102,7 +104,12 @@ impl Store {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .context("cannot build the database pool")?;
-        Ok(Self { pool, config, tls })
+        Ok(Self {
+            pool,
+            config,
+            tls,
+            request_key: None,
+        })
     }
 
     pub async fn ping(&self) -> anyhow::Result<()> {
@@ -168,6 +175,14 @@ impl Store {
             .iter()
             .filter(|m| !applied.iter().any(|a| a.version() == m.version()))
             .count())
+    }
+
+    /// This store, keying idempotency digests with `key`.
+    pub fn with_request_key(self, key: crate::keys::SubjectKey) -> Self {
+        Self {
+            request_key: Some(key),
+            ..self
+        }
     }
 
     /// A connection from this store's own pool: the server's role, its
