@@ -140,6 +140,10 @@ impl Application {
         let subject_key =
             SubjectKey::load_or_create(args.subject_ref_key_file.as_deref(), &state_dir)?;
         let data_keys = DataKeys::load_or_create(args.data_keys_file.as_deref(), &state_dir)?;
+        let database = Database {
+            store: database.store.with_request_key(subject_key.clone()),
+            ..database
+        };
         // Like the other keys: refuse to start rather than sign with a key
         // that dies with the process.
         let (checkpoint_key, key_path) = crate::ledger::key::load_or_create(&state_dir).context(
