@@ -22,6 +22,7 @@ mod disclosure;
 mod disclosure_bad_input;
 mod disclosure_holes;
 mod erasure;
+mod erasure_traces;
 mod error_paths;
 mod feed;
 mod helpers;
