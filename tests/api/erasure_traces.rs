@@ -245,3 +245,55 @@ async fn an_erased_person_leaves_nothing_in_a_full_pg_dump_and_the_history_verif
         String::from_utf8_lossy(&verified.stderr)
     );
 }
+
+/// The stored digest of a request is keyed: the same retry, checked under
+/// another subject-ref key, matches nothing. (A plain hash of the external
+/// id and a few guessable fields would match under any key.)
+#[tokio::test]
+async fn a_retry_is_recognised_only_under_the_key_that_stored_its_digest() {
+    let app = spawn_app().await;
+    let mut register = registration("C-keyed-digest");
+    register.request_id = "req-keyed-digest".into();
+    app.client
+        .clone()
+        .register_subject(register.clone())
+        .await
+        .unwrap();
+    // Under the same key, the retry replays.
+    app.client
+        .clone()
+        .register_subject(register.clone())
+        .await
+        .expect("a retry replays");
+
+    // A second server on the same database, with another key.
+    let dir = crate::cli::tempdir();
+    let key_file = dir.join("other.key");
+    std::fs::write(&key_file, "b3RoZXIta2V5LW90aGVyLWtleS1vdGhlci1rZXktMDA=\n").unwrap();
+    let mut args = crate::helpers::serve_args(consentd::settings::DatabaseArgs {
+        database_url: Some(app.db_url().to_string()),
+        pg_data_dir: None,
+        local_server_url: app.db_url().to_string(),
+        max_connections: 2,
+    })
+    .await;
+    args.subject_ref_key_file = Some(key_file);
+    let policy = std::sync::Arc::new(consentd::policy::Policy::load(&args.policy).unwrap());
+    let database = consentd::store::Database::open(&args.database)
+        .await
+        .unwrap();
+    let other = consentd::startup::Application::with_database(&args, database, policy)
+        .await
+        .unwrap();
+    let addr = other.grpc_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(other.run_until_stopped(stop.clone().cancelled_owned()));
+    let mut client =
+        pb::consent_service_client::ConsentServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+    let status = client.register_subject(register).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
