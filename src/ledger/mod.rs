@@ -374,6 +374,35 @@ mod tests {
     }
 
     #[test]
+    fn from_v2_the_request_id_reaches_the_chain_only_through_its_digest() {
+        let Content::ConsentRecord(r) = record() else {
+            unreachable!()
+        };
+        let v2 = |request_id: Option<&str>| {
+            Content::ConsentRecord(ConsentRecordLink {
+                request_id: request_id.map(String::from),
+                ledger_version: 2,
+                ..r.clone()
+            })
+        };
+        let (with, without) = (v2(Some("req-1")), v2(None));
+        assert_ne!(with.text_digest(), without.text_digest());
+        let digest = with.text_digest();
+        assert_eq!(with.encode(1, &digest), without.encode(1, &digest));
+        // In v1 it is hashed as it is, so erasure must leave it.
+        let v1 = |request_id: Option<&str>| {
+            Content::ConsentRecord(ConsentRecordLink {
+                request_id: request_id.map(String::from),
+                ..r.clone()
+            })
+        };
+        assert_ne!(
+            v1(Some("req-1")).encode(1, &digest),
+            v1(None).encode(1, &digest)
+        );
+    }
+
+    #[test]
     fn a_chain_starts_from_its_subject_key() {
         assert_ne!(genesis(Uuid::nil()), genesis(Uuid::max()));
         assert_ne!(
