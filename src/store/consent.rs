@@ -98,6 +98,7 @@ impl Store {
             .ok_or_else(|| anyhow!("subject vanished inside its own transaction"))?;
         if let Some(request_id) = &reg.request_id {
             let result = if created { "created" } else { "updated" };
+            idempotency::name_subject(&tx, request_id, &reg.subject_id).await?;
             idempotency::settle(&tx, request_id, result).await?;
         }
         tx.commit().await?;

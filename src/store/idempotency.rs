@@ -4,7 +4,7 @@
 //! What is stored of a request's content is keyed (HMAC under the
 //! subject-ref key): a plain hash of an external id and a few guessable
 //! fields could be matched by anyone holding a copy of the table. Each key
-//! also names its subject, so that erasure deletes it.
+//! also names its subject (by its internal key), so that erasure deletes it.
 
 use sha2::{Digest as _, Sha256};
 use tokio_postgres::Transaction;
@@ -61,7 +61,8 @@ pub(crate) async fn claim(
     let keyed = key.derive_bytes(DIGEST_DOMAIN, &digest.0);
     let inserted = tx
         .execute(
-            "INSERT INTO idempotency_keys (request_id, digest, subject_id) VALUES ($1, $2, $3)
+            "INSERT INTO idempotency_keys (request_id, digest, subject_key)
+             VALUES ($1, $2, (SELECT subject_key FROM subjects WHERE subject_id = $3))
              ON CONFLICT (request_id) DO NOTHING",
             &[
                 &request_id.as_str(),
@@ -84,6 +85,23 @@ pub(crate) async fn claim(
         return Err(Error::RequestIdReused);
     }
     Ok(Claim::Replay(row.get(1)))
+}
+
+/// Names the subject of a key claimed before its subject existed (a
+/// registration), so that erasure finds it.
+pub(crate) async fn name_subject(
+    tx: &Transaction<'_>,
+    request_id: &RequestId,
+    subject: &SubjectId,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE idempotency_keys
+            SET subject_key = (SELECT subject_key FROM subjects WHERE subject_id = $2)
+          WHERE request_id = $1 AND subject_key IS NULL",
+        &[&request_id.as_str(), &subject.as_str()],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Notes what the first call produced, for later replays.

@@ -223,6 +223,17 @@ async fn the_server_role_cannot_change_or_unguard_any_history_table_given_a_serv
     assert_eq!(role, "consentd_serving");
     let (before, after) = attack_every_table(&session).await;
     assert_eq!(before, after, "row counts");
+    // The erasure function is open to it, but cannot be made to move a
+    // history to a name of its choosing.
+    let error = session
+        .execute(
+            "SELECT consentd_erase_subject('C-ao-1', '\\x00', 'C-someone-else', 'x')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "{error:?}");
+    assert_eq!(app.count("subjects WHERE subject_id = 'C-ao-1'").await, 1);
 
     let mut owner_counts_after = Vec::new();
     for table in [

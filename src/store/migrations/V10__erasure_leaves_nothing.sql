@@ -151,18 +151,35 @@ BEGIN
 END;
 $$;
 
--- 3. Idempotency keys name their subject, so that erasure can delete them.
--- Keys claimed before now are traced through the rows they produced.
-ALTER TABLE idempotency_keys ADD COLUMN subject_id text;
-CREATE INDEX idempotency_keys_subject ON idempotency_keys (subject_id) WHERE subject_id IS NOT NULL;
-UPDATE idempotency_keys k SET subject_id = r.subject_id
-  FROM consent_records r WHERE r.request_id = k.request_id AND k.subject_id IS NULL;
-UPDATE idempotency_keys k SET subject_id = d.subject_id
-  FROM disclosures d WHERE d.request_id = k.request_id AND k.subject_id IS NULL;
-UPDATE idempotency_keys k SET subject_id = c.subject_id
-  FROM collection_records c WHERE c.request_id = k.request_id AND k.subject_id IS NULL;
-UPDATE idempotency_keys k SET subject_id = c.subject_id
-  FROM concerns c WHERE c.concern_id::text = k.result_ref AND k.subject_id IS NULL;
+-- 3. Idempotency keys name their subject by its internal key (never the
+-- external id), so that erasure can delete them. Keys claimed before now are
+-- traced through the rows they produced.
+ALTER TABLE idempotency_keys ADD COLUMN subject_key uuid;
+CREATE INDEX idempotency_keys_subject ON idempotency_keys (subject_key) WHERE subject_key IS NOT NULL;
+UPDATE idempotency_keys k SET subject_key = s.subject_key
+  FROM consent_records r JOIN subjects s USING (subject_id)
+ WHERE r.request_id = k.request_id AND k.subject_key IS NULL;
+UPDATE idempotency_keys k SET subject_key = s.subject_key
+  FROM disclosures d JOIN subjects s USING (subject_id)
+ WHERE d.request_id = k.request_id AND k.subject_key IS NULL;
+UPDATE idempotency_keys k SET subject_key = s.subject_key
+  FROM collection_records c JOIN subjects s USING (subject_id)
+ WHERE c.request_id = k.request_id AND k.subject_key IS NULL;
+UPDATE idempotency_keys k SET subject_key = s.subject_key
+  FROM concerns c JOIN subjects s USING (subject_id)
+ WHERE c.concern_id::text = k.result_ref AND k.subject_key IS NULL;
+
+-- A registration claims its key before its subject exists, and names it
+-- once it does.
+ALTER FUNCTION consentd_grant_serving(name) RENAME TO consentd_grant_serving_v9;
+CREATE FUNCTION consentd_grant_serving(serving name) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM consentd_grant_serving_v9(serving);
+    EXECUTE format('GRANT UPDATE (subject_key) ON idempotency_keys TO %I', serving);
+END;
+$$;
+REVOKE EXECUTE ON FUNCTION consentd_grant_serving(name) FROM PUBLIC;
 
 -- 4. Erasure, all of it. Blanks before the rename, so each UPDATE is one
 -- kind of change the guard recognises.
@@ -176,13 +193,19 @@ AS $$
 DECLARE
     erased timestamptz;
 BEGIN
+    -- The caller may not choose what the history is renamed to: only a
+    -- pseudonym of the form the server draws at random.
+    IF p_pseudonym !~ '^erased-[0-9a-f]{24}$' THEN
+        RAISE EXCEPTION 'not a pseudonym: %', p_pseudonym USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM 1 FROM subjects WHERE subject_id = p_subject FOR UPDATE;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
     DELETE FROM personal_data WHERE subject_id = p_subject;
     -- The request ids and the keyed digests of the person's calls.
-    DELETE FROM idempotency_keys WHERE subject_id = p_subject;
+    DELETE FROM idempotency_keys
+     WHERE subject_key = (SELECT subject_key FROM subjects WHERE subject_id = p_subject);
     UPDATE consent_records
        SET evidence = '', text_erased = true,
            -- A v1 row hashes its request id: blanking it would break the chain.
