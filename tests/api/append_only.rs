@@ -232,7 +232,11 @@ async fn the_server_role_cannot_change_or_unguard_any_history_table_given_a_serv
         )
         .await
         .unwrap_err();
-    assert_eq!(error.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "{error:?}");
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INVALID_PARAMETER_VALUE),
+        "{error:?}"
+    );
     assert_eq!(app.count("subjects WHERE subject_id = 'C-ao-1'").await, 1);
 
     let mut owner_counts_after = Vec::new();
