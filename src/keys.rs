@@ -238,21 +238,22 @@ impl KeyRing {
 /// The key that turns subject ids into pseudonyms and keyed hashes: one
 /// base64 line. Each use derives under its own domain tag, so that values
 /// derived for one use cannot be matched with another's.
+///
+/// The tag goes into the MAC length-prefixed: with the tag simply put in
+/// front of the data, the trace ref of the id `pseudonym:C-1` (tag "") was
+/// the pseudonym derivation of `C-1`, and any caller may pick an id.
 #[derive(Clone, Debug)]
 pub struct SubjectKey(Secret);
 
 impl SubjectKey {
     /// HMAC-SHA256 of the id under `domain`.
     pub fn derive(&self, domain: &str, subject: &SubjectId) -> Vec<u8> {
-        self.mac(domain, subject.as_str().as_bytes())
-            .finalize()
-            .into_bytes()
-            .to_vec()
+        self.derive_bytes(domain, subject.as_str().as_bytes())
     }
 
-    /// Whether `tag` is [`derive`](Self::derive)'s answer for `data` under
-    /// `domain`, compared in constant time. For values that are not
-    /// subject ids, such as the preference page's CSRF tokens.
+    /// Whether `tag` is [`derive_bytes`](Self::derive_bytes)'s answer for
+    /// `data` under `domain`, compared in constant time. For values that are
+    /// not subject ids, such as the preference page's CSRF tokens.
     pub fn verify(&self, domain: &str, data: &[u8], tag: &[u8]) -> bool {
         self.mac(domain, data).verify_slice(tag).is_ok()
     }
@@ -262,9 +263,24 @@ impl SubjectKey {
         self.mac(domain, data).finalize().into_bytes().to_vec()
     }
 
+    /// The suppression-list hash as it was made before domain tags were
+    /// length-prefixed: HMAC over `erasure:` and the id. Kept so that ids
+    /// erased before still find their refusals. It cannot meet any
+    /// [`derive`](Self::derive) value: those MAC inputs start with the
+    /// tag's length, a zero byte, and this one with `e`.
+    pub fn legacy_erasure_hash(&self, subject: &SubjectId) -> Vec<u8> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.0.expose()).expect("HMAC takes any key length");
+        mac.update(b"erasure:");
+        mac.update(subject.as_str().as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
     fn mac(&self, domain: &str, data: &[u8]) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(self.0.expose()).expect("HMAC takes any key length");
+        let length = u32::try_from(domain.len()).expect("a domain tag under 4 GiB");
+        mac.update(&length.to_be_bytes());
         mac.update(domain.as_bytes());
         mac.update(data);
         mac
@@ -403,6 +419,22 @@ mod tests {
         assert_ne!(key.derive("a:", &id), key.derive("b:", &id));
         let other = SubjectKey(Secret(Arc::from([8u8; 32].as_slice())));
         assert_ne!(key.derive("a:", &id), other.derive("a:", &id));
+    }
+
+    #[test]
+    fn a_domain_tag_cannot_be_moved_into_the_data() {
+        let key = SubjectKey(Secret(Arc::from([7u8; 32].as_slice())));
+        let id = |text: &str| SubjectId::parse(text).unwrap();
+        // Without the length prefix these were one MAC input.
+        assert_ne!(
+            key.derive("", &id("pseudonym:C-1")),
+            key.derive("pseudonym:", &id("C-1"))
+        );
+        assert_ne!(key.derive("a", &id("bc")), key.derive("ab", &id("c")));
+        assert_ne!(
+            key.derive("", &id("erasure:C-1")),
+            key.legacy_erasure_hash(&id("C-1"))
+        );
     }
 
     /// A directory of its own under the system temp dir, removed at the end.

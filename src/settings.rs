@@ -247,6 +247,21 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    /// The PostgreSQL role the server serves as. The user of --database-url
+    /// owns the tables and runs the migrations; the server then connects
+    /// again as this role, which owns nothing and may only append to and
+    /// read the histories. consentd creates it (LOGIN, no other attribute)
+    /// when missing and the owner may, and sets its privileges at every
+    /// start; it refuses to start when the role could do more.
+    #[arg(long, env = "CONSENTD_SERVING_ROLE", default_value = "consentd_serving", value_parser = crate::store::parse_role_name)]
+    pub serving_role: String,
+
+    /// File holding the serving role's password (one line), for servers
+    /// that ask for one. Without it the serving role connects without a
+    /// password (trust, peer or certificate authentication).
+    #[arg(long, env = "CONSENTD_SERVING_PASSWORD_FILE")]
+    pub serving_password_file: Option<PathBuf>,
+
     /// Address for gRPC. Port 0 picks a free port; the bound address is logged.
     #[arg(long, env = "CONSENTD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -450,6 +465,8 @@ impl ServeArgs {
                 "--db-statement-timeout-ms",
                 Some(self.db_statement_timeout_ms.to_string()),
             ),
+            ("--serving-role", Some(self.serving_role.clone())),
+            ("--serving-password-file", path(&self.serving_password_file)),
             ("--drain-seconds", Some(self.drain_seconds.to_string())),
             ("--public-url", self.public_url.clone()),
             ("--unsubscribe-keys-file", path(&self.unsubscribe_keys_file)),

@@ -39,7 +39,7 @@ use crate::{
         vault::DataKeys,
     },
     settings::{LimitArgs, ServeArgs},
-    store::{Database, Store},
+    store::{Database, ServingRole, Store},
     telemetry::SubjectRefs,
     tls::{self, Tls, TlsFiles, TlsListener},
 };
@@ -101,6 +101,11 @@ impl Application {
         database: Database,
         policy: Arc<Policy>,
     ) -> anyhow::Result<Self> {
+        // From here on the server holds only the serving role's connections:
+        // the owner's, which could rewrite the history, close.
+        let serving =
+            ServingRole::from_settings(&args.serving_role, args.serving_password_file.as_deref())?;
+        let database = database.serve_as(&serving).await?;
         check_durability(&database.store, args.allow_unsafe_durability).await?;
         let tls = TlsFiles::from_settings(
             args.tls_cert.as_deref(),
@@ -143,6 +148,10 @@ impl Application {
         let subject_key =
             SubjectKey::load_or_create(args.subject_ref_key_file.as_deref(), &state_dir)?;
         let data_keys = DataKeys::load_or_create(args.data_keys_file.as_deref(), &state_dir)?;
+        let database = Database {
+            store: database.store.with_request_key(subject_key.clone()),
+            ..database
+        };
         // Like the other keys: refuse to start rather than sign with a key
         // that dies with the process.
         let (checkpoint_key, key_path) = crate::ledger::key::load_or_create(&state_dir).context(

@@ -144,6 +144,9 @@ pub fn init(default_filter: &str, format: LogFormat) -> anyhow::Result<Telemetry
     }
 }
 
+/// The domain tag trace refs derive under.
+const TRACE_REF_DOMAIN: &str = "trace-ref";
+
 /// Keyed pseudonyms for subjects, for spans and dashboards: stable (the same
 /// subject always gets the same ref, so dashboards can group by it) but not
 /// reversible without the key, and never the external id itself.
@@ -162,10 +165,10 @@ impl SubjectRefs {
         SubjectKey::load(path).map(Self::new)
     }
 
-    /// The pseudonym of a subject in traces: 16 hex digits. Its domain tag is
-    /// empty; other uses of the key derive under their own tags.
+    /// The pseudonym of a subject in traces: 16 hex digits, under its own
+    /// domain tag; other uses of the key derive under theirs.
     pub fn of(&self, subject: &SubjectId) -> String {
-        hex(&self.key.derive("", subject)[..8])
+        hex(&self.key.derive(TRACE_REF_DOMAIN, subject)[..8])
     }
 }
 

@@ -111,6 +111,9 @@ pub struct ConsentRecordLink {
     pub request_id: Option<String>,
     pub recorded_at: DateTime<Utc>,
     pub evidence: String,
+    /// 1: the request id is encoded as it is; 2 (V10): it is part of the
+    /// free text, so that erasure can blank it.
+    pub ledger_version: i16,
 }
 
 /// A disclosure as the chain sees it.
@@ -129,6 +132,8 @@ pub struct DisclosureLink {
     pub requested_at: DateTime<Utc>,
     pub reference: Option<String>,
     pub justification: Option<String>,
+    /// As for consent records.
+    pub ledger_version: i16,
 }
 
 /// An approval or review of a disclosure as the chain sees it.
@@ -152,16 +157,45 @@ pub enum Content {
 impl Content {
     /// The digest of the free text, which the chain hashes instead of the
     /// text itself, so that the text can be blanked at erasure without
-    /// breaking the chain.
+    /// breaking the chain. From encoding v2 on the request id counts as free
+    /// text.
     pub fn text_digest(&self) -> Hash {
         let encoded = match self {
-            Content::ConsentRecord(r) => Encoder::default().text(&r.evidence),
-            Content::Disclosure(d) => Encoder::default()
-                .opt_text(d.reference.as_deref())
-                .opt_text(d.justification.as_deref()),
+            Content::ConsentRecord(r) => {
+                let text = Encoder::default().text(&r.evidence);
+                match r.ledger_version {
+                    1 => text,
+                    _ => text.opt_text(r.request_id.as_deref()),
+                }
+            }
+            Content::Disclosure(d) => {
+                let text = Encoder::default()
+                    .opt_text(d.reference.as_deref())
+                    .opt_text(d.justification.as_deref());
+                match d.ledger_version {
+                    1 => text,
+                    _ => text.opt_text(d.request_id.as_deref()),
+                }
+            }
             Content::DisclosureEvent(e) => Encoder::default().text(&e.note),
         };
         Sha256::digest(encoded.finish()).into()
+    }
+
+    /// Whether the free text is what erasure leaves: blank, and for v2 no
+    /// request id. A row marked erased must be, or it hides a change.
+    pub fn text_is_blank(&self) -> bool {
+        match self {
+            Content::ConsentRecord(r) => {
+                r.evidence.is_empty() && (r.ledger_version == 1 || r.request_id.is_none())
+            }
+            Content::Disclosure(d) => {
+                d.reference.is_none()
+                    && d.justification.is_none()
+                    && (d.ledger_version == 1 || d.request_id.is_none())
+            }
+            Content::DisclosureEvent(e) => e.note.is_empty(),
+        }
     }
 
     /// The canonical encoding of the row at `position` in its chain.
@@ -179,7 +213,7 @@ impl Content {
                 .text(&r.channel)
                 .text(&r.notice_version)
                 .text(&r.actor)
-                .opt_text(r.request_id.as_deref()),
+                .opt_text(encoded_request_id(r.ledger_version, &r.request_id)),
             Content::Disclosure(d) => Encoder::default()
                 .text("disclosure")
                 .int(position)
@@ -192,7 +226,7 @@ impl Content {
                 .text(&d.status)
                 .time(d.review_due)
                 .text(&d.requested_by)
-                .opt_text(d.request_id.as_deref()),
+                .opt_text(encoded_request_id(d.ledger_version, &d.request_id)),
             Content::DisclosureEvent(e) => Encoder::default()
                 .text("disclosure_event")
                 .int(position)
@@ -225,6 +259,15 @@ impl Content {
     }
 }
 
+/// The request id as the encoding holds it: itself in v1, none from v2 on
+/// (it is in the text digest instead).
+fn encoded_request_id(version: i16, request_id: &Option<String>) -> Option<&str> {
+    match version {
+        1 => request_id.as_deref(),
+        _ => None,
+    }
+}
+
 /// One history row with its place in the chain, as stored.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -232,6 +275,8 @@ pub struct Link {
     pub subject_key: Option<Uuid>,
     pub position: i64,
     pub text_digest: Vec<u8>,
+    /// Erasure blanked the free text; the digest stays as it was.
+    pub text_erased: bool,
     pub hash: Vec<u8>,
     pub content: Content,
 }
@@ -262,6 +307,7 @@ mod tests {
             request_id: None,
             recorded_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
             evidence: "form-17".into(),
+            ledger_version: 1,
         })
     }
 
@@ -325,6 +371,35 @@ mod tests {
         assert_ne!(base.text_digest(), blanked.text_digest());
         let digest = base.text_digest();
         assert_eq!(base.encode(1, &digest), blanked.encode(1, &digest));
+    }
+
+    #[test]
+    fn from_v2_the_request_id_reaches_the_chain_only_through_its_digest() {
+        let Content::ConsentRecord(r) = record() else {
+            unreachable!()
+        };
+        let v2 = |request_id: Option<&str>| {
+            Content::ConsentRecord(ConsentRecordLink {
+                request_id: request_id.map(String::from),
+                ledger_version: 2,
+                ..r.clone()
+            })
+        };
+        let (with, without) = (v2(Some("req-1")), v2(None));
+        assert_ne!(with.text_digest(), without.text_digest());
+        let digest = with.text_digest();
+        assert_eq!(with.encode(1, &digest), without.encode(1, &digest));
+        // In v1 it is hashed as it is, so erasure must leave it.
+        let v1 = |request_id: Option<&str>| {
+            Content::ConsentRecord(ConsentRecordLink {
+                request_id: request_id.map(String::from),
+                ..r.clone()
+            })
+        };
+        assert_ne!(
+            v1(Some("req-1")).encode(1, &digest),
+            v1(None).encode(1, &digest)
+        );
     }
 
     #[test]

@@ -94,7 +94,16 @@ fn walk_chains(links: Vec<Link>) -> Result<BTreeMap<Uuid, Walked>, Broken> {
                 ),
             ));
         }
-        if link_row.content.text_digest()[..] != link_row.text_digest[..] {
+        if link_row.text_erased {
+            // Erasure blanked the text and kept its digest: there is nothing
+            // left to compare, but nothing may be left either.
+            if !link_row.content.text_is_blank() {
+                return Err(broken(
+                    name,
+                    "it is marked erased, but its free text is not blank",
+                ));
+            }
+        } else if link_row.content.text_digest()[..] != link_row.text_digest[..] {
             return Err(broken(
                 name,
                 "its free text was changed: it no longer matches its digest",

@@ -9,9 +9,9 @@ use crate::{
 
 /// What an erased id leaves behind: a keyed hash on the suppression list,
 /// so its opt-outs hold if the id comes back, and a pseudonym its history
-/// carries instead of the id. Both come from the subject-ref key that also
-/// makes the trace refs, each under its own domain tag so none of them can
-/// be matched with another.
+/// carries instead of the id. The pseudonym is random, made afresh at each
+/// erasure: nothing computes it from the id, so it points back to no one,
+/// and an id erased, registered again and erased again gets a new one.
 #[derive(Clone, Debug)]
 pub struct ErasureRefs {
     key: SubjectKey,
@@ -22,18 +22,17 @@ impl ErasureRefs {
         Self { key }
     }
 
-    /// The suppression-list hash of an erased external id.
+    /// The suppression-list hash of an erased external id (its format is
+    /// older than the key's domain tags; see `SubjectKey::legacy_erasure_hash`).
     pub fn hash(&self, subject: &SubjectId) -> Vec<u8> {
-        self.key.derive("erasure:", subject)
+        self.key.legacy_erasure_hash(subject)
     }
 
-    /// The id an erased subject's history carries instead of its own.
-    pub fn pseudonym(&self, subject: &SubjectId) -> SubjectId {
-        SubjectId::parse(format!(
-            "erased-{}",
-            hex(&self.key.derive("pseudonym:", subject)[..12])
-        ))
-        .expect("a valid subject id")
+    /// A new id for an erased subject's history.
+    pub fn pseudonym(&self) -> SubjectId {
+        let mut random = [0u8; 12];
+        getrandom::fill(&mut random).expect("the OS random source works");
+        SubjectId::parse(format!("erased-{}", hex(&random))).expect("a valid subject id")
     }
 }
 
@@ -54,7 +53,7 @@ impl Eraser {
             .erase_subject(
                 subject_id,
                 &self.refs.hash(subject_id),
-                &self.refs.pseudonym(subject_id),
+                &self.refs.pseudonym(),
                 actor,
             )
             .await?;
@@ -77,23 +76,33 @@ mod tests {
     }
 
     #[test]
-    fn erasure_refs_are_stable_keyed_and_derived_apart_from_trace_refs() {
+    fn erasure_hashes_are_stable_and_keyed_and_pseudonyms_are_fresh() {
         let id = SubjectId::parse("C-1042").unwrap();
         let refs = ErasureRefs::new(key(7));
         assert_eq!(refs.hash(&id), refs.hash(&id));
         assert_ne!(refs.hash(&id), ErasureRefs::new(key(8)).hash(&id));
-        assert_ne!(
-            hex(&refs.hash(&id)[..8]),
-            SubjectRefs::new(key(7)).of(&id),
-            "derived apart"
-        );
-        assert!(refs.pseudonym(&id).as_str().starts_with("erased-"));
-        assert!(!refs.pseudonym(&id).as_str().contains("1042"));
-        assert_eq!(refs.pseudonym(&id), refs.pseudonym(&id));
-        assert_ne!(
-            &refs.pseudonym(&id).as_str()["erased-".len()..],
-            &hex(&refs.hash(&id)[..12]),
-            "derived apart"
-        );
+        let (a, b) = (refs.pseudonym(), refs.pseudonym());
+        assert!(a.as_str().starts_with("erased-"));
+        assert_ne!(a, b, "a new pseudonym at each erasure");
+    }
+
+    /// Any caller may choose a subject id, so no trace ref, of any id, may
+    /// reveal part of another derivation: once, the trace ref of
+    /// `erasure:C-1042` was the start of C-1042's suppression-list hash.
+    #[test]
+    fn no_trace_ref_reveals_part_of_an_erasure_hash() {
+        let refs = ErasureRefs::new(key(7));
+        let traces = SubjectRefs::new(key(7));
+        for id in ["C-1042", "org:ACME/42"] {
+            let hash = hex(&refs.hash(&SubjectId::parse(id).unwrap()));
+            for crafted in [
+                id.to_string(),
+                format!("erasure:{id}"),
+                format!("pseudonym:{id}"),
+            ] {
+                let trace = traces.of(&SubjectId::parse(crafted.as_str()).unwrap());
+                assert!(!hash.contains(&trace), "{crafted}");
+            }
+        }
     }
 }

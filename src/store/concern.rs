@@ -21,6 +21,10 @@ use crate::{
 pub const MAX_CONTACT_CHARS: usize = 256;
 pub const MAX_TEXT_CHARS: usize = 10_000;
 
+/// The advisory lock class under which status changes of one concern take
+/// turns.
+const CONCERN_LOCK_CLASS: i32 = 0x636f_6e63; // "conc"
+
 /// Which concerns ListConcerns wants.
 #[derive(Debug, Clone, Copy)]
 pub struct ConcernFilter {
@@ -62,7 +66,15 @@ impl Store {
             ];
             parts.extend(links.iter().map(String::as_str));
             let digest = RequestDigest::of("FileConcern", &parts);
-            if let Claim::Replay(id) = idempotency::claim(&tx, request_id, &digest).await? {
+            if let Claim::Replay(id) = idempotency::claim(
+                &tx,
+                self.request_key.as_ref(),
+                request_id,
+                &digest,
+                new.subject_id.as_ref(),
+            )
+            .await?
+            {
                 let id: Uuid = id
                     .parse()
                     .map_err(|e| Error::Internal(anyhow::anyhow!("bad concern id: {e}")))?;
@@ -117,9 +129,18 @@ impl Store {
     ) -> Result<Concern> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // A transaction-scoped advisory lock on the concern rather than a
+        // row lock: the serving role may not UPDATE concerns, and FOR UPDATE
+        // needs that privilege. Its own class keeps it apart from other
+        // advisory locks.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))",
+            &[&CONCERN_LOCK_CLASS, &concern_id],
+        )
+        .await?;
         let locked = tx
             .query_opt(
-                "SELECT 1 FROM concerns WHERE concern_id = $1 FOR UPDATE",
+                "SELECT 1 FROM concerns WHERE concern_id = $1",
                 &[&concern_id],
             )
             .await?;

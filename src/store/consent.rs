@@ -51,7 +51,15 @@ impl Store {
                     actor.as_str(),
                 ],
             );
-            if let Claim::Replay(result) = idempotency::claim(&tx, request_id, &digest).await? {
+            if let Claim::Replay(result) = idempotency::claim(
+                &tx,
+                self.request_key.as_ref(),
+                request_id,
+                &digest,
+                Some(&reg.subject_id),
+            )
+            .await?
+            {
                 let subject = subject_in(&tx, &reg.subject_id)
                     .await?
                     .ok_or_else(|| anyhow!("idempotency key refers to a missing subject"))?;
@@ -90,6 +98,7 @@ impl Store {
             .ok_or_else(|| anyhow!("subject vanished inside its own transaction"))?;
         if let Some(request_id) = &reg.request_id {
             let result = if created { "created" } else { "updated" };
+            idempotency::name_subject(&tx, request_id, &reg.subject_id).await?;
             idempotency::settle(&tx, request_id, result).await?;
         }
         tx.commit().await?;
@@ -133,7 +142,15 @@ impl Store {
         let tx = client.transaction().await?;
         if let Some(request_id) = &new.request_id {
             let digest = consent_digest(new);
-            if let Claim::Replay(record_id) = idempotency::claim(&tx, request_id, &digest).await? {
+            if let Claim::Replay(record_id) = idempotency::claim(
+                &tx,
+                self.request_key.as_ref(),
+                request_id,
+                &digest,
+                Some(&new.subject_id),
+            )
+            .await?
+            {
                 let record_id: Uuid = record_id
                     .parse()
                     .map_err(|e| anyhow!("idempotency key holds a bad record id: {e}"))?;
@@ -201,32 +218,8 @@ impl Store {
             )
             .await?;
         let record = record_from_row(&row)?;
-        // A permission naming a recipient decides only disclosures to it
-        // (read from the history by `recipient_choices`), never a Check, so
-        // it stays out of the current state.
-        if new.recipient.is_none() {
-            // The WHERE keeps the newest record even if an older one were ever
-            // written after it; with the row lock above that cannot happen, but
-            // the state must not depend on it.
-            tx.execute(
-                "INSERT INTO consent_state (subject_id, purpose, field, choice, record_id, sequence, recorded_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (subject_id, purpose, field) DO UPDATE
-                    SET choice = EXCLUDED.choice, record_id = EXCLUDED.record_id,
-                        sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at
-                  WHERE consent_state.sequence < EXCLUDED.sequence",
-                &[
-                    &new.subject_id.as_str(),
-                    &new.purpose.as_str(),
-                    &field,
-                    &new.choice.as_str(),
-                    &record.record_id,
-                    &record.sequence,
-                    &record.recorded_at,
-                ],
-            )
-            .await?;
-        }
+        // consent_state follows the record by a trigger (V9), the only way
+        // it can change.
         if let Some(request_id) = &new.request_id {
             idempotency::settle(&tx, request_id, &record.record_id.to_string()).await?;
         }

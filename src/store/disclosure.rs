@@ -119,7 +119,15 @@ impl Store {
         let tx = client.transaction().await?;
         if let Some(request_id) = &new.request_id {
             let digest = disclosure_digest(new);
-            if let Claim::Replay(id) = idempotency::claim(&tx, request_id, &digest).await? {
+            if let Claim::Replay(id) = idempotency::claim(
+                &tx,
+                self.request_key.as_ref(),
+                request_id,
+                &digest,
+                Some(&new.subject_id),
+            )
+            .await?
+            {
                 let id: Uuid = id
                     .parse()
                     .map_err(|e| anyhow!("idempotency key holds a bad id: {e}"))?;

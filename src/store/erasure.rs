@@ -19,10 +19,11 @@ pub struct Erased {
 }
 
 impl Store {
-    /// Erases `subject_id` in one transaction: personal data values and the
-    /// concern contact are deleted; every row keyed by the subject is renamed
-    /// to `pseudonym` by one cascading update; the keyed `hash` goes on the
-    /// suppression list.
+    /// Erases `subject_id` in one transaction, through the owner's
+    /// `consentd_erase_subject` (V9): the only way the serving role can
+    /// change the history. Personal data values and the concern contact are
+    /// deleted; every row keyed by the subject is renamed to `pseudonym`;
+    /// the keyed `hash` goes on the suppression list.
     #[tracing::instrument(name = "store.erase_subject", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "erase_subject"))]
     pub async fn erase_subject(
         &self,
@@ -31,77 +32,43 @@ impl Store {
         pseudonym: &SubjectId,
         actor: &Actor,
     ) -> Result<Erased> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let exists = tx
-            .query_opt(
-                "SELECT 1 FROM subjects WHERE subject_id = $1 FOR UPDATE",
-                &[&subject_id.as_str()],
+        let client = self.client().await?;
+        let erased_at: Option<DateTime<Utc>> = client
+            .query_one(
+                "SELECT consentd_erase_subject($1, $2, $3, $4)",
+                &[
+                    &subject_id.as_str(),
+                    &hash,
+                    &pseudonym.as_str(),
+                    &actor.as_str(),
+                ],
             )
             .await?
-            .is_some();
-        if !exists {
-            let earlier = tx
-                .query_opt(
-                    "SELECT pseudonym, erased_at FROM erased_subjects WHERE subject_hash = $1",
-                    &[&hash],
-                )
-                .await?;
-            return match earlier {
-                Some(row) => Ok(Erased {
-                    pseudonym: stored(SubjectId::parse(row.get::<_, String>(0)), "pseudonym")?,
-                    erased_at: row.get(1),
-                    already: true,
-                }),
-                None => Err(Error::subject_not_found(subject_id)),
-            };
+            .get(0);
+        if let Some(erased_at) = erased_at {
+            // Wakes the change streams now rather than at their next poll;
+            // after the commit, so it holds no lock of the erasure's.
+            client.batch_execute(super::feed::NOTIFY).await?;
+            return Ok(Erased {
+                pseudonym: pseudonym.clone(),
+                erased_at,
+                already: false,
+            });
         }
-        // The append-only tables accept a change of subject_id, and nothing
-        // else, while this setting is on (see V5).
-        tx.batch_execute("SET LOCAL consentd.erasure = 'on'")
-            .await?;
-        // The feed's event, naming this life's records (read before the
-        // rename below, so a re-registered person's earlier ones are not
-        // named again). The lock above gave this transaction its id before
-        // the sequence is drawn, as the feed's gap rules need.
-        tx.execute(
-            "INSERT INTO erasure_events (pseudonym, record_sequences, record_purposes)
-             SELECT $2, coalesce(array_agg(sequence ORDER BY sequence), '{}'),
-                        coalesce(array_agg(purpose ORDER BY sequence), '{}')
-               FROM consent_records WHERE subject_id = $1",
-            &[&subject_id.as_str(), &pseudonym.as_str()],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM personal_data WHERE subject_id = $1",
-            &[&subject_id.as_str()],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE concerns SET subject_id = $2, contact = '(erased)' WHERE subject_id = $1",
-            &[&subject_id.as_str(), &pseudonym.as_str()],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE subjects SET subject_id = $2 WHERE subject_id = $1",
-            &[&subject_id.as_str(), &pseudonym.as_str()],
-        )
-        .await?;
-        let row = tx
-            .query_one(
-                "INSERT INTO erased_subjects (subject_hash, pseudonym, erased_by) VALUES ($1, $2, $3)
-                 ON CONFLICT (subject_hash) DO UPDATE SET erased_at = now(), erased_by = EXCLUDED.erased_by
-                 RETURNING erased_at",
-                &[&hash, &pseudonym.as_str(), &actor.as_str()],
+        let earlier = client
+            .query_opt(
+                "SELECT pseudonym, erased_at FROM erased_subjects WHERE subject_hash = $1",
+                &[&hash],
             )
             .await?;
-        tx.batch_execute(super::feed::NOTIFY).await?;
-        tx.commit().await?;
-        Ok(Erased {
-            pseudonym: pseudonym.clone(),
-            erased_at: row.get(0),
-            already: false,
-        })
+        match earlier {
+            Some(row) => Ok(Erased {
+                pseudonym: stored(SubjectId::parse(row.get::<_, String>(0)), "pseudonym")?,
+                erased_at: row.get(1),
+                already: true,
+            }),
+            None => Err(Error::subject_not_found(subject_id)),
+        }
     }
 
     /// Which of these suppression-list hashes are on the list.
@@ -142,19 +109,14 @@ pub(super) async fn carry_refusals(
     let pseudonym: String = row.get(0);
     let carried = tx
         .execute(
-            "WITH carried AS (
-                INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
-                                             notice_version, evidence, actor)
-                SELECT $1, gen_random_uuid(), s.purpose, s.field, 'refuse', 'api', r.notice_version,
-                       'refusal kept from before erasure', 'erasure-suppression'
-                  FROM consent_state s
-                  JOIN consent_records r ON r.subject_id = s.subject_id AND r.sequence = s.sequence
-                 WHERE s.subject_id = $2 AND s.choice = 'refuse'
-                 ORDER BY s.sequence
-                RETURNING subject_id, purpose, field, record_id, sequence, recorded_at
-             )
-             INSERT INTO consent_state (subject_id, purpose, field, choice, record_id, sequence, recorded_at)
-             SELECT subject_id, purpose, field, 'refuse', record_id, sequence, recorded_at FROM carried",
+            "INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
+                                          notice_version, evidence, actor)
+             SELECT $1, gen_random_uuid(), s.purpose, s.field, 'refuse', 'api', r.notice_version,
+                    'refusal kept from before erasure', 'erasure-suppression'
+               FROM consent_state s
+               JOIN consent_records r ON r.subject_id = s.subject_id AND r.sequence = s.sequence
+              WHERE s.subject_id = $2 AND s.choice = 'refuse'
+              ORDER BY s.sequence",
             &[&subject_id.as_str(), &pseudonym],
         )
         .await?;

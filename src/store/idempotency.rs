@@ -1,16 +1,26 @@
 //! AIP-155 idempotency keys, claimed inside the caller's transaction so that
 //! a key and the write it guards commit or vanish together.
+//!
+//! What is stored of a request's content is keyed (HMAC under the
+//! subject-ref key): a plain hash of an external id and a few guessable
+//! fields could be matched by anyone holding a copy of the table. Each key
+//! also names its subject (by its internal key), so that erasure deletes it.
 
 use sha2::{Digest as _, Sha256};
 use tokio_postgres::Transaction;
 
 use crate::{
-    domain::RequestId,
+    domain::{RequestId, SubjectId},
     error::{Error, Result},
+    keys::SubjectKey,
 };
 
+/// The domain tag idempotency digests are keyed under.
+const DIGEST_DOMAIN: &str = "request-digest";
+
 /// SHA-256 over an operation name and the request's content. Each part is
-/// length-prefixed so that ("ab", "c") and ("a", "bc") differ.
+/// length-prefixed so that ("ab", "c") and ("a", "bc") differ. It is keyed
+/// before it is stored (see [`claim`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestDigest(Vec<u8>);
 
@@ -33,19 +43,32 @@ pub(crate) enum Claim {
     Replay(String),
 }
 
-/// Claims `request_id` for a request with `digest`. A concurrent first call
-/// with the same key makes this wait until that call commits or rolls back,
-/// so two retries never both write.
+/// Claims `request_id` for a request with `digest`, made about `subject`.
+/// A concurrent first call with the same key makes this wait until that
+/// call commits or rolls back, so two retries never both write.
 pub(crate) async fn claim(
     tx: &Transaction<'_>,
+    key: Option<&SubjectKey>,
     request_id: &RequestId,
     digest: &RequestDigest,
+    subject: Option<&SubjectId>,
 ) -> Result<Claim> {
+    let key = key.ok_or_else(|| {
+        Error::Internal(anyhow::anyhow!(
+            "this store has no key for idempotency digests (Store::with_request_key)"
+        ))
+    })?;
+    let keyed = key.derive_bytes(DIGEST_DOMAIN, &digest.0);
     let inserted = tx
         .execute(
-            "INSERT INTO idempotency_keys (request_id, digest) VALUES ($1, $2)
+            "INSERT INTO idempotency_keys (request_id, digest, subject_key)
+             VALUES ($1, $2, (SELECT subject_key FROM subjects WHERE subject_id = $3))
              ON CONFLICT (request_id) DO NOTHING",
-            &[&request_id.as_str(), &digest.0],
+            &[
+                &request_id.as_str(),
+                &keyed,
+                &subject.map(SubjectId::as_str),
+            ],
         )
         .await?;
     if inserted == 1 {
@@ -58,10 +81,27 @@ pub(crate) async fn claim(
         )
         .await?;
     let stored: Vec<u8> = row.get(0);
-    if stored != digest.0 {
+    if stored != keyed {
         return Err(Error::RequestIdReused);
     }
     Ok(Claim::Replay(row.get(1)))
+}
+
+/// Names the subject of a key claimed before its subject existed (a
+/// registration), so that erasure finds it.
+pub(crate) async fn name_subject(
+    tx: &Transaction<'_>,
+    request_id: &RequestId,
+    subject: &SubjectId,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE idempotency_keys
+            SET subject_key = (SELECT subject_key FROM subjects WHERE subject_id = $2)
+          WHERE request_id = $1 AND subject_key IS NULL",
+        &[&request_id.as_str(), &subject.as_str()],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Notes what the first call produced, for later replays.

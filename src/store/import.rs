@@ -73,8 +73,8 @@ impl Store {
             .await?;
         // No per-subject row lock here (unlike RecordConsent): locking a
         // whole batch of rows costs more than the rest of the import, and
-        // the state upsert below already keeps the newest record when an
-        // API write for the same subject races this batch.
+        // the state trigger (V9) already keeps the newest record when an API
+        // write for the same subject races this batch.
         let field = spec.field.as_ref().map_or("", |f| f.as_str());
         let refused = tx
             .execute(
@@ -85,19 +85,11 @@ impl Store {
                         ON s.subject_id = b.subject_id AND s.purpose = $1 AND s.field = $2
                      WHERE s.choice IS DISTINCT FROM 'refuse'
                      ORDER BY b.subject_id, b.position
-                 ), appended AS (
-                    INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
-                                                 notice_version, evidence, actor)
-                    SELECT subject_id, gen_random_uuid(), $1, $2, 'refuse', 'import', $3, $4, $5
-                      FROM todo ORDER BY position
-                    RETURNING subject_id, record_id, sequence, recorded_at
                  )
-                 INSERT INTO consent_state (subject_id, purpose, field, choice, record_id, sequence, recorded_at)
-                 SELECT subject_id, $1, $2, 'refuse', record_id, sequence, recorded_at FROM appended
-                 ON CONFLICT (subject_id, purpose, field) DO UPDATE
-                    SET choice = EXCLUDED.choice, record_id = EXCLUDED.record_id,
-                        sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at
-                  WHERE consent_state.sequence < EXCLUDED.sequence",
+                 INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
+                                              notice_version, evidence, actor)
+                 SELECT subject_id, gen_random_uuid(), $1, $2, 'refuse', 'import', $3, $4, $5
+                   FROM todo ORDER BY position",
                 &[
                     &spec.purpose.as_str(),
                     &field,

@@ -29,6 +29,7 @@ fn link(row: &Row, content: Content) -> Link {
         text_digest: row
             .get::<_, Option<Vec<u8>>>("text_digest")
             .unwrap_or_default(),
+        text_erased: row.get("text_erased"),
         hash: row.get::<_, Option<Vec<u8>>>("hash").unwrap_or_default(),
         content,
     }
@@ -223,7 +224,8 @@ async fn links(tx: &Transaction<'_>) -> Result<Vec<Link>> {
         .query(
             "SELECT s.subject_key, r.chain_seq, r.text_digest, r.hash, r.record_id, r.sequence,
                     r.purpose, r.field, r.recipient, r.choice, r.channel, r.notice_version,
-                    r.actor, r.request_id, r.recorded_at, r.evidence
+                    r.actor, r.request_id, r.recorded_at, r.evidence, r.ledger_version,
+                    r.text_erased
                FROM consent_records r LEFT JOIN subjects s USING (subject_id)",
             &[],
         )
@@ -242,6 +244,7 @@ async fn links(tx: &Transaction<'_>) -> Result<Vec<Link>> {
             request_id: row.get("request_id"),
             recorded_at: row.get("recorded_at"),
             evidence: row.get("evidence"),
+            ledger_version: row.get("ledger_version"),
         });
         links.push(link(&row, content));
     }
@@ -250,7 +253,7 @@ async fn links(tx: &Transaction<'_>) -> Result<Vec<Link>> {
             "SELECT s.subject_key, d.chain_seq, d.text_digest, d.hash, d.disclosure_id,
                     d.recipient_id, d.purpose, d.legal_basis, d.fields, d.withheld, d.status,
                     d.review_due, d.requested_by, d.request_id, d.requested_at, d.reference,
-                    d.justification
+                    d.justification, d.ledger_version, d.text_erased
                FROM disclosures d LEFT JOIN subjects s USING (subject_id)",
             &[],
         )
@@ -270,13 +273,14 @@ async fn links(tx: &Transaction<'_>) -> Result<Vec<Link>> {
             requested_at: row.get("requested_at"),
             reference: row.get("reference"),
             justification: row.get("justification"),
+            ledger_version: row.get("ledger_version"),
         });
         links.push(link(&row, content));
     }
     for row in tx
         .query(
             "SELECT s.subject_key, e.chain_seq, e.text_digest, e.hash, e.disclosure_id,
-                    e.kind, e.actor, e.at, e.note
+                    e.kind, e.actor, e.at, e.note, e.text_erased
                FROM disclosure_events e LEFT JOIN subjects s USING (subject_id)",
             &[],
         )

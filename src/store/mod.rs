@@ -20,6 +20,7 @@ mod locate;
 mod personal_data;
 mod probe;
 mod redact;
+mod roles;
 mod rows;
 mod server;
 mod tls;
@@ -45,6 +46,7 @@ pub use locate::{DEFAULT_DATABASE, Database};
 pub use personal_data::SealedRow;
 pub use probe::DatabaseProbe;
 pub use redact::redact;
+pub use roles::{ServingRole, parse_role_name};
 pub use server::{admin_connect, ensure_database, quote_ident, with_database};
 
 mod migrations {
@@ -59,6 +61,10 @@ pub struct Store {
     config: tokio_postgres::Config,
     /// TLS as the URL's `sslmode` asks, for those connections too.
     tls: MakeRustlsConnect,
+    /// Keys the idempotency digests; writes with a request id need it.
+    request_key: Option<crate::keys::SubjectKey>,
+    /// The bounds its pool was built with, for a pool as another role.
+    settings: ConnectionSettings,
 }
 
 impl Store {
@@ -73,6 +79,15 @@ impl Store {
     pub fn connect_with(url: &str, settings: &ConnectionSettings) -> anyhow::Result<Self> {
         let (mut config, tls) = tls::connect_config(url)?;
         settings.apply(&mut config);
+        Self::with_config(config, tls, settings.clone())
+    }
+
+    /// A pool on `config`, which `settings` were applied to already.
+    fn with_config(
+        config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
+        settings: ConnectionSettings,
+    ) -> anyhow::Result<Self> {
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -86,7 +101,13 @@ impl Store {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .context("cannot build the database pool")?;
-        Ok(Self { pool, config, tls })
+        Ok(Self {
+            pool,
+            config,
+            tls,
+            request_key: None,
+            settings,
+        })
     }
 
     /// A pooled connection whose query is cancelled if its call is
@@ -165,6 +186,23 @@ impl Store {
             .iter()
             .filter(|m| !applied.iter().any(|a| a.version() == m.version()))
             .count())
+    }
+
+    /// This store, keying idempotency digests with `key`.
+    pub fn with_request_key(self, key: crate::keys::SubjectKey) -> Self {
+        Self {
+            request_key: Some(key),
+            ..self
+        }
+    }
+
+    /// A connection from this store's own pool: the server's role, its
+    /// settings, its TLS. For tests and tools that must act exactly as the
+    /// server does; the server's own code goes through the functions here.
+    pub async fn connection(
+        &self,
+    ) -> Result<deadpool_postgres::Object, deadpool_postgres::PoolError> {
+        self.pool.get().await
     }
 
     /// The pool's state, for health and metrics.

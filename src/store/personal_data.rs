@@ -51,7 +51,15 @@ impl Store {
             ];
             parts.extend(&collected_for);
             let digest = RequestDigest::of("PutPersonalData", &parts);
-            if let Claim::Replay(id) = idempotency::claim(&tx, request_id, &digest).await? {
+            if let Claim::Replay(id) = idempotency::claim(
+                &tx,
+                self.request_key.as_ref(),
+                request_id,
+                &digest,
+                Some(&new.subject_id),
+            )
+            .await?
+            {
                 return id
                     .parse()
                     .map_err(|e| Error::Internal(anyhow!("idempotency key holds a bad id: {e}")));

@@ -28,6 +28,8 @@ fn sample(flag: &str) -> Option<String> {
         "--db-connect-timeout-ms" => "1500",
         "--db-pool-wait-timeout-ms" => "750",
         "--db-statement-timeout-ms" => "20000",
+        "--serving-role" => "consent_app",
+        "--serving-password-file" => "/run/secrets/serving-password",
         "--drain-seconds" => "5",
         "--public-url" => "https://consent.example.org",
         "--unsubscribe-keys-file" => "/run/secrets/unsubscribe.keys",

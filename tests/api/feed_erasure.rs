@@ -105,7 +105,6 @@ async fn a_stream_sees_an_erasure_after_the_persons_records_naming_them_by_seque
 }
 
 #[tokio::test]
-#[ignore = "a second erasure of the same id fails (pseudonym collision, issue 11) until h-erasure's fix is merged"]
 async fn a_person_erased_again_after_registering_again_gets_a_second_event() {
     let app = spawn_app().await;
     app.register(ID).await;

@@ -206,6 +206,8 @@ pub struct TestApp {
     pub channel: Channel,
     /// A direct connection to the test's database, to look behind the API.
     pub db: tokio_postgres::Client,
+    /// The server's own store: connections as the server makes them.
+    pub store: Store,
     /// Dropped (and so the database with it) when the test ends.
     _database: FreshDatabase,
     stop: CancellationToken,
@@ -263,20 +265,13 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
     spawn_app_on(fresh_database().await, configure).await
 }
 
-/// Like `spawn_app_with`, on a database the test made itself (on a
-/// PostgreSQL server of its own, say).
-pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
-    let (admin_url, db_url) = (fresh.admin_url.clone(), fresh.db_url.clone());
-
-    let mut args = ServeArgs {
-        database: DatabaseArgs {
-            database_url: Some(db_url.clone()),
-            pg_data_dir: None,
-            local_server_url: admin_url.clone(),
-            max_connections: 8,
-            db_connect_timeout_ms: 2000,
-            db_pool_wait_timeout_ms: 5000,
-        },
+/// The serve settings every test starts from, on `database`: free
+/// loopback ports, the test keys and policy.
+pub async fn serve_args(database: DatabaseArgs) -> ServeArgs {
+    ServeArgs {
+        database,
+        serving_role: "consentd_serving".into(),
+        serving_password_file: None,
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
@@ -314,7 +309,22 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
             http_max_body_bytes: 65_536,
             unsubscribe_rate_limit_per_address: 120,
         },
-    };
+    }
+}
+
+/// Like `spawn_app_with`, on a database the test made itself (on a
+/// PostgreSQL server of its own, say).
+pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let (admin_url, db_url) = (fresh.admin_url.clone(), fresh.db_url.clone());
+    let mut args = serve_args(DatabaseArgs {
+        database_url: Some(db_url.clone()),
+        pg_data_dir: None,
+        local_server_url: admin_url.clone(),
+        max_connections: 8,
+        db_connect_timeout_ms: 2000,
+        db_pool_wait_timeout_ms: 5000,
+    })
+    .await;
     configure(&mut args);
     let policy = Arc::new(Policy::load(&args.policy).unwrap());
     let database = Database::open_with(&args.database, &args.connection_settings())
@@ -323,6 +333,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
     let app = Application::with_database(&args, database, policy)
         .await
         .unwrap();
+    let store = app.store().clone();
     let (grpc_addr, http_addr, admin_addr) = (app.grpc_addr(), app.http_addr(), app.admin_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
@@ -342,6 +353,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         client: ConsentServiceClient::new(channel.clone()),
         channel,
         db,
+        store,
         _database: fresh,
         stop,
         server: Some(server),

@@ -2,6 +2,7 @@
 //! fresh database per test, and real gRPC calls over a socket. One test
 //! binary, so one process shares the PostgreSQL setup.
 
+mod append_only;
 mod auth_matrix;
 mod bad_input;
 mod browser;
@@ -21,6 +22,7 @@ mod disclosure;
 mod disclosure_bad_input;
 mod disclosure_holes;
 mod erasure;
+mod erasure_traces;
 mod error_paths;
 mod feed;
 mod feed_erasure;

@@ -210,9 +210,33 @@ async fn a_call_that_waits_past_the_pool_wait_timeout_is_answered_unavailable() 
         args.database.max_connections = 1;
         args.database.db_pool_wait_timeout_ms = 200;
         args.db_statement_timeout_ms = 60_000;
+        // The change feed's reader reads through the same pool. Woken only
+        // by writes (none below until the end), it must not be the one
+        // holding the pool's only connection, blocked on the lock.
+        args.feed_poll_interval_ms = 3_600_000;
     })
     .await;
     app.register("C-1").await;
+    // Once a stream has this record, the reader has read past it and idles.
+    let mut stream = app
+        .client
+        .clone()
+        .watch_changes(bounded(pb::WatchChangesRequest {
+            after: 0,
+            purposes: vec![],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let grant = record_request("C-1", "promotional_mail", "email", Choice::Grant);
+    app.client
+        .clone()
+        .record_consent(bounded(grant))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(LIVENESS, stream.next()).await;
+    assert!(matches!(first, Ok(Some(Ok(_)))), "{first:?}");
+    drop(stream);
     let locker = app.connect_db().await;
     locker
         .batch_execute("BEGIN; LOCK TABLE consent_records IN ACCESS EXCLUSIVE MODE")
