@@ -47,6 +47,13 @@ pub enum Error {
         rpc: String,
     },
 
+    /// UNAVAILABLE: the server is shutting down, and ends a stream that
+    /// would otherwise hold its drain open. Reconnecting, to this server
+    /// once it is back or to another, and sending again what was not
+    /// answered succeeds.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+
     /// ALREADY_EXISTS: the `request_id` was first used for a different
     /// request. Retrying cannot help; the caller must pick a new id.
     #[error("request_id was already used for a different request")]
@@ -120,6 +127,7 @@ impl Error {
             | Error::PermissionDenied(_)
             | Error::Unauthenticated(_)
             | Error::Refused { .. }
+            | Error::ShuttingDown
             | Error::RequestIdReused => {}
         }
     }

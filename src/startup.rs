@@ -277,6 +277,7 @@ impl Application {
             preferences,
             subject_refs,
         )
+        .ending_streams_at(stop.clone())
         .into_server();
 
         let grpc = tonic::transport::Server::builder()

@@ -3,6 +3,7 @@
 //! violation), call `service`, and turn the result into a response.
 
 mod auth;
+mod bulk;
 mod concern;
 mod consent;
 mod convert;
