@@ -5,6 +5,7 @@
 mod auth_matrix;
 mod bad_input;
 mod browser;
+mod bulk_check;
 mod callers;
 mod cli;
 mod cluster;
