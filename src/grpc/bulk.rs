@@ -163,7 +163,7 @@ impl ConsentGrpc {
             "bulk_check.request",
             consent.purpose = Empty,
             consent.field = Empty,
-            consent.bulk.size = request.subject_ids.len(),
+            consent.bulk.size = request.subject_ids.len() as i64,
             consent.bulk.allowed = Empty,
             consent.bulk.needs_verification = Empty,
             consent.policy_version = Empty,
@@ -177,15 +177,14 @@ impl ConsentGrpc {
             let span = tracing::Span::current();
             span.record("consent.purpose", query.purpose.as_str());
             span.record("consent.field", query.field.as_str());
-            span.record(
-                "consent.bulk.allowed",
-                (decisions.iter())
-                    .filter(|d| d.outcome == Outcome::Allow)
-                    .count(),
-            );
+            // Counts as i64: OpenTelemetry has no unsigned integers.
+            let allowed = (decisions.iter())
+                .filter(|d| d.outcome == Outcome::Allow)
+                .count();
+            span.record("consent.bulk.allowed", allowed as i64);
             span.record(
                 "consent.bulk.needs_verification",
-                response.needs_verification.len(),
+                response.needs_verification.len() as i64,
             );
             span.record("consent.policy_version", policy.version());
             Ok(response)

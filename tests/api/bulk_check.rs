@@ -1,6 +1,6 @@
 //! BulkCheck over a real socket: answers in order that agree with
 //! BatchCheck, the 10,000-id limit, bad input, flow control with a client
-//! that does not read, permissions, and shutdown.
+//! that does not read, permissions, shutdown, and its spans.
 
 use std::{
     sync::{
@@ -14,14 +14,19 @@ use consentd::grpc::pb::{
     self, Choice, Decision, Reason, consent_service_client::ConsentServiceClient,
     subject_rights_service_client::SubjectRightsServiceClient,
 };
+use opentelemetry_proto::tonic::{common::v1::any_value::Value, trace::v1::Span};
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Status, Streaming, transport::Endpoint};
 use tonic_types::StatusExt as _;
 
 use crate::{
     callers::{as_caller, refusal, spawn_app_with_callers},
+    cli::{spawn_serve_with, terminate_and_wait},
     disclosure::customer,
-    helpers::{TestApp, as_actor, spawn_app, spawn_app_with, violated_fields},
+    helpers::{
+        TestApp, as_actor, fresh_database, registration, spawn_app, spawn_app_with, violated_fields,
+    },
+    otlp::{assert_absent, start_collector},
 };
 
 fn bulk(purpose: &str, field: &str, ids: &[&str]) -> pb::BulkCheckRequest {
@@ -392,4 +397,111 @@ async fn an_open_stream_ends_unavailable_at_shutdown_and_does_not_hold_it_up() {
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");
     assert!(end.message().contains("shutting down"), "{end:?}");
     drop(tx);
+}
+
+#[tokio::test]
+async fn a_stream_is_one_server_span_with_its_final_status_and_a_child_span_per_request_without_ids()
+ {
+    const TRACE_ID: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
+    const CALLER_SPAN: &str = "01f067aa0ba902b8";
+    const KNOWN: &str = "C-bulk-secret-1";
+    const UNKNOWN: &str = "C-bulk-secret-2";
+    let (collector, endpoint) = start_collector().await;
+    let db = fresh_database().await;
+    let served = spawn_serve_with(
+        &["--database-url", &db.db_url],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    client.register_subject(registration(KNOWN)).await.unwrap();
+    let requests = vec![
+        bulk("promotional_mail", "email", &[KNOWN, UNKNOWN, KNOWN]),
+        bulk("order_delivery", "name", &[KNOWN]),
+        bulk("nope", "email", &[KNOWN]),
+    ];
+    let mut request = tonic::Request::new(tokio_stream::iter(requests));
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    let (answers, end) = drain(client.bulk_check(request).await.unwrap().into_inner()).await;
+    assert_eq!(
+        (answers.len(), end.unwrap().code()),
+        (2, Code::InvalidArgument)
+    );
+    drop(client);
+    // SIGTERM flushes what is still buffered.
+    let logs = terminate_and_wait(served.child, &served.logs).await;
+
+    let raw = collector.raw().await;
+    assert_absent(&raw, &[KNOWN, UNKNOWN, "bulk-secret"], "the spans");
+    assert_absent(logs.join("\n").as_bytes(), &[KNOWN, UNKNOWN], "the logs");
+    let spans: Vec<Span> = (collector.exports.lock().await.iter())
+        .flat_map(|e| &e.resource_spans)
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| ss.spans.clone())
+        .collect();
+    let attribute = |span: &Span, key: &str| {
+        (span.attributes.iter())
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+    };
+    let streams: Vec<&Span> = (spans.iter())
+        .filter(|s| s.name == "consent.v1.ConsentService/BulkCheck")
+        .collect();
+    assert_eq!(streams.len(), 1, "one server span for the stream");
+    let stream = streams[0];
+    assert_eq!(
+        attribute(stream, "rpc.grpc.status_code"),
+        Some(Value::IntValue(Code::InvalidArgument as i64)),
+        "the status the stream ended with"
+    );
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(hex(&stream.trace_id), TRACE_ID);
+    assert_eq!(hex(&stream.parent_span_id), CALLER_SPAN);
+
+    let mut per_request: Vec<&Span> = (spans.iter())
+        .filter(|s| s.name == "bulk_check.request" && s.parent_span_id == stream.span_id)
+        .collect();
+    per_request.sort_by_key(|s| s.start_time_unix_nano);
+    let summary: Vec<_> = (per_request.iter())
+        .map(|s| {
+            (
+                attribute(s, "consent.purpose"),
+                attribute(s, "consent.bulk.size"),
+                attribute(s, "consent.bulk.allowed"),
+            )
+        })
+        .collect();
+    let text = |s: &str| Some(Value::StringValue(s.into()));
+    assert_eq!(
+        summary,
+        [
+            (
+                text("promotional_mail"),
+                Some(Value::IntValue(3)),
+                Some(Value::IntValue(2))
+            ),
+            (
+                text("order_delivery"),
+                Some(Value::IntValue(1)),
+                Some(Value::IntValue(1))
+            ),
+            // Refused before it was decided: only its size is known.
+            (None, Some(Value::IntValue(1)), None),
+        ]
+    );
+    assert!(
+        (logs.iter()).any(|l| l.contains("rpc finished")
+            && l.contains("BulkCheck")
+            && l.contains("InvalidArgument")),
+        "one access log line for the stream, with its status:\n{}",
+        logs.join("\n")
+    );
 }
