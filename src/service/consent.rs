@@ -410,11 +410,16 @@ struct DecisionTally<'q> {
 
 impl<'q> DecisionTally<'q> {
     fn add(&mut self, purpose: &'q PurposeCode, decision: &Decision) {
-        let key = (purpose, decision.outcome, decision.reason);
+        let (outcome, reason) = (decision.outcome, decision.reason);
         // A handful of label sets per request: a scan beats hashing here.
-        match self.counts.iter_mut().find(|(k, _)| *k == key) {
+        // A bulk request passes the same purpose for every id, so the
+        // pointer comparison settles it without comparing the text.
+        let same = |(p, o, r): &(&PurposeCode, Outcome, Reason)| {
+            *o == outcome && *r == reason && (std::ptr::eq(*p, purpose) || *p == purpose)
+        };
+        match self.counts.iter_mut().find(|(k, _)| same(k)) {
             Some((_, n)) => *n += 1,
-            None => self.counts.push((key, 1)),
+            None => self.counts.push(((purpose, outcome, reason), 1)),
         }
     }
 
