@@ -53,6 +53,13 @@ pub enum Error {
     #[error("request message larger than max ({length} vs. {cap} bytes)")]
     MessageTooLarge { length: usize, cap: usize },
 
+    /// UNAVAILABLE: the server is shutting down, and ends a stream that
+    /// would otherwise hold its drain open. Reconnecting, to this server
+    /// once it is back or to another, and sending again what was not
+    /// answered succeeds.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+
     /// ALREADY_EXISTS: the `request_id` was first used for a different
     /// request. Retrying cannot help; the caller must pick a new id.
     #[error("request_id was already used for a different request")]
@@ -166,6 +173,7 @@ impl Error {
             | Error::FeedLagged { .. }
             | Error::Unauthenticated(_)
             | Error::Refused { .. }
+            | Error::ShuttingDown
             | Error::MessageTooLarge { .. }
             | Error::RequestIdReused
             | Error::RateLimited { .. }

@@ -52,7 +52,7 @@ pub const ALL: &[Metric] = &[
     metric(
         DECISIONS,
         Kind::Counter,
-        "Check and BatchCheck decisions, by purpose, decision and reason.",
+        "Check, BatchCheck and BulkCheck decisions, by purpose, decision and reason.",
     ),
     Metric {
         unit: Some(Unit::Seconds),

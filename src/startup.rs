@@ -314,6 +314,7 @@ impl Application {
             preferences,
             subject_refs,
         )
+        .ending_streams_at(stop.clone())
         .into_server();
 
         // Each request is held to its method's size cap as it arrives (a

@@ -1,14 +1,16 @@
 //! `consent.v1.ConsentService` over the domain service.
 
 use opentelemetry::KeyValue;
-use tonic::{Request, Response, Status};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
     auth::Permit,
+    bulk::BulkStream,
     convert::{self, done, optional},
     enums::{self, PbEnum as _},
-    observe::observe,
+    observe::{Observed, observe, observe_stream},
     page::PageToken,
     pb::{self, consent_service_server::ConsentService as Rpc},
 };
@@ -30,11 +32,14 @@ use crate::{
 /// Serves `consent.v1.ConsentService`.
 #[derive(Clone)]
 pub struct ConsentGrpc {
-    service: ConsentService,
+    pub(super) service: ConsentService,
     unsubscribes: Unsubscribes,
     preferences: Preferences,
     /// Pseudonyms for subjects in spans: never the external id (R8).
     refs: SubjectRefs,
+    /// Cancelled at shutdown: BulkCheck streams then end, so that an idle
+    /// one cannot hold the server's drain open.
+    pub(super) stop: CancellationToken,
 }
 
 impl ConsentGrpc {
@@ -49,7 +54,14 @@ impl ConsentGrpc {
             unsubscribes,
             preferences,
             refs,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Ends BulkCheck streams when `stop` is cancelled.
+    pub fn ending_streams_at(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
     }
 
     pub fn into_server(self) -> pb::consent_service_server::ConsentServiceServer<Self> {
@@ -68,6 +80,7 @@ pub type WatchStream = std::pin::Pin<
 #[tonic::async_trait]
 impl Rpc for ConsentGrpc {
     type WatchChangesStream = WatchStream;
+    type BulkCheckStream = Observed<BulkStream>;
 
     async fn watch_changes(
         &self,
@@ -228,6 +241,18 @@ impl Rpc for ConsentGrpc {
                 results,
                 policy_version: self.service.policy().version().to_string(),
             }))
+        })
+        .await
+    }
+
+    async fn bulk_check(
+        &self,
+        request: Request<Streaming<pb::BulkCheckRequest>>,
+    ) -> Result<Response<Self::BulkCheckStream>, Status> {
+        // One span for the whole stream, one child span per request.
+        observe_stream(SERVICE, "BulkCheck", request, |r| async move {
+            let permit = Permit::of(&r)?;
+            Ok(Response::new(self.bulk_stream(permit, r.into_inner())))
         })
         .await
     }

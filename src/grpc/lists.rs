@@ -15,7 +15,7 @@ use crate::{
     domain::{ListLimit, PersonalValue},
     error::Error,
     service::{
-        BATCH_ITEMS, WATCH_PURPOSES,
+        BATCH_ITEMS, BULK_SUBJECTS, WATCH_PURPOSES,
         disclosure::{COLLECTED_FOR, DISCLOSED_FIELDS},
         preferences,
         unsubscribe::{self, MAX_CAMPAIGN_CHARS},
@@ -80,6 +80,18 @@ pub const LISTS: &[RequestList] = &[
         // correlation_id, subject_id, field, purpose.
         item_bytes: bytes_field(ID + ID + CODE + CODE),
         other_bytes: 0,
+    },
+    RequestList {
+        rpc: "consent.v1.ConsentService/BulkCheck",
+        message: "BulkCheckRequest",
+        number: 3,
+        limit: &BULK_SUBJECTS,
+        // A mailer's ids are ASCII: 10,000 of 128 ASCII characters fit, and
+        // the cap stays near what an honest message holds, not four times
+        // that. Longer (non-ASCII) ids go in smaller messages.
+        item_bytes: bytes_field(128),
+        // purpose, field.
+        other_bytes: CODE + CODE,
     },
     RequestList {
         rpc: "consent.v1.ConsentService/WatchChanges",

@@ -157,6 +157,15 @@ fn the_largest_valid_request_of_each_list_fits_its_cap() {
             .encode_to_vec(),
         ),
         (
+            "BulkCheckRequest",
+            pb::BulkCheckRequest {
+                purpose: code(),
+                field: code(),
+                subject_ids: vec!["x".repeat(128); 10_000],
+            }
+            .encode_to_vec(),
+        ),
+        (
             "WatchChangesRequest",
             pb::WatchChangesRequest {
                 after: i64::MAX,

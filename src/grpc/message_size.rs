@@ -59,15 +59,37 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // A request stream (BulkCheck) holds many messages in one body, each
+        // held to the cap on its own.
+        let streaming = CLIENT_STREAMING.contains(request.uri().path());
         let cap = request_cap(request.uri().path(), self.max_message_bytes);
-        self.inner
-            .call(request.map(|body| Body::new(CappedBody::new(body, cap))))
+        self.inner.call(request.map(|body| {
+            let mut body = CappedBody::new(body, cap);
+            body.streaming = streaming;
+            Body::new(body)
+        }))
     }
 }
 
+/// The consent.v1 methods that take a stream of requests, by HTTP path.
+static CLIENT_STREAMING: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| {
+        let pool = prost_reflect::DescriptorPool::decode(super::pb::FILE_DESCRIPTOR_SET)
+            .expect("the embedded descriptor set decodes");
+        let mut paths = std::collections::HashSet::new();
+        for service in pool.services() {
+            for method in service.methods() {
+                if method.is_client_streaming() {
+                    paths.insert(format!("/{}/{}", service.full_name(), method.name()));
+                }
+            }
+        }
+        paths
+    });
+
 /// A request body that fails with RESOURCE_EXHAUSTED once its message is
 /// known to be longer than `cap`: from the length in the frame header, or
-/// from the bytes that arrived. Every consent.v1 request is unary, so one
+/// from the bytes that arrived. Only unary requests are wrapped, so one
 /// message is all a body may hold.
 struct CappedBody {
     inner: Body,
@@ -77,6 +99,9 @@ struct CappedBody {
     seen: usize,
     /// The error was given; the body ends here.
     refused: bool,
+    /// The body is a stream of messages, each held to `cap`; otherwise it
+    /// is one message, and every byte counts towards it.
+    streaming: bool,
 }
 
 impl CappedBody {
@@ -87,11 +112,15 @@ impl CappedBody {
             header: [0; HEADER],
             seen: 0,
             refused: false,
+            streaming: false,
         }
     }
 
     /// The message's length, at its most, once that is known to be over.
     fn over_cap(&mut self, data: &[u8]) -> Option<usize> {
+        if self.streaming {
+            return self.over_cap_in_stream(data);
+        }
         let before = self.seen;
         self.seen += data.len();
         if before < HEADER {
@@ -110,6 +139,46 @@ impl CappedBody {
             return (length > self.cap).then_some(length);
         }
         None
+    }
+}
+
+impl CappedBody {
+    /// [`over_cap`](Self::over_cap) for a stream: `seen` counts the bytes
+    /// of the current message, header included, and starts again at the
+    /// next one.
+    fn over_cap_in_stream(&mut self, mut data: &[u8]) -> Option<usize> {
+        while !data.is_empty() {
+            if self.seen < HEADER {
+                let take = (HEADER - self.seen).min(data.len());
+                self.header[self.seen..self.seen + take].copy_from_slice(&data[..take]);
+                self.seen += take;
+                data = &data[take..];
+                if self.seen < HEADER {
+                    return None;
+                }
+                if self.declared() > self.cap {
+                    return Some(self.declared());
+                }
+            }
+            let end = HEADER + self.declared();
+            let take = (end - self.seen).min(data.len());
+            self.seen += take;
+            data = &data[take..];
+            if self.seen == end {
+                self.seen = 0;
+            }
+        }
+        None
+    }
+
+    /// The length the current message's header declares.
+    fn declared(&self) -> usize {
+        u32::from_be_bytes([
+            self.header[1],
+            self.header[2],
+            self.header[3],
+            self.header[4],
+        ]) as usize
     }
 }
 
@@ -157,6 +226,23 @@ mod tests {
         let mut bytes = vec![0];
         bytes.extend(declared.to_be_bytes());
         bytes
+    }
+
+    #[test]
+    fn in_a_stream_each_message_is_held_to_the_cap_on_its_own() {
+        let mut body = CappedBody::new(Body::empty(), 100);
+        body.streaming = true;
+        let mut three = Vec::new();
+        for _ in 0..3 {
+            three.extend(frame(100));
+            three.extend([7; 100]);
+        }
+        // Three messages at the cap, in chunks that cut across them.
+        for chunk in three.chunks(33) {
+            assert_eq!(body.over_cap(chunk), None);
+        }
+        assert_eq!(body.over_cap(&frame(0)), None);
+        assert_eq!(body.over_cap(&frame(101)), Some(101));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! violation), call `service`, and turn the result into a response.
 
 mod auth;
+mod bulk;
 pub mod codec;
 mod concern;
 mod consent;

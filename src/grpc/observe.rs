@@ -1,13 +1,20 @@
-//! One server span and one latency sample per RPC.
+//! One server span and one latency sample per RPC; for a streaming RPC,
+//! per stream.
 //!
 //! The span follows the OpenTelemetry RPC conventions (`rpc.system`,
 //! `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) and continues the
 //! caller's trace from the W3C `traceparent` in the request metadata, so a
 //! mailer's own trace shows the consent check inside it.
 
-use std::{future::Future, time::Instant};
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
 
 use opentelemetry::{propagation::Extractor, trace::TraceContextExt as _};
+use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -80,58 +87,160 @@ pub async fn observe<T, R, F>(
 where
     F: Future<Output = Result<Response<R>, Status>>,
 {
-    let span = tracing::info_span!(
-        "rpc",
-        otel.name = format!("{service}/{method}"),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = Empty,
-        trace_id = Empty,
-        span_id = Empty,
-    );
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&MetadataExtractor(request.metadata()))
-    });
-    let _ = span.set_parent(parent);
-    // The ids go into the span's fields too, so every log line inside the
-    // call carries them, exported or not.
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        span.record("trace_id", tracing::field::display(span_context.trace_id()));
-        span.record("span_id", tracing::field::display(span_context.span_id()));
-    }
-
-    let started = Instant::now();
-    // Every RPC passes here, so none can be served to a caller whose entry
-    // does not list it.
-    let result = match admit(&mut request, service, method) {
-        Ok(()) => handler(request).instrument(span.clone()).await,
-        Err(refused) => Err(span.in_scope(|| Status::from(refused))),
+    let call = Call::start(service, method, &request);
+    let result = match call.admit(&mut request) {
+        Ok(()) => handler(request).instrument(call.span.clone()).await,
+        Err(refused) => Err(refused),
     };
-    let code = match &result {
+    call.finish(match &result {
         Ok(_) => Code::Ok,
         Err(status) => status.code(),
-    };
-    span.record("rpc.grpc.status_code", code as i64);
-    if is_server_error(code) {
-        span.record("otel.status_code", "ERROR");
-    }
-    let elapsed = started.elapsed();
-    metrics::histogram!(RPC_DURATION, "method" => method, "status" => code_name(code))
-        .record(elapsed.as_secs_f64());
-    // The access log: inside the span, so it carries the trace and span ids.
-    // The status message is left out: it can echo what the caller sent.
-    span.in_scope(|| {
-        tracing::info!(
-            method,
-            status = code_name(code),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "rpc finished"
-        )
     });
     result
+}
+
+/// [`observe`] for an RPC that answers with a stream: the span, the latency
+/// sample and the access log cover the whole stream, up to its last
+/// message, and carry the status it ended with. A stream the client drops
+/// before its end is recorded as CANCELLED. Work the stream does in a task
+/// of its own belongs in the span too: instrument the task with
+/// `Span::current()` from inside `handler`.
+pub async fn observe_stream<T, S, M, F>(
+    service: &'static str,
+    method: &'static str,
+    mut request: Request<T>,
+    handler: impl FnOnce(Request<T>) -> F,
+) -> Result<Response<Observed<S>>, Status>
+where
+    F: Future<Output = Result<Response<S>, Status>>,
+    S: Stream<Item = Result<M, Status>> + Unpin,
+{
+    let call = Call::start(service, method, &request);
+    let result = match call.admit(&mut request) {
+        Ok(()) => handler(request).instrument(call.span.clone()).await,
+        Err(refused) => Err(refused),
+    };
+    match result {
+        Ok(response) => Ok(response.map(|stream| Observed {
+            stream,
+            call: Some(call),
+        })),
+        Err(status) => {
+            call.finish(status.code());
+            Err(status)
+        }
+    }
+}
+
+/// A response stream that records its RPC's outcome when it ends.
+pub struct Observed<S> {
+    stream: S,
+    /// Taken when the outcome is recorded, so it is recorded once.
+    call: Option<Call>,
+}
+
+impl<S, M> Stream for Observed<S>
+where
+    S: Stream<Item = Result<M, Status>> + Unpin,
+{
+    type Item = Result<M, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = Pin::new(&mut self.stream).poll_next(cx);
+        // The stream ends at its first error: tonic sends it as the status.
+        let code = match &item {
+            Poll::Ready(None) => Code::Ok,
+            Poll::Ready(Some(Err(status))) => status.code(),
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => return item,
+        };
+        if let Some(call) = self.call.take() {
+            call.finish(code);
+        }
+        item
+    }
+}
+
+impl<S> Drop for Observed<S> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.finish(Code::Cancelled);
+        }
+    }
+}
+
+/// One RPC's server span and clock, from its start to [`Call::finish`].
+struct Call {
+    span: tracing::Span,
+    service: &'static str,
+    method: &'static str,
+    started: Instant,
+}
+
+impl Call {
+    fn start<T>(service: &'static str, method: &'static str, request: &Request<T>) -> Self {
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = format!("{service}/{method}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&MetadataExtractor(request.metadata()))
+        });
+        let _ = span.set_parent(parent);
+        // The ids go into the span's fields too, so every log line inside the
+        // call carries them, exported or not.
+        let context = span.context();
+        let span_context = context.span().span_context().clone();
+        if span_context.is_valid() {
+            span.record("trace_id", tracing::field::display(span_context.trace_id()));
+            span.record("span_id", tracing::field::display(span_context.span_id()));
+        }
+        Self {
+            span,
+            service,
+            method,
+            started: Instant::now(),
+        }
+    }
+
+    /// Every RPC passes here, so none can be served to a caller whose entry
+    /// does not list it.
+    fn admit<T>(&self, request: &mut Request<T>) -> Result<(), Status> {
+        admit(request, self.service, self.method)
+            .map_err(|refused| self.span.in_scope(|| Status::from(refused)))
+    }
+
+    fn finish(self, code: Code) {
+        let Self {
+            span,
+            method,
+            started,
+            ..
+        } = self;
+        span.record("rpc.grpc.status_code", code as i64);
+        if is_server_error(code) {
+            span.record("otel.status_code", "ERROR");
+        }
+        let elapsed = started.elapsed();
+        metrics::histogram!(RPC_DURATION, "method" => method, "status" => code_name(code))
+            .record(elapsed.as_secs_f64());
+        // The access log: inside the span, so it carries the trace and span
+        // ids. The status message is left out: it can echo what the caller
+        // sent.
+        span.in_scope(|| {
+            tracing::info!(
+                method,
+                status = code_name(code),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "rpc finished"
+            )
+        });
+    }
 }

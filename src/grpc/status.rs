@@ -110,6 +110,9 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::PermissionDenied, message, details)
             }
             Error::MessageTooLarge { .. } => Status::resource_exhausted(error.to_string()),
+            Error::ShuttingDown => Status::unavailable(
+                "the server is shutting down; reconnect and send again what was not answered",
+            ),
             Error::RequestIdReused => Status::already_exists(
                 "request_id was already used for a different request; use a new request_id",
             ),

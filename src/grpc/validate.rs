@@ -7,7 +7,7 @@
 use prost::Message;
 use tonic::{Request, metadata::MetadataMap};
 
-use super::{codec::decode_request, concern, consent, disclosure, pb, rights};
+use super::{bulk, codec::decode_request, concern, consent, disclosure, pb, rights};
 use crate::{error::Error, policy::Policy};
 
 /// Validates an encoded request to `method` (`consent.v1.ConsentService/Check`)
@@ -29,6 +29,8 @@ pub fn validate(
             "RecordConsent" => run(m, |r| consent::parse_record(policy, r)),
             "Check" => run(m, |r| consent::parse_check(policy, r.into_inner())),
             "BatchCheck" => run(m, |r| consent::parse_batch(policy, r.into_inner())),
+            // One message of the stream; each is validated on its own.
+            "BulkCheck" => run(m, |r| bulk::parse_bulk(policy, r.into_inner())),
             "GetConsentState" => run(m, |r: Request<pb::GetConsentStateRequest>| {
                 consent::parse_subject(r.into_inner().subject_id)
             }),

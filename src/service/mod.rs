@@ -2,6 +2,7 @@
 //! method validates against the policy, asks `policy` for decisions and
 //! `store` for state, and returns domain types. No SQL and no prost here.
 
+mod bulk;
 pub mod concern;
 mod consent;
 pub mod disclosure;
@@ -15,6 +16,7 @@ pub mod readiness;
 pub mod unsubscribe;
 pub mod vault;
 
+pub use bulk::{BULK_SUBJECTS, BulkQuery, MAX_BULK, bulk_size_violation};
 pub use consent::{
     BATCH_ITEMS, CheckQuery, ConsentOverview, ConsentService, MAX_BATCH, MAX_PAGE_SIZE,
     WATCH_PURPOSES,

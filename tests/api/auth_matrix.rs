@@ -127,7 +127,26 @@ async fn call(channel: &Channel, method: &MethodDescriptor, token: Option<&str>)
     let codec = tonic_prost::ProstCodec::<DynamicMessage, ()>::default();
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.unwrap();
-    let result = if method.is_server_streaming() {
+    let result = if method.is_client_streaming() {
+        // One request, then the client's side closes: the status the
+        // response stream ends with is the answer (a refusal of what the
+        // request names comes there, after the stream has opened).
+        let (metadata, extensions, message) = request.into_parts();
+        let request = Request::from_parts(metadata, extensions, tokio_stream::once(message));
+        match grpc.streaming(request, path, codec).await {
+            Ok(response) => {
+                let mut answers = response.into_inner();
+                loop {
+                    match answers.message().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break Ok(()),
+                        Err(status) => break Err(status),
+                    }
+                }
+            }
+            Err(status) => Err(status),
+        }
+    } else if method.is_server_streaming() {
         grpc.server_streaming(request, path, codec)
             .await
             .map(|_| ())

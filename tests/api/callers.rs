@@ -32,7 +32,8 @@ const PERMISSIONS: &str = r#"
 [[callers]]
 id = "marketing-mailer"
 rpcs = ["consent.v1.ConsentService/Check", "consent.v1.ConsentService/BatchCheck",
-        "consent.v1.ConsentService/WatchChanges", "consent.v1.ConsentService/CreateUnsubscribeLinks"]
+        "consent.v1.ConsentService/BulkCheck", "consent.v1.ConsentService/WatchChanges",
+        "consent.v1.ConsentService/CreateUnsubscribeLinks"]
 purposes = ["promotional_mail"]
 
 [[callers]]

@@ -6,6 +6,7 @@ mod append_only;
 mod auth_matrix;
 mod bad_input;
 mod browser;
+mod bulk_check;
 mod callers;
 mod cli;
 mod cluster;

@@ -97,6 +97,7 @@ async fn reflection_lists_every_service_and_describes_the_contract() {
             "RecordConsent",
             "Check",
             "BatchCheck",
+            "BulkCheck",
             "GetConsentState",
             "ListConsentHistory",
             "WatchChanges",

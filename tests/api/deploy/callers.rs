@@ -59,6 +59,7 @@ fn the_example_callers_file_grants_each_of_the_statements_callers_its_job_and_no
     for method in [
         "Check",
         "BatchCheck",
+        "BulkCheck",
         "WatchChanges",
         "CreateUnsubscribeLinks",
         "CreatePreferenceLinks",
