@@ -31,8 +31,12 @@ impl Store {
         let access_id = Uuid::now_v7();
         let row = client
             .query_one(
-                "INSERT INTO access_events (access_id, subject_id, channel, campaign)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO access_events (access_id, subject_id, channel, campaign)
                  VALUES ($1, $2, $3, $4) RETURNING accessed_at",
+                    )
+                    .await?,
                 &[
                     &access_id,
                     &subject_id.as_str(),
@@ -55,8 +59,12 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT access_id, channel, campaign, accessed_at FROM access_events
+                &client
+                    .prepare_cached(
+                        "SELECT access_id, channel, campaign, accessed_at FROM access_events
                   WHERE subject_id = $1 ORDER BY accessed_at, access_id",
+                    )
+                    .await?,
                 &[&subject_id.as_str()],
             )
             .await?;

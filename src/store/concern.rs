@@ -85,8 +85,8 @@ impl Store {
         }
         let concern_id = Uuid::now_v7();
         tx.execute(
-            "INSERT INTO concerns (concern_id, subject_id, contact, category, description, links, filed_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &tx.prepare_cached("INSERT INTO concerns (concern_id, subject_id, contact, category, description, links, filed_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)").await?,
             &[
                 &concern_id,
                 &new.subject_id.as_ref().map(|s| s.as_str()),
@@ -99,7 +99,10 @@ impl Store {
         )
         .await?;
         tx.execute(
-            "INSERT INTO concern_events (concern_id, status, actor) VALUES ($1, 'filed', $2)",
+            &tx.prepare_cached(
+                "INSERT INTO concern_events (concern_id, status, actor) VALUES ($1, 'filed', $2)",
+            )
+            .await?,
             &[&concern_id, &new.actor.as_str()],
         )
         .await?;
@@ -134,13 +137,15 @@ impl Store {
         // needs that privilege. Its own class keeps it apart from other
         // advisory locks.
         tx.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))",
+            &tx.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))")
+                .await?,
             &[&CONCERN_LOCK_CLASS, &concern_id],
         )
         .await?;
         let locked = tx
             .query_opt(
-                "SELECT 1 FROM concerns WHERE concern_id = $1",
+                &tx.prepare_cached("SELECT 1 FROM concerns WHERE concern_id = $1")
+                    .await?,
                 &[&concern_id],
             )
             .await?;
@@ -154,7 +159,7 @@ impl Store {
             return Ok(current);
         };
         tx.execute(
-            "INSERT INTO concern_events (concern_id, status, outcome, resolution, actor) VALUES ($1, $2, $3, $4, $5)",
+            &tx.prepare_cached("INSERT INTO concern_events (concern_id, status, outcome, resolution, actor) VALUES ($1, $2, $3, $4, $5)").await?,
             &[&concern_id, &status.as_str(), &outcome.map(|o| o.as_str()), &resolution, &actor.as_str()],
         )
         .await?;
@@ -185,14 +190,16 @@ impl Store {
         let fetch = (limit + 1) as i64;
         let rows = client
             .query(
-                &format!(
-                    "SELECT * FROM ({CURRENT}) cur
+                &client
+                    .prepare_cached(&format!(
+                        "SELECT * FROM ({CURRENT}) cur
                       WHERE ($1::text IS NULL OR status = $1)
                         AND (NOT $2 OR {overdue})
                         AND ($5::timestamptz IS NULL OR (filed_at, concern_id) > ($5, $6::uuid))
                       ORDER BY filed_at, concern_id LIMIT $7",
-                    overdue = overdue("$3", "$4")
-                ),
+                        overdue = overdue("$3", "$4")
+                    ))
+                    .await?,
                 &[
                     &filter.status.map(|s| s.as_str()),
                     &filter.overdue_only,
@@ -230,10 +237,12 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_one(
-                &format!(
-                    "SELECT count(*) FROM ({CURRENT}) cur WHERE {}",
-                    overdue("$1", "$2")
-                ),
+                &client
+                    .prepare_cached(&format!(
+                        "SELECT count(*) FROM ({CURRENT}) cur WHERE {}",
+                        overdue("$1", "$2")
+                    ))
+                    .await?,
                 &[
                     &acknowledge_within.num_seconds(),
                     &resolve_within.num_seconds(),
@@ -267,7 +276,11 @@ async fn concern_in(
 ) -> Result<Option<Concern>> {
     let Some(row) = client
         .query_opt(
-            &format!("SELECT * FROM ({CURRENT}) cur WHERE concern_id = $1"),
+            &client
+                .prepare_cached(&format!(
+                    "SELECT * FROM ({CURRENT}) cur WHERE concern_id = $1"
+                ))
+                .await?,
             &[&concern_id],
         )
         .await?
@@ -276,8 +289,12 @@ async fn concern_in(
     };
     let events = client
         .query(
-            "SELECT status, outcome, resolution, actor, at FROM concern_events
+            &client
+                .prepare_cached(
+                    "SELECT status, outcome, resolution, actor, at FROM concern_events
               WHERE concern_id = $1 ORDER BY sequence",
+                )
+                .await?,
             &[&concern_id],
         )
         .await?

@@ -70,7 +70,8 @@ impl Store {
         // WHERE clause leaves an unchanged subject (and its updated_at) alone.
         let row = tx
             .query_opt(
-                "INSERT INTO subjects (subject_id, kind, notice_version, channel)
+                &tx.prepare_cached(
+                    "INSERT INTO subjects (subject_id, kind, notice_version, channel)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (subject_id) DO UPDATE
                     SET kind = EXCLUDED.kind,
@@ -80,6 +81,8 @@ impl Store {
                   WHERE (subjects.kind, subjects.notice_version, subjects.channel)
                         IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.notice_version, EXCLUDED.channel)
                  RETURNING (xmax = 0) AS created",
+                )
+                .await?,
                 &[
                     &reg.subject_id.as_str(),
                     &reg.kind.as_str(),
@@ -156,9 +159,10 @@ impl Store {
                     .map_err(|e| anyhow!("idempotency key holds a bad record id: {e}"))?;
                 let row = tx
                     .query_one(
-                        &format!(
+                        &tx.prepare_cached(&format!(
                             "SELECT {RECORD_COLUMNS} FROM consent_records WHERE record_id = $1"
-                        ),
+                        ))
+                        .await?,
                         &[&record_id],
                     )
                     .await?;
@@ -170,7 +174,7 @@ impl Store {
         // a rolled-back gap from a transaction still in flight.
         let locked = tx
             .query_opt(
-                "SELECT pg_current_xact_id()::text FROM subjects WHERE subject_id = $1 FOR NO KEY UPDATE",
+                &tx.prepare_cached("SELECT pg_current_xact_id()::text FROM subjects WHERE subject_id = $1 FOR NO KEY UPDATE").await?,
                 &[&new.subject_id.as_str()],
             )
             .await?;
@@ -181,11 +185,11 @@ impl Store {
         if unless_current {
             let current = tx
                 .query_opt(
-                    &format!(
+                    &tx.prepare_cached(&format!(
                         "SELECT {RECORD_COLUMNS} FROM consent_records WHERE subject_id = $1 AND sequence =
                            (SELECT sequence FROM consent_state
                              WHERE subject_id = $1 AND purpose = $2 AND field = $3 AND choice = $4)"
-                    ),
+                    )).await?,
                     &[&new.subject_id.as_str(), &new.purpose.as_str(), &field, &new.choice.as_str()],
                 )
                 .await?;
@@ -196,12 +200,13 @@ impl Store {
         let record_id = Uuid::now_v7();
         let row = tx
             .query_one(
-                &format!(
+                &tx.prepare_cached(&format!(
                     "INSERT INTO consent_records (subject_id, record_id, purpose, field, choice,
                          channel, notice_version, evidence, actor, request_id, recipient)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      RETURNING {RECORD_COLUMNS}"
-                ),
+                ))
+                .await?,
                 &[
                     &new.subject_id.as_str(),
                     &record_id,
@@ -239,11 +244,11 @@ impl Store {
         let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         let rows = client
             .query(
-                "SELECT s.subject_id, c.purpose, c.field, c.choice, c.record_id, c.sequence, c.recorded_at
+                &client.prepare_cached("SELECT s.subject_id, c.purpose, c.field, c.choice, c.record_id, c.sequence, c.recorded_at
                    FROM subjects s
                    LEFT JOIN consent_state c ON c.subject_id = s.subject_id
                   WHERE s.subject_id = ANY($1)
-                  ORDER BY s.subject_id, c.purpose, c.field",
+                  ORDER BY s.subject_id, c.purpose, c.field").await?,
                 &[&ids],
             )
             .await?;
@@ -280,11 +285,15 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT DISTINCT ON (purpose, field)
+                &client
+                    .prepare_cached(
+                        "SELECT DISTINCT ON (purpose, field)
                         purpose, field, choice, record_id, sequence, recorded_at
                    FROM consent_records
                   WHERE subject_id = $1 AND recipient = $2
                   ORDER BY purpose, field, sequence DESC",
+                    )
+                    .await?,
                 &[&subject_id.as_str(), &recipient.as_str()],
             )
             .await?;
@@ -311,7 +320,11 @@ impl Store {
         let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         let rows = client
             .query(
-                "SELECT subject_id, subject_key FROM subjects WHERE subject_id = ANY($1)",
+                &client
+                    .prepare_cached(
+                        "SELECT subject_id, subject_key FROM subjects WHERE subject_id = ANY($1)",
+                    )
+                    .await?,
                 &[&ids],
             )
             .await?;
@@ -331,7 +344,9 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT subject_id FROM subjects WHERE subject_key = $1",
+                &client
+                    .prepare_cached("SELECT subject_id FROM subjects WHERE subject_key = $1")
+                    .await?,
                 &[&key],
             )
             .await?;
@@ -353,11 +368,13 @@ impl Store {
         let fetch = i64::try_from(limit + 1).map_err(|e| anyhow!(e))?;
         let rows = client
             .query(
-                &format!(
-                    "SELECT {RECORD_COLUMNS} FROM consent_records
+                &client
+                    .prepare_cached(&format!(
+                        "SELECT {RECORD_COLUMNS} FROM consent_records
                       WHERE subject_id = $1 AND sequence > $2
                       ORDER BY sequence LIMIT $3"
-                ),
+                    ))
+                    .await?,
                 &[&subject_id.as_str(), &after, &fetch],
             )
             .await?;
@@ -407,8 +424,12 @@ async fn subject_in(
 ) -> Result<Option<Subject>> {
     let row = client
         .query_opt(
-            "SELECT subject_id, kind, notice_version, channel, registered_at, updated_at
+            &client
+                .prepare_cached(
+                    "SELECT subject_id, kind, notice_version, channel, registered_at, updated_at
                FROM subjects WHERE subject_id = $1",
+                )
+                .await?,
             &[&id.as_str()],
         )
         .await?;

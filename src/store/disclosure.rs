@@ -4,7 +4,8 @@
 
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Row, Transaction, error::SqlState};
+use deadpool_postgres::Transaction;
+use tokio_postgres::{Row, error::SqlState};
 use uuid::Uuid;
 
 use super::{
@@ -97,13 +98,17 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT count(*), count(*) FILTER (WHERE d.review_due < now())
+                &client
+                    .prepare_cached(
+                        "SELECT count(*), count(*) FILTER (WHERE d.review_due < now())
                    FROM disclosures d
                   WHERE d.review_due IS NOT NULL
                     AND NOT EXISTS (SELECT 1 FROM disclosure_events e
                                      WHERE e.subject_id = d.subject_id
                                        AND e.disclosure_id = d.disclosure_id
                                        AND e.kind = 'reviewed')",
+                    )
+                    .await?,
                 &[],
             )
             .await?;
@@ -133,7 +138,10 @@ impl Store {
                     .map_err(|e| anyhow!("idempotency key holds a bad id: {e}"))?;
                 let row = tx
                     .query_one(
-                        &format!("{DISCLOSURE_SELECT} WHERE d.disclosure_id = $1"),
+                        &tx.prepare_cached(&format!(
+                            "{DISCLOSURE_SELECT} WHERE d.disclosure_id = $1"
+                        ))
+                        .await?,
                         &[&id],
                     )
                     .await?;
@@ -166,7 +174,9 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                &format!("{DISCLOSURE_SELECT} WHERE d.disclosure_id = $1"),
+                &client
+                    .prepare_cached(&format!("{DISCLOSURE_SELECT} WHERE d.disclosure_id = $1"))
+                    .await?,
                 &[&disclosure_id],
             )
             .await?;
@@ -186,8 +196,12 @@ impl Store {
         let client = self.client().await?;
         let inserted = client
             .execute(
-                "INSERT INTO disclosure_events (subject_id, disclosure_id, kind, actor)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO disclosure_events (subject_id, disclosure_id, kind, actor)
                  VALUES ($1, $2, $3, $4)",
+                    )
+                    .await?,
                 &[
                     &disclosure.subject_id.as_str(),
                     &disclosure.disclosure_id,
@@ -217,13 +231,15 @@ impl Store {
         let fetch = i64::try_from(limit + 1).map_err(|e| anyhow!(e))?;
         let rows = client
             .query(
-                &format!(
-                    "{DISCLOSURE_SELECT}
+                &client
+                    .prepare_cached(&format!(
+                        "{DISCLOSURE_SELECT}
                       WHERE ($1::text IS NULL OR d.subject_id = $1)
                         AND ($2::timestamptz IS NULL OR (d.review_due < $2 AND r.actor IS NULL))
                         AND ($3::uuid IS NULL OR d.disclosure_id > $3)
                       ORDER BY d.disclosure_id LIMIT $4"
-                ),
+                    ))
+                    .await?,
                 &[
                     &filter.subject_id.as_ref().map(|s| s.as_str()),
                     &filter.overdue_at,
@@ -258,10 +274,13 @@ async fn insert_disclosure(tx: &Transaction<'_>, new: &NewDisclosure) -> Result<
         .collect();
     let disclosure_id = Uuid::now_v7();
     tx.execute(
-        "INSERT INTO disclosures (subject_id, disclosure_id, recipient_id, purpose,
+        &tx.prepare_cached(
+            "INSERT INTO disclosures (subject_id, disclosure_id, recipient_id, purpose,
              legal_basis, reference, justification, fields, withheld, status, review_due,
              requested_by, request_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .await?,
         &[
             &new.subject_id.as_str(),
             &disclosure_id,
@@ -281,7 +300,8 @@ async fn insert_disclosure(tx: &Transaction<'_>, new: &NewDisclosure) -> Result<
     .await?;
     let row = tx
         .query_one(
-            &format!("{DISCLOSURE_SELECT} WHERE d.disclosure_id = $1"),
+            &tx.prepare_cached(&format!("{DISCLOSURE_SELECT} WHERE d.disclosure_id = $1"))
+                .await?,
             &[&disclosure_id],
         )
         .await?;

@@ -35,7 +35,9 @@ impl Store {
         let client = self.client().await?;
         let erased_at: Option<DateTime<Utc>> = client
             .query_one(
-                "SELECT consentd_erase_subject($1, $2, $3, $4)",
+                &client
+                    .prepare_cached("SELECT consentd_erase_subject($1, $2, $3, $4)")
+                    .await?,
                 &[
                     &subject_id.as_str(),
                     &hash,
@@ -57,7 +59,11 @@ impl Store {
         }
         let earlier = client
             .query_opt(
-                "SELECT pseudonym, erased_at FROM erased_subjects WHERE subject_hash = $1",
+                &client
+                    .prepare_cached(
+                        "SELECT pseudonym, erased_at FROM erased_subjects WHERE subject_hash = $1",
+                    )
+                    .await?,
                 &[&hash],
             )
             .await?;
@@ -80,7 +86,11 @@ impl Store {
         let client = self.client().await?;
         Ok(client
             .query(
-                "SELECT subject_hash FROM erased_subjects WHERE subject_hash = ANY($1)",
+                &client
+                    .prepare_cached(
+                        "SELECT subject_hash FROM erased_subjects WHERE subject_hash = ANY($1)",
+                    )
+                    .await?,
                 &[&hashes],
             )
             .await?
@@ -99,7 +109,8 @@ pub(super) async fn carry_refusals(
 ) -> Result<u64> {
     let Some(row) = tx
         .query_opt(
-            "SELECT pseudonym FROM erased_subjects WHERE subject_hash = $1",
+            &tx.prepare_cached("SELECT pseudonym FROM erased_subjects WHERE subject_hash = $1")
+                .await?,
             &[&hash],
         )
         .await?
@@ -109,14 +120,14 @@ pub(super) async fn carry_refusals(
     let pseudonym: String = row.get(0);
     let carried = tx
         .execute(
-            "INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
+            &tx.prepare_cached("INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
                                           notice_version, evidence, actor)
              SELECT $1, gen_random_uuid(), s.purpose, s.field, 'refuse', 'api', r.notice_version,
                     'refusal kept from before erasure', 'erasure-suppression'
                FROM consent_state s
                JOIN consent_records r ON r.subject_id = s.subject_id AND r.sequence = s.sequence
               WHERE s.subject_id = $2 AND s.choice = 'refuse'
-              ORDER BY s.sequence",
+              ORDER BY s.sequence").await?,
             &[&subject_id.as_str(), &pseudonym],
         )
         .await?;

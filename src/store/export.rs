@@ -56,8 +56,8 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT field, key_id, nonce, ciphertext, collected_for, collected_at, verified_at
-                   FROM personal_data WHERE subject_id = $1 ORDER BY field",
+                &client.prepare_cached("SELECT field, key_id, nonce, ciphertext, collected_for, collected_at, verified_at
+                   FROM personal_data WHERE subject_id = $1 ORDER BY field").await?,
                 &[&subject_id.as_str()],
             )
             .await?;
@@ -86,8 +86,8 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT collection_id, field, collected_for, channel, notice_version, actor, collected_at
-                   FROM collection_records WHERE subject_id = $1 ORDER BY collected_at, collection_id",
+                &client.prepare_cached("SELECT collection_id, field, collected_for, channel, notice_version, actor, collected_at
+                   FROM collection_records WHERE subject_id = $1 ORDER BY collected_at, collection_id").await?,
                 &[&subject_id.as_str()],
             )
             .await?;
@@ -113,7 +113,7 @@ impl Store {
             let client = self.client().await?;
             client
                 .query(
-                    "SELECT concern_id FROM concerns WHERE subject_id = $1 ORDER BY filed_at, concern_id",
+                    &client.prepare_cached("SELECT concern_id FROM concerns WHERE subject_id = $1 ORDER BY filed_at, concern_id").await?,
                     &[&subject_id.as_str()],
                 )
                 .await?

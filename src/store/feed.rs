@@ -58,8 +58,11 @@ impl Store {
             .start()
             .await?;
         // The first statement fixes the snapshot for the whole transaction.
-        let in_progress: Vec<String> = tx.query_one(IN_PROGRESS, &[]).await?.get(0);
-        let events = events_between(&*tx, after, i64::MAX, limit).await?;
+        let in_progress: Vec<String> = tx
+            .query_one(&tx.prepare_cached(IN_PROGRESS).await?, &[])
+            .await?
+            .get(0);
+        let events = events_between(&tx, after, i64::MAX, limit).await?;
         tx.commit().await?;
         Ok(FeedRead {
             events,
@@ -78,7 +81,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<FeedEvent>> {
         let client = self.pool.get().await?;
-        events_between(&**client, after, upto, limit).await
+        events_between(&client, after, upto, limit).await
     }
 
     /// The highest visible sequence and the transactions in flight, from one
@@ -93,12 +96,18 @@ impl Store {
             .read_only(true)
             .start()
             .await?;
-        let in_progress: Vec<String> = tx.query_one(IN_PROGRESS, &[]).await?.get(0);
+        let in_progress: Vec<String> = tx
+            .query_one(&tx.prepare_cached(IN_PROGRESS).await?, &[])
+            .await?
+            .get(0);
         let head: i64 = tx
             .query_one(
-                "SELECT greatest(
+                &tx.prepare_cached(
+                    "SELECT greatest(
                    (SELECT coalesce(max(sequence), 0) FROM consent_records),
                    (SELECT coalesce(max(sequence), 0) FROM erasure_events))",
+                )
+                .await?,
                 &[],
             )
             .await?
@@ -115,8 +124,12 @@ impl Store {
         // which are long finished.
         let finished: Option<bool> = client
             .query_one(
-                "SELECT bool_and(pg_xact_status(x::xid8) IS DISTINCT FROM 'in progress')
+                &client
+                    .prepare_cached(
+                        "SELECT bool_and(pg_xact_status(x::xid8) IS DISTINCT FROM 'in progress')
                    FROM unnest($1::text[]) AS x",
+                    )
+                    .await?,
                 &[&xids],
             )
             .await?
@@ -150,25 +163,31 @@ impl Store {
 /// tables share one sequence; the first `limit` of their union are among the
 /// first `limit` of each.
 async fn events_between(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     after: i64,
     upto: i64,
     limit: i64,
 ) -> Result<Vec<FeedEvent>> {
     let records = client
         .query(
-            &format!(
-                "SELECT {RECORD_COLUMNS} FROM consent_records
+            &client
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM consent_records
                   WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence LIMIT $3"
-            ),
+                ))
+                .await?,
             &[&after, &upto, &limit],
         )
         .await?;
     let erasures = client
         .query(
-            "SELECT sequence, pseudonym, erased_at, record_sequences, record_purposes
+            &client
+                .prepare_cached(
+                    "SELECT sequence, pseudonym, erased_at, record_sequences, record_purposes
                FROM erasure_events
               WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence LIMIT $3",
+                )
+                .await?,
             &[&after, &upto, &limit],
         )
         .await?;

@@ -6,8 +6,8 @@
 //! fields could be matched by anyone holding a copy of the table. Each key
 //! also names its subject (by its internal key), so that erasure deletes it.
 
+use deadpool_postgres::Transaction;
 use sha2::{Digest as _, Sha256};
-use tokio_postgres::Transaction;
 
 use crate::{
     domain::{RequestId, SubjectId},
@@ -61,9 +61,12 @@ pub(crate) async fn claim(
     let keyed = key.derive_bytes(DIGEST_DOMAIN, &digest.0);
     let inserted = tx
         .execute(
-            "INSERT INTO idempotency_keys (request_id, digest, subject_key)
+            &tx.prepare_cached(
+                "INSERT INTO idempotency_keys (request_id, digest, subject_key)
              VALUES ($1, $2, (SELECT subject_key FROM subjects WHERE subject_id = $3))
              ON CONFLICT (request_id) DO NOTHING",
+            )
+            .await?,
             &[
                 &request_id.as_str(),
                 &keyed,
@@ -76,7 +79,10 @@ pub(crate) async fn claim(
     }
     let row = tx
         .query_one(
-            "SELECT digest, result_ref FROM idempotency_keys WHERE request_id = $1",
+            &tx.prepare_cached(
+                "SELECT digest, result_ref FROM idempotency_keys WHERE request_id = $1",
+            )
+            .await?,
             &[&request_id.as_str()],
         )
         .await?;
@@ -95,9 +101,12 @@ pub(crate) async fn name_subject(
     subject: &SubjectId,
 ) -> Result<()> {
     tx.execute(
-        "UPDATE idempotency_keys
+        &tx.prepare_cached(
+            "UPDATE idempotency_keys
             SET subject_key = (SELECT subject_key FROM subjects WHERE subject_id = $2)
           WHERE request_id = $1 AND subject_key IS NULL",
+        )
+        .await?,
         &[&request_id.as_str(), &subject.as_str()],
     )
     .await?;
@@ -111,7 +120,8 @@ pub(crate) async fn settle(
     result: &str,
 ) -> Result<()> {
     tx.execute(
-        "UPDATE idempotency_keys SET result_ref = $2 WHERE request_id = $1",
+        &tx.prepare_cached("UPDATE idempotency_keys SET result_ref = $2 WHERE request_id = $1")
+            .await?,
         &[&request_id.as_str(), &result],
     )
     .await?;

@@ -65,9 +65,12 @@ impl Store {
 
         let registered = tx
             .execute(
-                "INSERT INTO subjects (subject_id, kind, notice_version, channel)
+                &tx.prepare_cached(
+                    "INSERT INTO subjects (subject_id, kind, notice_version, channel)
                  SELECT DISTINCT subject_id, 'individual', $1, 'import' FROM import_batch
                  ON CONFLICT (subject_id) DO NOTHING",
+                )
+                .await?,
                 &[&spec.notice_version.as_str()],
             )
             .await?;
@@ -78,7 +81,7 @@ impl Store {
         let field = spec.field.as_ref().map_or("", |f| f.as_str());
         let refused = tx
             .execute(
-                "WITH todo AS (
+                &tx.prepare_cached("WITH todo AS (
                     SELECT DISTINCT ON (b.subject_id) b.subject_id, b.position
                       FROM import_batch b
                       LEFT JOIN consent_state s
@@ -89,7 +92,7 @@ impl Store {
                  INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
                                               notice_version, evidence, actor)
                  SELECT subject_id, gen_random_uuid(), $1, $2, 'refuse', 'import', $3, $4, $5
-                   FROM todo ORDER BY position",
+                   FROM todo ORDER BY position").await?,
                 &[
                     &spec.purpose.as_str(),
                     &field,

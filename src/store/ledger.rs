@@ -57,16 +57,20 @@ impl Store {
             .await?;
         let links = links(&tx).await?;
         let heads = tx
-            .query("SELECT subject_key, length, head FROM ledger_heads", &[])
+            .query(
+                &tx.prepare_cached("SELECT subject_key, length, head FROM ledger_heads")
+                    .await?,
+                &[],
+            )
             .await?
             .iter()
             .map(head)
             .collect();
         let checkpoints = tx
             .query(
-                "SELECT checkpoint_id, made_at, chains, records, heads_digest, key_id, public_key,
+                &tx.prepare_cached("SELECT checkpoint_id, made_at, chains, records, heads_digest, key_id, public_key,
                         signature
-                   FROM ledger_checkpoints ORDER BY checkpoint_id",
+                   FROM ledger_checkpoints ORDER BY checkpoint_id").await?,
                 &[],
             )
             .await?
@@ -84,7 +88,10 @@ impl Store {
             .collect();
         let checkpoint_heads = tx
             .query(
-                "SELECT checkpoint_id, subject_key, length, head FROM ledger_checkpoint_heads",
+                &tx.prepare_cached(
+                    "SELECT checkpoint_id, subject_key, length, head FROM ledger_checkpoint_heads",
+                )
+                .await?,
                 &[],
             )
             .await?
@@ -106,9 +113,13 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT h.subject_key, h.length, h.head
+                &client
+                    .prepare_cached(
+                        "SELECT h.subject_key, h.length, h.head
                    FROM ledger_heads h JOIN subjects s USING (subject_key)
                   WHERE s.subject_id = $1",
+                    )
+                    .await?,
                 &[&subject_id.as_str()],
             )
             .await?;
@@ -127,7 +138,12 @@ impl Store {
         // Taken before the transaction starts, so that its snapshot already
         // sees the checkpoint the previous holder committed.
         let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&CHECKPOINT_LOCK])
+            .query_one(
+                &client
+                    .prepare_cached("SELECT pg_try_advisory_lock($1)")
+                    .await?,
+                &[&CHECKPOINT_LOCK],
+            )
             .await?
             .get(0);
         if !locked {
@@ -143,17 +159,17 @@ impl Store {
                 .await?;
             let id: i64 = tx
                 .query_one(
-                    "SELECT nextval(pg_get_serial_sequence('ledger_checkpoints', 'checkpoint_id'))",
+                    &tx.prepare_cached("SELECT nextval(pg_get_serial_sequence('ledger_checkpoints', 'checkpoint_id'))").await?,
                     &[],
                 )
                 .await?
                 .get(0);
             let changed = tx
                 .execute(
-                    "INSERT INTO ledger_checkpoint_heads (checkpoint_id, subject_key, length, head)
+                    &tx.prepare_cached("INSERT INTO ledger_checkpoint_heads (checkpoint_id, subject_key, length, head)
                      SELECT $1, h.subject_key, h.length, h.head
                        FROM ledger_heads h LEFT JOIN ledger_checkpointed c USING (subject_key)
-                      WHERE (c.length, c.head) IS DISTINCT FROM (h.length, h.head)",
+                      WHERE (c.length, c.head) IS DISTINCT FROM (h.length, h.head)").await?,
                     &[&id],
                 )
                 .await?;
@@ -161,19 +177,19 @@ impl Store {
                 return Ok(None);
             }
             tx.execute(
-                "INSERT INTO ledger_checkpointed (subject_key, length, head)
+                &tx.prepare_cached("INSERT INTO ledger_checkpointed (subject_key, length, head)
                  SELECT subject_key, length, head FROM ledger_checkpoint_heads WHERE checkpoint_id = $1
-                 ON CONFLICT (subject_key) DO UPDATE SET length = EXCLUDED.length, head = EXCLUDED.head",
+                 ON CONFLICT (subject_key) DO UPDATE SET length = EXCLUDED.length, head = EXCLUDED.head").await?,
                 &[&id],
             )
             .await?;
             // The same digest as ledger::checkpoint::heads_digest.
             let row = tx
                 .query_one(
-                    "SELECT count(*), coalesce(sum(length), 0)::bigint,
+                    &tx.prepare_cached("SELECT count(*), coalesce(sum(length), 0)::bigint,
                             sha256(coalesce(string_agg(uuid_send(subject_key) || int8send(length) || head,
                                                        ''::bytea ORDER BY subject_key), ''::bytea))
-                       FROM ledger_checkpointed",
+                       FROM ledger_checkpointed").await?,
                     &[],
                 )
                 .await?;
@@ -191,9 +207,9 @@ impl Store {
             };
             sign(&mut checkpoint);
             tx.execute(
-                "INSERT INTO ledger_checkpoints (checkpoint_id, made_at, chains, records,
+                &tx.prepare_cached("INSERT INTO ledger_checkpoints (checkpoint_id, made_at, chains, records,
                      heads_digest, key_id, public_key, signature)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)").await?,
                 &[
                     &checkpoint.checkpoint_id,
                     &checkpoint.made_at,
@@ -211,7 +227,12 @@ impl Store {
         }
         .await;
         client
-            .execute("SELECT pg_advisory_unlock($1)", &[&CHECKPOINT_LOCK])
+            .execute(
+                &client
+                    .prepare_cached("SELECT pg_advisory_unlock($1)")
+                    .await?,
+                &[&CHECKPOINT_LOCK],
+            )
             .await?;
         written
     }
@@ -222,11 +243,14 @@ async fn links(tx: &Transaction<'_>) -> Result<Vec<Link>> {
     let mut links = Vec::new();
     for row in tx
         .query(
-            "SELECT s.subject_key, r.chain_seq, r.text_digest, r.hash, r.record_id, r.sequence,
+            &tx.prepare_cached(
+                "SELECT s.subject_key, r.chain_seq, r.text_digest, r.hash, r.record_id, r.sequence,
                     r.purpose, r.field, r.recipient, r.choice, r.channel, r.notice_version,
                     r.actor, r.request_id, r.recorded_at, r.evidence, r.ledger_version,
                     r.text_erased
                FROM consent_records r LEFT JOIN subjects s USING (subject_id)",
+            )
+            .await?,
             &[],
         )
         .await?
@@ -250,11 +274,14 @@ async fn links(tx: &Transaction<'_>) -> Result<Vec<Link>> {
     }
     for row in tx
         .query(
-            "SELECT s.subject_key, d.chain_seq, d.text_digest, d.hash, d.disclosure_id,
+            &tx.prepare_cached(
+                "SELECT s.subject_key, d.chain_seq, d.text_digest, d.hash, d.disclosure_id,
                     d.recipient_id, d.purpose, d.legal_basis, d.fields, d.withheld, d.status,
                     d.review_due, d.requested_by, d.request_id, d.requested_at, d.reference,
                     d.justification, d.ledger_version, d.text_erased
                FROM disclosures d LEFT JOIN subjects s USING (subject_id)",
+            )
+            .await?,
             &[],
         )
         .await?
@@ -279,9 +306,12 @@ async fn links(tx: &Transaction<'_>) -> Result<Vec<Link>> {
     }
     for row in tx
         .query(
-            "SELECT s.subject_key, e.chain_seq, e.text_digest, e.hash, e.disclosure_id,
+            &tx.prepare_cached(
+                "SELECT s.subject_key, e.chain_seq, e.text_digest, e.hash, e.disclosure_id,
                     e.kind, e.actor, e.at, e.note, e.text_erased
                FROM disclosure_events e LEFT JOIN subjects s USING (subject_id)",
+            )
+            .await?,
             &[],
         )
         .await?

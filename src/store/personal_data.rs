@@ -67,7 +67,10 @@ impl Store {
         }
         let locked = tx
             .query_opt(
-                "SELECT 1 FROM subjects WHERE subject_id = $1 FOR NO KEY UPDATE",
+                &tx.prepare_cached(
+                    "SELECT 1 FROM subjects WHERE subject_id = $1 FOR NO KEY UPDATE",
+                )
+                .await?,
                 &[&new.subject_id.as_str()],
             )
             .await?;
@@ -77,10 +80,10 @@ impl Store {
         let collection_id = Uuid::now_v7();
         let row = tx
             .query_one(
-                "INSERT INTO collection_records (subject_id, collection_id, field, collected_for,
+                &tx.prepare_cached("INSERT INTO collection_records (subject_id, collection_id, field, collected_for,
                      channel, notice_version, actor, request_id)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 RETURNING collected_at",
+                 RETURNING collected_at").await?,
                 &[
                     &new.subject_id.as_str(),
                     &collection_id,
@@ -95,13 +98,16 @@ impl Store {
             .await?;
         let collected_at: DateTime<Utc> = row.get(0);
         tx.execute(
-            "INSERT INTO personal_data (subject_id, field, key_id, nonce, ciphertext,
+            &tx.prepare_cached(
+                "INSERT INTO personal_data (subject_id, field, key_id, nonce, ciphertext,
                  collected_for, collected_at, verified_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)
              ON CONFLICT (subject_id, field) DO UPDATE
                 SET key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce,
                     ciphertext = EXCLUDED.ciphertext, collected_for = EXCLUDED.collected_for,
                     collected_at = EXCLUDED.collected_at, verified_at = NULL",
+            )
+            .await?,
             &[
                 &new.subject_id.as_str(),
                 &new.field.as_str(),
@@ -131,9 +137,13 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "UPDATE personal_data SET verified_at = clock_timestamp()
+                &client
+                    .prepare_cached(
+                        "UPDATE personal_data SET verified_at = clock_timestamp()
                   WHERE subject_id = $1 AND field = $2
                   RETURNING verified_at",
+                    )
+                    .await?,
                 &[&subject_id.as_str(), &field.as_str()],
             )
             .await?;
@@ -150,9 +160,13 @@ impl Store {
         let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         let rows = client
             .query(
-                "SELECT subject_id, field, collected_for, collected_at, verified_at
+                &client
+                    .prepare_cached(
+                        "SELECT subject_id, field, collected_for, collected_at, verified_at
                    FROM personal_data WHERE subject_id = ANY($1)
                   ORDER BY subject_id, field",
+                    )
+                    .await?,
                 &[&ids],
             )
             .await?;
@@ -186,8 +200,12 @@ impl Store {
         let names: Vec<&str> = fields.iter().map(|f| f.as_str()).collect();
         let rows = client
             .query(
-                "SELECT field, key_id, nonce, ciphertext FROM personal_data
+                &client
+                    .prepare_cached(
+                        "SELECT field, key_id, nonce, ciphertext FROM personal_data
                   WHERE subject_id = $1 AND field = ANY($2)",
+                    )
+                    .await?,
                 &[&subject_id.as_str(), &names],
             )
             .await?;
@@ -215,8 +233,12 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT subject_id, field, key_id, nonce, ciphertext FROM personal_data
+                &client
+                    .prepare_cached(
+                        "SELECT subject_id, field, key_id, nonce, ciphertext FROM personal_data
                   WHERE key_id <> $1 ORDER BY subject_id, field LIMIT $2",
+                    )
+                    .await?,
                 &[&current, &limit],
             )
             .await?;
@@ -246,8 +268,11 @@ impl Store {
         for (old, new) in rows {
             replaced += tx
                 .execute(
-                    "UPDATE personal_data SET key_id = $3, nonce = $4, ciphertext = $5
+                    &tx.prepare_cached(
+                        "UPDATE personal_data SET key_id = $3, nonce = $4, ciphertext = $5
                       WHERE subject_id = $1 AND field = $2 AND key_id = $6 AND nonce = $7",
+                    )
+                    .await?,
                     &[
                         &old.subject_id.as_str(),
                         &old.field.as_str(),
