@@ -49,9 +49,19 @@ use crate::{
 };
 
 /// Flags that lift the server's own limits (rate limits, concurrency caps)
-/// so that the bench measures the serving path, not a limit. The server has
-/// none yet; CONSENTD_BENCH_SERVE_ARGS adds flags without a rebuild.
-const UNLIMITED: &[&str] = &[];
+/// so that the bench measures the serving path, not a limit; its one
+/// client is one caller, and its 64 writers plus its closed loops would
+/// meet the defaults. CONSENTD_BENCH_SERVE_ARGS adds flags without a rebuild.
+const UNLIMITED: &[&str] = &[
+    "--rate-limit-per-caller",
+    "10000000",
+    "--rate-limit-burst",
+    "10000000",
+    "--max-concurrent-calls",
+    "1000000",
+    "--max-concurrent-streams",
+    "100000",
+];
 
 #[derive(Serialize)]
 struct Report {
