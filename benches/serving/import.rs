@@ -112,12 +112,12 @@ async fn multi_row_insert(url: &str, spec: &RefusalImport, ids: &[String]) -> an
             &params,
         )
         .await?;
-        let appended = tx
-            .query(
+        // The history's trigger keeps consent_state, as it does for
+        // import-refusals.
+        tx.execute(
                 &format!(
                     "INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
-                         notice_version, evidence, actor) VALUES {}
-                     RETURNING subject_id, record_id, sequence, recorded_at",
+                         notice_version, evidence, actor) VALUES {}",
                     values(&format!(
                         "($#, gen_random_uuid(), '{}', '', 'refuse', 'import', 'import', 'benchmark', 'bench')",
                         spec.purpose
@@ -126,39 +126,6 @@ async fn multi_row_insert(url: &str, spec: &RefusalImport, ids: &[String]) -> an
                 &params,
             )
             .await?;
-        let mut state_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
-        let subject_ids: Vec<String> = appended.iter().map(|r| r.get(0)).collect();
-        let record_ids: Vec<uuid::Uuid> = appended.iter().map(|r| r.get(1)).collect();
-        let sequences: Vec<i64> = appended.iter().map(|r| r.get(2)).collect();
-        let times: Vec<chrono::DateTime<chrono::Utc>> = appended.iter().map(|r| r.get(3)).collect();
-        for i in 0..appended.len() {
-            state_params.push(&subject_ids[i]);
-            state_params.push(&record_ids[i]);
-            state_params.push(&sequences[i]);
-            state_params.push(&times[i]);
-        }
-        let rows = (0..appended.len())
-            .map(|i| {
-                let b = i * 4;
-                format!(
-                    "(${}, '{}', '', 'refuse', ${}, ${}, ${})",
-                    b + 1,
-                    spec.purpose,
-                    b + 2,
-                    b + 3,
-                    b + 4
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        tx.execute(
-            &format!(
-                "INSERT INTO consent_state (subject_id, purpose, field, choice, record_id, sequence, recorded_at)
-                 VALUES {rows}"
-            ),
-            &state_params,
-        )
-        .await?;
         tx.commit().await?;
     }
     Ok(())
