@@ -314,3 +314,49 @@ async fn a_connection_opening_more_streams_than_allowed_has_the_extra_one_refuse
         raw_h2::REFUSED_STREAM
     );
 }
+
+/// Reads frames for `watch`, acknowledging the server's SETTINGS and, if
+/// `answer_pings`, its PINGs. Returns the pings seen, and whether the
+/// server closed the connection.
+async fn follow_pings(h2: &mut RawConnection, answer_pings: bool, watch: Duration) -> (u32, bool) {
+    let mut pings = 0;
+    let closed = tokio::time::timeout(watch, async {
+        while let Some(frame) = h2.read_or_closed().await {
+            let ack = frame.flags & 0x1 != 0;
+            if frame.kind == raw_h2::SETTINGS && !ack {
+                h2.send(raw_h2::SETTINGS, 0x1, 0, &[]).await;
+            }
+            if frame.kind == raw_h2::PING && !ack {
+                pings += 1;
+                if answer_pings {
+                    h2.send(raw_h2::PING, 0x1, 0, &frame.payload).await;
+                }
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (pings, closed)
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_pinged_and_one_that_never_answers_is_closed() {
+    let app = spawn_app_with(|args| {
+        args.limits.http2_keepalive_interval_seconds = 1;
+        args.limits.http2_keepalive_timeout_seconds = 1;
+    })
+    .await;
+    // A peer that answers stays connected, pinged again and again.
+    let mut alive = RawConnection::open(app.grpc_addr).await;
+    let (pings, closed) = follow_pings(&mut alive, true, Duration::from_secs(5)).await;
+    assert!(!closed, "a connection that answers its pings is kept");
+    assert!(
+        pings >= 2,
+        "an idle connection is pinged every second ({pings} pings in 5 s)"
+    );
+    // A peer that is gone (it never answers) is dropped.
+    let mut silent = RawConnection::open(app.grpc_addr).await;
+    let (pings, closed) = follow_pings(&mut silent, false, Duration::from_secs(10)).await;
+    assert!(pings >= 1, "the silent connection was pinged");
+    assert!(closed, "a connection that never answers its ping is closed");
+}

@@ -68,6 +68,7 @@ pub struct Frame {
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
+pub const PING: u8 = 0x6;
 pub const GOAWAY: u8 = 0x7;
 pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 pub const REFUSED_STREAM: u32 = 0x7;
@@ -98,17 +99,26 @@ impl RawConnection {
     }
 
     pub async fn read(&mut self) -> Frame {
+        self.read_or_closed()
+            .await
+            .expect("the server closed the connection")
+    }
+
+    /// The next frame, or `None` once the server has closed the connection.
+    pub async fn read_or_closed(&mut self) -> Option<Frame> {
         let mut head = [0u8; 9];
-        self.tcp.read_exact(&mut head).await.unwrap();
+        if self.tcp.read_exact(&mut head).await.is_err() {
+            return None;
+        }
         let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let mut payload = vec![0u8; length];
-        self.tcp.read_exact(&mut payload).await.unwrap();
-        Frame {
+        self.tcp.read_exact(&mut payload).await.ok()?;
+        Some(Frame {
             kind: head[3],
             flags: head[4],
             stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
             payload,
-        }
+        })
     }
 
     /// Opens `stream` with a gRPC request's headers and no body yet, so it
