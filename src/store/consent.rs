@@ -228,8 +228,8 @@ impl Store {
         if let Some(request_id) = &new.request_id {
             idempotency::settle(&tx, request_id, &record.record_id.to_string()).await?;
         }
-        tx.batch_execute(super::feed::NOTIFY).await?;
         tx.commit().await?;
+        super::feed::wake_streams(&client).await;
         Ok((record, true))
     }
 

@@ -50,7 +50,7 @@ impl Store {
         if let Some(erased_at) = erased_at {
             // Wakes the change streams now rather than at their next poll;
             // after the commit, so it holds no lock of the erasure's.
-            client.batch_execute(super::feed::NOTIFY).await?;
+            super::feed::wake_streams(&client).await;
             return Ok(Erased {
                 pseudonym: pseudonym.clone(),
                 erased_at,

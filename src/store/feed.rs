@@ -20,6 +20,18 @@ use crate::{
 /// The channel writers notify; see the V2 migration.
 pub(crate) const NOTIFY: &str = "NOTIFY consent_changes";
 
+/// Wakes every replica's change streams once a write has committed. Sent
+/// on its own, after the write's transaction: a NOTIFY inside it takes
+/// PostgreSQL's global notification lock at commit, so every writer's commit
+/// (and its WAL flush) would wait for the one before. A NOTIFY alone writes
+/// no WAL and holds that lock only for a moment. The write stands whether or
+/// not this is heard: the streams' poll is the safety net.
+pub(super) async fn wake_streams(client: &tokio_postgres::Client) {
+    if let Err(e) = client.batch_execute(NOTIFY).await {
+        tracing::debug!(error = %e, "could not wake the change streams; they will poll");
+    }
+}
+
 /// Events after a cursor, read in one snapshot, with the transactions that
 /// were still in flight in that snapshot.
 #[derive(Debug)]

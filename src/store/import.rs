@@ -102,10 +102,10 @@ impl Store {
                 ],
             )
             .await?;
-        if refused > 0 {
-            tx.batch_execute(super::feed::NOTIFY).await?;
-        }
         tx.commit().await?;
+        if refused > 0 {
+            super::feed::wake_streams(&client).await;
+        }
         Ok(BatchOutcome {
             registered,
             refused,
