@@ -1,5 +1,5 @@
 //! BulkCheck over gRPC: a stream of requests, each one purpose, one field
-//! and up to [`MAX_BULK`] subject ids, answered one by one in order.
+//! and up to [`MAX_BULK`](crate::service::MAX_BULK) subject ids, answered one by one in order.
 //!
 //! Flow control is end to end. One task per stream reads a request,
 //! decides it and hands the answer to a channel of one slot; only then does
@@ -27,7 +27,7 @@ use crate::{
     domain::{FieldName, PurposeCode, SubjectId, Violations},
     error::{Error, Result},
     policy::{Decision, Outcome, Policy},
-    service::{BulkQuery, MAX_BULK, bulk_size_violation},
+    service::{BULK_SUBJECTS, BulkQuery},
 };
 
 /// The answers of one BulkCheck stream.
@@ -46,9 +46,8 @@ pub fn parse_bulk(policy: &Policy, r: BulkCheckRequest) -> Result<BulkQuery> {
     let field = v.check("field", FieldName::parse(r.field));
     v.merge(policy.check_query_parts(purpose.as_ref(), field.as_ref()));
     let count = r.subject_ids.len();
-    if !(1..=MAX_BULK).contains(&count) {
+    if !BULK_SUBJECTS.check(&mut v, count) {
         // Over the limit the ids are not worth looking at.
-        v.push("subject_ids", bulk_size_violation(count));
         return Err(v.into());
     }
     let mut subject_ids = Vec::with_capacity(count);

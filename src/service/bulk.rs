@@ -35,9 +35,8 @@ impl ConsentService {
     /// One decision per subject of `query`, in its order. The purpose and
     /// field are checked against the policy once for the whole request.
     pub async fn bulk_check(&self, query: &BulkQuery) -> Result<Vec<Decision>> {
-        let count = query.subject_ids.len();
-        if !(1..=MAX_BULK).contains(&count) {
-            return Err(Error::invalid("subject_ids", bulk_size_violation(count)));
+        if let Some(violation) = BULK_SUBJECTS.violation(query.subject_ids.len()) {
+            return Err(Error::InvalidArgument(vec![violation]));
         }
         let violations = self.policy().check_query(&query.purpose, &query.field);
         if !violations.is_empty() {
@@ -47,10 +46,4 @@ impl ConsentService {
         self.decide_each(&ids, |_| (&query.purpose, &query.field))
             .await
     }
-}
-
-/// What is wrong with a request of `count` subject ids, said the same way
-/// wherever the size is checked.
-pub fn bulk_size_violation(count: usize) -> String {
-    format!("must hold 1 to {MAX_BULK} subject ids (got {count})")
 }

@@ -16,7 +16,7 @@ pub mod readiness;
 pub mod unsubscribe;
 pub mod vault;
 
-pub use bulk::{BULK_SUBJECTS, BulkQuery, MAX_BULK, bulk_size_violation};
+pub use bulk::{BULK_SUBJECTS, BulkQuery, MAX_BULK};
 pub use consent::{
     BATCH_ITEMS, CheckQuery, ConsentOverview, ConsentService, MAX_BATCH, MAX_PAGE_SIZE,
     WATCH_PURPOSES,
