@@ -123,15 +123,24 @@ fn streaming_paths() -> HashSet<String> {
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ];
+    method_paths(&sets, |method| {
+        method.is_server_streaming() || method.is_client_streaming()
+    })
+}
+
+/// The HTTP paths of the methods in `sets` (encoded descriptor sets) that
+/// `wanted` picks.
+pub(super) fn method_paths(
+    sets: &[&[u8]],
+    wanted: impl Fn(&prost_reflect::MethodDescriptor) -> bool,
+) -> HashSet<String> {
     let mut paths = HashSet::new();
     for set in sets {
-        let pool =
-            prost_reflect::DescriptorPool::decode(set).expect("an embedded descriptor set decodes");
+        let pool = prost_reflect::DescriptorPool::decode(*set)
+            .expect("an embedded descriptor set decodes");
         for service in pool.services() {
-            for method in service.methods() {
-                if method.is_server_streaming() || method.is_client_streaming() {
-                    paths.insert(format!("/{}/{}", service.full_name(), method.name()));
-                }
+            for method in service.methods().filter(&wanted) {
+                paths.insert(format!("/{}/{}", service.full_name(), method.name()));
             }
         }
     }

@@ -74,17 +74,9 @@ where
 /// The consent.v1 methods that take a stream of requests, by HTTP path.
 static CLIENT_STREAMING: std::sync::LazyLock<std::collections::HashSet<String>> =
     std::sync::LazyLock::new(|| {
-        let pool = prost_reflect::DescriptorPool::decode(super::pb::FILE_DESCRIPTOR_SET)
-            .expect("the embedded descriptor set decodes");
-        let mut paths = std::collections::HashSet::new();
-        for service in pool.services() {
-            for method in service.methods() {
-                if method.is_client_streaming() {
-                    paths.insert(format!("/{}/{}", service.full_name(), method.name()));
-                }
-            }
-        }
-        paths
+        super::limits::method_paths(&[super::pb::FILE_DESCRIPTOR_SET], |method| {
+            method.is_client_streaming()
+        })
     });
 
 /// A request body that fails with RESOURCE_EXHAUSTED once its message is
