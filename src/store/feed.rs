@@ -63,17 +63,7 @@ impl Store {
     #[tracing::instrument(name = "store.read_feed", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "read_feed", limit))]
     pub async fn read_feed(&self, after: i64, limit: i64) -> Result<FeedRead> {
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        // The first statement fixes the snapshot for the whole transaction.
-        let in_progress: Vec<String> = tx
-            .query_one(&tx.prepare_cached(IN_PROGRESS).await?, &[])
-            .await?
-            .get(0);
+        let (tx, in_progress) = snapshot(&mut client).await?;
         let events = events_between(&tx, after, i64::MAX, limit).await?;
         tx.commit().await?;
         Ok(FeedRead {
@@ -102,16 +92,7 @@ impl Store {
     #[tracing::instrument(name = "store.feed_head", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "feed_head"))]
     pub async fn feed_head(&self) -> Result<(i64, Vec<String>)> {
         let mut client = self.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let in_progress: Vec<String> = tx
-            .query_one(&tx.prepare_cached(IN_PROGRESS).await?, &[])
-            .await?
-            .get(0);
+        let (tx, in_progress) = snapshot(&mut client).await?;
         let head: i64 = tx
             .query_one(
                 &tx.prepare_cached(
@@ -169,6 +150,25 @@ impl Store {
         });
         rx
     }
+}
+
+/// A read-only REPEATABLE READ transaction, and the transactions in flight
+/// in its snapshot: its first statement, which fixes the snapshot for the
+/// rest.
+async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<(deadpool_postgres::Transaction<'_>, Vec<String>)> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let in_progress: Vec<String> = tx
+        .query_one(&tx.prepare_cached(IN_PROGRESS).await?, &[])
+        .await?
+        .get(0);
+    Ok((tx, in_progress))
 }
 
 /// Up to `limit` events with `after < sequence <= upto`, ascending. The two
