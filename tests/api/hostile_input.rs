@@ -25,7 +25,8 @@ use crate::{
 };
 
 const MIB: usize = 1024 * 1024;
-const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * MIB;
+/// `--max-message-bytes` as serve takes it by default (4 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * MIB;
 const CONCURRENT: usize = 16;
 
 /// The largest message `build(n)` makes within `cap` bytes, with `n` as

@@ -34,8 +34,6 @@ use crate::{
 
 /// Inputs sent to each method.
 const PER_METHOD: usize = 60;
-/// The server's default --max-message-bytes, which the test leaves as it is.
-const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Sends a message's bytes as they are, and keeps the answer's.
 #[derive(Clone, Default)]
@@ -172,8 +170,11 @@ async fn random_and_truncated_protobuf_to_every_method_is_refused_and_writes_not
             };
             // A message past its method's size cap is refused before it is
             // decoded, with the code gRPC gives an oversized message.
-            let oversized =
-                bytes.len() > consentd::grpc::request_cap(path.as_str(), MAX_MESSAGE_BYTES);
+            let oversized = bytes.len()
+                > consentd::grpc::request_cap(
+                    path.as_str(),
+                    crate::hostile_input::DEFAULT_MAX_MESSAGE_BYTES,
+                );
             match answer {
                 Err(status) if status.code() == Code::InvalidArgument && !oversized => {}
                 Err(status) if status.code() == Code::ResourceExhausted && oversized => {}
