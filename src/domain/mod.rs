@@ -54,7 +54,7 @@ pub use disclosure::{
     Disclosure, DisclosureStatus, FieldData, LegalBasis, NewPersonalData, ReleasedField,
     SealedValue, Withheld,
 };
-pub use feed::{ErasureEvent, FeedEvent};
+pub use feed::{ErasureEvent, FeedEvent, Registration, StoredField};
 pub use ids::{
     Actor, Evidence, FieldName, Justification, NoticeVersion, PersonalValue, PurposeCode,
     RecipientId, Reference, RequestId, SubjectId,

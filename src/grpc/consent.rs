@@ -91,8 +91,10 @@ impl Rpc for ConsentGrpc {
             let (after, purposes) = parse_watch(self.service.policy(), r.into_inner())?;
             let purposes = permit.watchable(purposes)?;
             let events = self.service.watch_changes(after, purposes)?;
-            let stream = tokio_stream::StreamExt::map(events, |item| {
-                item.map(convert::feed_event_to_pb).map_err(Status::from)
+            // The service sends only public events; the rest cannot occur.
+            let stream = tokio_stream::StreamExt::filter_map(events, |item| match item {
+                Ok(event) => convert::feed_event_to_pb(event).map(Ok),
+                Err(e) => Some(Err(Status::from(e))),
             });
             Ok(Response::new(Box::pin(stream) as WatchStream))
         })

@@ -104,7 +104,8 @@ pub fn record_to_pb(record: domain::ConsentRecord) -> pb::ConsentRecord {
     }
 }
 
-pub fn feed_event_to_pb(event: domain::FeedEvent) -> pb::WatchChangesResponse {
+/// `None` for the events only the servers' memory follows.
+pub fn feed_event_to_pb(event: domain::FeedEvent) -> Option<pb::WatchChangesResponse> {
     use pb::watch_changes_response::Change;
     let change = match event {
         domain::FeedEvent::Record(record) => Change::Record(record_to_pb(record)),
@@ -114,10 +115,11 @@ pub fn feed_event_to_pb(event: domain::FeedEvent) -> pb::WatchChangesResponse {
             erased_at: timestamp(erasure.erased_at),
             record_sequences: erasure.records.into_iter().map(|(s, _)| s).collect(),
         }),
+        domain::FeedEvent::Registered(_) | domain::FeedEvent::FieldStored(_) => return None,
     };
-    pb::WatchChangesResponse {
+    Some(pb::WatchChangesResponse {
         change: Some(change),
-    }
+    })
 }
 
 pub fn choice_state_to_pb(c: domain::StoredChoice) -> pb::ConsentChoice {

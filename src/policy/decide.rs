@@ -27,6 +27,51 @@ pub struct Decision {
     pub needs_verification: bool,
 }
 
+/// What a decision knows of the subject, however it was read (the
+/// database's rows or the server's memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// No subject is registered under the id.
+    Unknown,
+    /// Erased, and not registered again.
+    Erased,
+    /// Registered, with the newest choice that covers the purpose and field
+    /// and names no recipient (see [`SubjectState::latest_covering`]).
+    Registered(Option<(Choice, Uuid)>),
+}
+
+impl Standing {
+    pub fn of(subject: Option<&SubjectState>, purpose: &PurposeCode, field: &FieldName) -> Self {
+        match subject {
+            None => Standing::Unknown,
+            Some(state) if state.erased => Standing::Erased,
+            Some(state) => Standing::Registered(
+                state
+                    .latest_covering(purpose, field)
+                    .map(|c| (c.choice, c.record_id)),
+            ),
+        }
+    }
+}
+
+/// What a decision needs of a stored value (R2, R3): never the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataFacts {
+    /// The latest collection named the purpose asked about.
+    pub collected_for_purpose: bool,
+    /// See [`FieldData::checked_at`].
+    pub checked_at: DateTime<Utc>,
+}
+
+impl DataFacts {
+    pub fn of(data: &FieldData, purpose: &PurposeCode) -> Self {
+        DataFacts {
+            collected_for_purpose: collected_for_purpose(data, purpose),
+            checked_at: data.checked_at(),
+        }
+    }
+}
+
 /// Decides one check. `subject` is `None` when no subject is registered
 /// under the id. Pure: the same arguments always give the same answer.
 ///
@@ -36,6 +81,16 @@ pub struct Decision {
 pub fn decide(
     policy: &Policy,
     subject: Option<&SubjectState>,
+    purpose: &PurposeCode,
+    field: &FieldName,
+) -> Decision {
+    decide_standing(policy, Standing::of(subject, purpose, field), purpose, field)
+}
+
+/// [`decide`] from what is known of the subject.
+pub fn decide_standing(
+    policy: &Policy,
+    standing: Standing,
     purpose: &PurposeCode,
     field: &FieldName,
 ) -> Decision {
@@ -52,17 +107,14 @@ pub fn decide(
         needs_verification: false,
     };
 
-    let Some(state) = subject else {
-        return deny(Reason::SubjectUnknown, None);
+    let latest_choice = match standing {
+        Standing::Unknown => return deny(Reason::SubjectUnknown, None),
+        Standing::Erased => return deny(Reason::SubjectErased, None),
+        Standing::Registered(latest) => latest,
     };
-    if state.erased {
-        return deny(Reason::SubjectErased, None);
-    }
     let Some(purpose_def) = policy.purpose(purpose).filter(|p| p.permits(field)) else {
         return deny(Reason::FieldNotPermitted, None);
     };
-    let latest = state.latest_covering(purpose, field);
-    let latest_choice = latest.map(|c| (c.choice, c.record_id));
     match (purpose_def.basis, latest_choice) {
         (Basis::Contract, _) => allow(Reason::Contract, None),
         (Basis::Consent, Some((Choice::Grant, id))) => allow(Reason::ConsentGranted, Some(id)),
@@ -89,14 +141,33 @@ pub fn decide_with_data(
     data: Option<&FieldData>,
     now: DateTime<Utc>,
 ) -> Decision {
-    let decision = decide(policy, subject, purpose, field);
+    decide_known(
+        policy,
+        Standing::of(subject, purpose, field),
+        purpose,
+        field,
+        data.map(|d| DataFacts::of(d, purpose)),
+        now,
+    )
+}
+
+/// [`decide_with_data`] from what is known of the subject and the value.
+pub fn decide_known(
+    policy: &Policy,
+    standing: Standing,
+    purpose: &PurposeCode,
+    field: &FieldName,
+    data: Option<DataFacts>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let decision = decide_standing(policy, standing, purpose, field);
     // An allowed decision means the purpose is declared.
     let (Outcome::Allow, Some(purpose_def), Some(data)) =
         (decision.outcome, policy.purpose(purpose), data)
     else {
         return decision;
     };
-    if !collected_for_purpose(data, purpose) {
+    if !data.collected_for_purpose {
         return Decision {
             outcome: Outcome::Deny,
             reason: Reason::NotCollectedForPurpose,
@@ -104,7 +175,7 @@ pub fn decide_with_data(
             needs_verification: false,
         };
     }
-    if !is_stale(purpose_def, data, now) {
+    if !stale_at(purpose_def, field, data.checked_at, now) {
         return decision;
     }
     if purpose_def.require_fresh {
@@ -129,10 +200,19 @@ pub fn collected_for_purpose(data: &FieldData, purpose: &PurposeCode) -> bool {
 
 /// R3: is `data` older than `purpose` allows for its field?
 pub fn is_stale(purpose: &Purpose, data: &FieldData, now: DateTime<Utc>) -> bool {
+    stale_at(purpose, &data.field, data.checked_at(), now)
+}
+
+fn stale_at(
+    purpose: &Purpose,
+    field: &FieldName,
+    checked_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
     purpose
         .max_age_days
-        .get(&data.field)
-        .is_some_and(|days| data.checked_at() + TimeDelta::days(i64::from(*days)) < now)
+        .get(field)
+        .is_some_and(|days| checked_at + TimeDelta::days(i64::from(*days)) < now)
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Store,
-    rows::{RECORD_COLUMNS, record_from_row, stored},
+    rows::{RECORD_COLUMNS, field_data_from, record_from_row, stored},
 };
 use crate::{
-    domain::{ErasureEvent, FeedEvent, PurposeCode, SubjectId},
+    domain::{ErasureEvent, FeedEvent, PurposeCode, Registration, StoredField, SubjectId},
     error::Result,
 };
 
@@ -98,7 +98,9 @@ impl Store {
                 &tx.prepare_cached(
                     "SELECT greatest(
                    (SELECT coalesce(max(sequence), 0) FROM consent_records),
-                   (SELECT coalesce(max(sequence), 0) FROM erasure_events))",
+                   (SELECT coalesce(max(sequence), 0) FROM erasure_events),
+                   (SELECT coalesce(max(sequence), 0) FROM subjects),
+                   (SELECT coalesce(max(sequence), 0) FROM personal_data))",
                 )
                 .await?,
                 &[],
@@ -171,7 +173,7 @@ async fn snapshot(
     Ok((tx, in_progress))
 }
 
-/// Up to `limit` events with `after < sequence <= upto`, ascending. The two
+/// Up to `limit` events with `after < sequence <= upto`, ascending. The
 /// tables share one sequence; the first `limit` of their union are among the
 /// first `limit` of each.
 async fn events_between(
@@ -180,6 +182,7 @@ async fn events_between(
     upto: i64,
     limit: i64,
 ) -> Result<Vec<FeedEvent>> {
+    let range: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&after, &upto, &limit];
     let records = client
         .query(
             &client
@@ -188,19 +191,45 @@ async fn events_between(
                   WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence LIMIT $3"
                 ))
                 .await?,
-            &[&after, &upto, &limit],
+            &range,
         )
         .await?;
     let erasures = client
         .query(
             &client
                 .prepare_cached(
-                    "SELECT sequence, pseudonym, erased_at, record_sequences, record_purposes
+                    "SELECT sequence, pseudonym, erased_at, record_sequences, record_purposes,
+                    registration_sequence
                FROM erasure_events
               WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence LIMIT $3",
                 )
                 .await?,
-            &[&after, &upto, &limit],
+            &range,
+        )
+        .await?;
+    // A registration already erased shows its pseudonym; its erasure event
+    // follows it in the feed and ends it again, so it is sent as it reads.
+    let registrations = client
+        .query(
+            &client
+                .prepare_cached(
+                    "SELECT sequence, subject_id FROM subjects
+              WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence LIMIT $3",
+                )
+                .await?,
+            &range,
+        )
+        .await?;
+    let fields = client
+        .query(
+            &client
+                .prepare_cached(
+                    "SELECT sequence, subject_id, field, collected_for, collected_at, verified_at
+               FROM personal_data
+              WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence LIMIT $3",
+                )
+                .await?,
+            &range,
         )
         .await?;
     let mut events = records
@@ -211,6 +240,19 @@ async fn events_between(
                 .iter()
                 .map(|row| erasure_from_row(row).map(FeedEvent::Erasure)),
         )
+        .chain(registrations.iter().map(|row| {
+            Ok(FeedEvent::Registered(Registration {
+                sequence: row.get(0),
+                subject_id: stored(SubjectId::parse(row.get::<_, String>(1)), "subject_id")?,
+            }))
+        }))
+        .chain(fields.iter().map(|row| {
+            Ok(FeedEvent::FieldStored(StoredField {
+                sequence: row.get(0),
+                subject_id: stored(SubjectId::parse(row.get::<_, String>(1)), "subject_id")?,
+                data: field_data_from(row, 2)?,
+            }))
+        }))
         .collect::<Result<Vec<_>>>()?;
     events.sort_unstable_by_key(FeedEvent::sequence);
     events.truncate(usize::try_from(limit).unwrap_or(0));
@@ -227,6 +269,7 @@ fn erasure_from_row(row: &tokio_postgres::Row) -> Result<ErasureEvent> {
             "pseudonym",
         )?,
         erased_at: row.get("erased_at"),
+        registration_sequence: row.get("registration_sequence"),
         records: sequences
             .into_iter()
             .zip(purposes)

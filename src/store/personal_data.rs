@@ -11,10 +11,10 @@ use uuid::Uuid;
 use super::{
     Store,
     idempotency::{self, Claim, RequestDigest},
-    rows::stored,
+    rows::{field_data_from, stored},
 };
 use crate::{
-    domain::{FieldData, FieldName, NewPersonalData, PurposeCode, SealedValue, SubjectId},
+    domain::{FieldData, FieldName, NewPersonalData, SealedValue, SubjectId},
     error::{Error, Result},
 };
 
@@ -173,17 +173,9 @@ impl Store {
         let mut out: HashMap<SubjectId, Vec<FieldData>> = HashMap::new();
         for row in rows {
             let subject = stored(SubjectId::parse(row.get::<_, String>(0)), "subject_id")?;
-            let collected_for = row
-                .get::<_, Vec<String>>(2)
-                .into_iter()
-                .map(|p| stored(PurposeCode::parse(p), "collected_for"))
-                .collect::<Result<_>>()?;
-            out.entry(subject).or_default().push(FieldData {
-                field: stored(FieldName::parse(row.get::<_, String>(1)), "field")?,
-                collected_for,
-                collected_at: row.get(3),
-                verified_at: row.get(4),
-            });
+            out.entry(subject)
+                .or_default()
+                .push(field_data_from(&row, 1)?);
         }
         Ok(out)
     }

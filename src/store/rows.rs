@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 
 use crate::{
     domain::{
-        Actor, Channel, Choice, ConsentRecord, Evidence, FieldName, NewConsentRecord,
+        Actor, Channel, Choice, ConsentRecord, Evidence, FieldData, FieldName, NewConsentRecord,
         NoticeVersion, PurposeCode, RecipientId, RequestId, SubjectId,
     },
     error::{Error, Result},
@@ -72,5 +72,21 @@ pub(super) fn record_from_row(row: &Row) -> Result<ConsentRecord> {
                 r => Some(stored(RecipientId::parse(r), "recipient")?),
             },
         },
+    })
+}
+
+/// A stored field's collection and age from `field, collected_for,
+/// collected_at, verified_at`, starting at column `first`.
+pub(super) fn field_data_from(row: &Row, first: usize) -> Result<FieldData> {
+    let collected_for = row
+        .get::<_, Vec<String>>(first + 1)
+        .into_iter()
+        .map(|p| stored(PurposeCode::parse(p), "collected_for"))
+        .collect::<Result<_>>()?;
+    Ok(FieldData {
+        field: stored(FieldName::parse(row.get::<_, String>(first)), "field")?,
+        collected_for,
+        collected_at: row.get(first + 2),
+        verified_at: row.get(first + 3),
     })
 }

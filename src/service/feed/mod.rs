@@ -119,6 +119,9 @@ impl FeedHub {
 /// records of those purposes, or is not sent when it names none. The
 /// stream's cursor still moves past what it is not sent.
 pub fn as_seen_by(event: &FeedEvent, purposes: &HashSet<PurposeCode>) -> Option<FeedEvent> {
+    if !event.is_public() {
+        return None;
+    }
     if purposes.is_empty() {
         return Some(event.clone());
     }
@@ -138,6 +141,7 @@ pub fn as_seen_by(event: &FeedEvent, purposes: &HashSet<PurposeCode>) -> Option<
                 })
             })
         }
+        FeedEvent::Registered(_) | FeedEvent::FieldStored(_) => None,
     }
 }
 
@@ -177,6 +181,7 @@ mod tests {
             sequence: 9,
             pseudonym: SubjectId::parse("erased-0a".to_string()).unwrap(),
             erased_at: chrono::Utc::now(),
+            registration_sequence: None,
             records: records.iter().map(|(s, p)| (*s, purpose(p))).collect(),
         }
     }
