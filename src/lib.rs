@@ -42,6 +42,7 @@ pub mod policy;
 pub mod service;
 pub mod settings;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -21,6 +21,9 @@ pub const CONCERNS_OVERDUE: &str = "consentd_concerns_overdue";
 pub const DISCLOSURES: &str = "consentd_disclosures_total";
 pub const REVIEWS_OPEN: &str = "consentd_disclosure_reviews_open";
 pub const REVIEWS_OVERDUE: &str = "consentd_disclosure_reviews_overdue";
+pub const STATE_SUBJECTS: &str = "consentd_state_subjects";
+pub const STATE_APPLIED: &str = "consentd_state_applied_sequence";
+pub const STATE_BYTES: &str = "consentd_state_bytes";
 
 #[derive(Clone, Copy)]
 pub enum Kind {
@@ -107,6 +110,21 @@ pub const ALL: &[Metric] = &[
         REVIEWS_OVERDUE,
         Kind::Gauge,
         "Emergency disclosures past their review deadline.",
+    ),
+    metric(
+        STATE_SUBJECTS,
+        Kind::Gauge,
+        "Registered subjects the in-memory decision state holds.",
+    ),
+    metric(
+        STATE_APPLIED,
+        Kind::Gauge,
+        "The change-feed sequence the in-memory decision state has applied.",
+    ),
+    metric(
+        STATE_BYTES,
+        Kind::Gauge,
+        "Bytes the in-memory decision state's tables have allocated.",
     ),
 ];
 

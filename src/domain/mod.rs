@@ -37,6 +37,7 @@ pub(crate) use stored_enum;
 
 mod caller;
 mod concern;
+mod consistency;
 mod disclosure;
 mod feed;
 mod ids;
@@ -46,6 +47,7 @@ mod record;
 mod state;
 
 pub use caller::{Caller, CallerId, Credential};
+pub use consistency::{Consistency, ConsistencyToken};
 pub use concern::{
     Concern, ConcernCategory, ConcernEvent, ConcernOutcome, ConcernStatus, NewConcern, Resolution,
     Text,

@@ -23,6 +23,7 @@ mod redact;
 mod roles;
 mod rows;
 mod server;
+mod state;
 mod tls;
 
 use anyhow::Context as _;
