@@ -289,6 +289,7 @@ async fn work(worker: usize, channel: Channel, counts: Arc<Counts>, deadline: In
                         subject_id,
                         purpose: "promotional_mail".into(),
                         field: "email".into(),
+                        consistency: None,
                     })
                     .await;
                 counts.count(&counts.checks, check);

@@ -39,6 +39,7 @@ use crate::{
         vault::DataKeys,
     },
     settings::{LimitArgs, ServeArgs},
+    state::DecisionState,
     store::{Database, ServingRole, Store},
     telemetry::SubjectRefs,
     tls::{self, Tls, TlsFiles, TlsListener},
@@ -279,6 +280,20 @@ impl Application {
         let reflection = InterceptedService::new(reflection, auth.clone());
         let wake = store.spawn_change_listener(stop.clone());
         let feed = FeedHub::start(store.clone(), wake, feed_poll_interval, stop.clone());
+        let state = DecisionState::start(
+            store.clone(),
+            feed.clone(),
+            erasure_refs.clone(),
+            stop.clone(),
+        );
+        // Not ready for traffic until the decisions' state is in memory.
+        tokio::spawn({
+            let (state, readiness) = (state.clone(), readiness.clone());
+            async move {
+                state.loaded().await;
+                readiness.state_loaded();
+            }
+        });
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
         let exporter = Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines());
         let preferences = Preferences::new(
@@ -288,7 +303,8 @@ impl Application {
             exporter.clone(),
             &public_url,
             preference_link_days,
-        );
+        )
+        .settling(state.clone());
         let preference_pages = PreferencePages {
             preferences: preferences.clone(),
             policy: policy.clone(),
@@ -296,7 +312,8 @@ impl Application {
             render_export: crate::grpc::export_json,
         };
         let unsubscribes =
-            Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url);
+            Unsubscribes::new(store.clone(), policy.clone(), unsubscribe_keys, &public_url)
+                .settling(state.clone());
         let concerns =
             ConcernGrpc::new(ConcernService::new(store.clone(), policy.clone())).into_server();
         let concern_deadlines = policy.concern_deadlines();
@@ -309,7 +326,14 @@ impl Application {
         )
         .into_server();
         let consent = ConsentGrpc::new(
-            ConsentService::new(store.clone(), policy, feed, max_watch_streams, erasure_refs),
+            ConsentService::new(
+                store.clone(),
+                policy,
+                feed,
+                max_watch_streams,
+                erasure_refs,
+                state,
+            ),
             unsubscribes.clone(),
             preferences,
             subject_refs,

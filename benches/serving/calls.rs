@@ -67,6 +67,7 @@ pub async fn check(
             subject_id,
             field: FIELD.into(),
             purpose: PURPOSE.into(),
+            consistency: None,
         })
         .await?
         .into_inner();
@@ -90,7 +91,10 @@ pub async fn batch_check(
         })
         .collect();
     let answer = client
-        .batch_check(pb::BatchCheckRequest { items })
+        .batch_check(pb::BatchCheckRequest {
+            items,
+            consistency: None,
+        })
         .await?
         .into_inner();
     ensure!(

@@ -24,7 +24,7 @@ use super::{
     pb::{BulkCheckRequest, BulkCheckResponse},
 };
 use crate::{
-    domain::{FieldName, PurposeCode, SubjectId, Violations},
+    domain::{ConsistencyToken, FieldName, PurposeCode, SubjectId, Violations},
     error::{Error, Result},
     policy::{Decision, Outcome, Policy},
     service::{BULK_SUBJECTS, BulkQuery},
@@ -73,11 +73,13 @@ pub fn parse_bulk(policy: &Policy, r: BulkCheckRequest) -> Result<BulkQuery> {
             ),
         );
     }
+    let consistency = super::consistency::parse_consistency(&mut v, r.consistency);
     let parsed = (|| {
         Some(BulkQuery {
             purpose: purpose?,
             field: field?,
             subject_ids,
+            consistency: consistency?,
         })
     })();
     done(v, parsed)
@@ -85,12 +87,17 @@ pub fn parse_bulk(policy: &Policy, r: BulkCheckRequest) -> Result<BulkQuery> {
 
 /// One answer: decisions and reasons in the order of the ids, and the
 /// positions that need verification.
-pub fn bulk_response(decisions: &[Decision], policy_version: String) -> BulkCheckResponse {
+pub fn bulk_response(
+    decisions: &[Decision],
+    policy_version: String,
+    at: ConsistencyToken,
+) -> BulkCheckResponse {
     let mut response = BulkCheckResponse {
         decisions: Vec::with_capacity(decisions.len()),
         reasons: Vec::with_capacity(decisions.len()),
         needs_verification: Vec::new(),
         policy_version,
+        consistency_token: at.encode(),
     };
     for (i, decision) in decisions.iter().enumerate() {
         response.decisions.push(decision.outcome.to_wire());
@@ -171,8 +178,8 @@ impl ConsentGrpc {
             let policy = self.service.policy();
             let query = parse_bulk(policy, request)?;
             permit.allow(std::slice::from_ref(&query.purpose), &[], &[])?;
-            let decisions = self.service.bulk_check(&query).await?;
-            let response = bulk_response(&decisions, policy.version().to_string());
+            let (decisions, at) = self.service.bulk_check(&query).await?;
+            let response = bulk_response(&decisions, policy.version().to_string(), at);
             let span = tracing::Span::current();
             span.record("consent.purpose", query.purpose.as_str());
             span.record("consent.field", query.field.as_str());

@@ -8,6 +8,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use super::{
     auth::Permit,
     bulk::BulkStream,
+    consistency::parse_consistency,
     convert::{self, done, optional},
     enums::{self, PbEnum as _},
     observe::{Observed, observe, observe_stream},
@@ -16,8 +17,9 @@ use super::{
 };
 use crate::{
     domain::{
-        Channel, Choice, Evidence, FieldName, NewConsentRecord, NoticeVersion, PurposeCode,
-        RecipientId, RequestId, SubjectId, SubjectKind, SubjectRegistration, Violations,
+        Channel, Choice, Consistency, Evidence, FieldName, NewConsentRecord, NoticeVersion,
+        PurposeCode, RecipientId, RequestId, SubjectId, SubjectKind, SubjectRegistration,
+        Violations,
     },
     error::{Error, Result},
     policy::{Decision, Policy},
@@ -188,9 +190,9 @@ impl Rpc for ConsentGrpc {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         observe(SERVICE, "Check", request, |r| async move {
             let permit = Permit::of(&r)?;
-            let query = parse_check(self.service.policy(), r.into_inner())?;
+            let (query, consistency) = parse_check(self.service.policy(), r.into_inner())?;
             permit.allow(std::slice::from_ref(&query.purpose), &[], &[])?;
-            let decision = self.service.check(&query).await?;
+            let (decision, at) = self.service.check(&query, consistency).await?;
             for attribute in self.decision_attributes(&query, &decision) {
                 tracing::Span::current().set_attribute(attribute.key, attribute.value);
             }
@@ -200,6 +202,7 @@ impl Rpc for ConsentGrpc {
                 record_id: convert::record_id(&decision),
                 policy_version: self.service.policy().version().to_string(),
                 needs_verification: decision.needs_verification,
+                consistency_token: at.encode(),
             }))
         })
         .await
@@ -211,11 +214,12 @@ impl Rpc for ConsentGrpc {
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
         observe(SERVICE, "BatchCheck", request, |r| async move {
             let permit = Permit::of(&r)?;
-            let (queries, correlation_ids) = parse_batch(self.service.policy(), r.into_inner())?;
+            let (queries, correlation_ids, consistency) =
+                parse_batch(self.service.policy(), r.into_inner())?;
             // One item the caller may not ask about refuses the whole batch.
             let purposes: Vec<PurposeCode> = queries.iter().map(|q| q.purpose.clone()).collect();
             permit.allow(&purposes, &[], &[])?;
-            let decisions = self.service.batch_check(&queries).await?;
+            let (decisions, at) = self.service.batch_check(&queries, consistency).await?;
             let span = tracing::Span::current();
             span.set_attribute("consent.batch.size", queries.len() as i64);
             span.set_attribute(
@@ -242,6 +246,7 @@ impl Rpc for ConsentGrpc {
             Ok(Response::new(pb::BatchCheckResponse {
                 results,
                 policy_version: self.service.policy().version().to_string(),
+                consistency_token: at.encode(),
             }))
         })
         .await
@@ -514,8 +519,8 @@ pub(super) fn parse_record(
 pub(super) fn parse_batch(
     policy: &Policy,
     r: pb::BatchCheckRequest,
-) -> Result<(Vec<CheckQuery>, Vec<String>)> {
-    let items = r.items;
+) -> Result<(Vec<CheckQuery>, Vec<String>, Consistency)> {
+    let (items, consistency) = (r.items, r.consistency);
     if let Some(violation) = BATCH_ITEMS.violation(items.len()) {
         return Err(Error::InvalidArgument(vec![violation]));
     }
@@ -540,7 +545,8 @@ pub(super) fn parse_batch(
             item.field,
         ));
     }
-    done(v, Some((queries, correlation_ids)))
+    let consistency = parse_consistency(&mut v, consistency);
+    done(v, consistency.map(|c| (queries, correlation_ids, c)))
 }
 
 /// One check; violations are named `{prefix}subject_id` and so on.
@@ -565,10 +571,14 @@ fn parse_query(
 }
 
 /// One Check.
-pub(super) fn parse_check(policy: &Policy, r: pb::CheckRequest) -> Result<CheckQuery> {
+pub(super) fn parse_check(
+    policy: &Policy,
+    r: pb::CheckRequest,
+) -> Result<(CheckQuery, Consistency)> {
     let mut v = Violations::new();
     let query = parse_query(policy, &mut v, "", r.subject_id, r.purpose, r.field);
-    done(v, query)
+    let consistency = parse_consistency(&mut v, r.consistency);
+    done(v, query.zip(consistency))
 }
 
 /// The subject a read names.

@@ -18,6 +18,7 @@ fn violations(result: Result<(), Error>) -> Vec<FieldViolation> {
 fn batch(items: usize) -> Vec<u8> {
     pb::BatchCheckRequest {
         items: vec![pb::BatchCheckItem::default(); items],
+        consistency: None,
     }
     .encode_to_vec()
 }
@@ -153,6 +154,7 @@ fn the_largest_valid_request_of_each_list_fits_its_cap() {
             "BatchCheckRequest",
             pb::BatchCheckRequest {
                 items: vec![item; 1000],
+                consistency: Some(freshest()),
             }
             .encode_to_vec(),
         ),
@@ -162,6 +164,7 @@ fn the_largest_valid_request_of_each_list_fits_its_cap() {
                 purpose: code(),
                 field: code(),
                 subject_ids: vec!["x".repeat(128); 10_000],
+                consistency: Some(freshest()),
             }
             .encode_to_vec(),
         ),
@@ -254,4 +257,13 @@ fn a_list_rpc_is_capped_below_the_message_size_and_others_at_it() {
         request_cap("/consent.v1.ConsentService/Check", 4 << 20),
         4 << 20
     );
+}
+
+/// The largest consistency a check may carry: a token.
+fn freshest() -> pb::Consistency {
+    pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(
+            crate::domain::ConsistencyToken::at(i64::MAX).encode(),
+        )),
+    }
 }

@@ -7,6 +7,7 @@ mod bulk;
 pub mod codec;
 mod concern;
 mod consent;
+mod consistency;
 mod convert;
 mod disclosure;
 mod enums;

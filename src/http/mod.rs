@@ -81,12 +81,16 @@ pub fn admin_router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Ready when the database answered the last probe and the server is not
-/// shutting down. The background prober asks the database, not this
+/// Ready when the decision state is loaded, the database answered the last
+/// probe and the server is not shutting down. The background prober asks the database, not this
 /// handler, so probes cost the database nothing however often they come.
 async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     match state.readiness.current() {
         Ready::Yes => (StatusCode::OK, "ready\n"),
+        Ready::Loading => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading the decision state\n",
+        ),
         Ready::DatabaseUnreachable => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
         Ready::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
     }

@@ -6,7 +6,7 @@
 //! BatchCheck ([`ConsentService::decide_each`]), so the three never differ.
 
 use crate::{
-    domain::{FieldName, ListLimit, PurposeCode, SubjectId},
+    domain::{Consistency, ConsistencyToken, FieldName, ListLimit, PurposeCode, SubjectId},
     error::{Error, Result},
     policy::Decision,
     service::ConsentService,
@@ -29,12 +29,13 @@ pub struct BulkQuery {
     pub field: FieldName,
     /// 1 to [`MAX_BULK`]; an id may repeat.
     pub subject_ids: Vec<SubjectId>,
+    pub consistency: Consistency,
 }
 
 impl ConsentService {
     /// One decision per subject of `query`, in its order. The purpose and
     /// field are checked against the policy once for the whole request.
-    pub async fn bulk_check(&self, query: &BulkQuery) -> Result<Vec<Decision>> {
+    pub async fn bulk_check(&self, query: &BulkQuery) -> Result<(Vec<Decision>, ConsistencyToken)> {
         if let Some(violation) = BULK_SUBJECTS.violation(query.subject_ids.len()) {
             return Err(Error::InvalidArgument(vec![violation]));
         }
@@ -43,7 +44,7 @@ impl ConsentService {
             return Err(violations.into());
         }
         let ids: Vec<&SubjectId> = query.subject_ids.iter().collect();
-        self.decide_each(&ids, |_| (&query.purpose, &query.field))
+        self.decide_each(&ids, query.consistency, |_| (&query.purpose, &query.field))
             .await
     }
 }

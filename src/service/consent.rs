@@ -1,14 +1,15 @@
 //! Recording choices and answering checks.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use tokio::sync::Semaphore;
 use tokio_stream::{Stream, StreamExt as _};
 
 use crate::{
     domain::{
-        Actor, ConsentRecord, FeedEvent, FieldName, ListLimit, NewConsentRecord, PurposeCode,
-        StoredChoice, Subject, SubjectId, SubjectRegistration, SubjectState, Violations,
+        Actor, ConsentRecord, Consistency, ConsistencyToken, FeedEvent, FieldName, ListLimit,
+        NewConsentRecord, PurposeCode, StoredChoice, Subject, SubjectId, SubjectRegistration,
+        SubjectState, Violations,
     },
     error::{Error, Result},
     policy::{Decision, Outcome, Policy, Reason, decide_with_data},
@@ -16,8 +17,15 @@ use crate::{
         erasure::ErasureRefs,
         feed::{self, FeedHub},
     },
+    state::DecisionState,
     store::{HistoryPage, Store},
 };
+
+/// How long a check that carries a consistency token waits for this
+/// server's memory to apply it before reading through to the database.
+/// Replication and the feed normally take milliseconds; a longer wait would
+/// only hold the caller when something is wrong.
+pub const TOKEN_WAIT: Duration = Duration::from_millis(250);
 
 /// The most items one BatchCheck may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -67,6 +75,8 @@ pub struct ConsentService {
     max_watch_streams: usize,
     /// Keyed hashes for the erasure suppression list.
     refs: ErasureRefs,
+    /// What checks are decided from, when it is loaded.
+    state: DecisionState,
 }
 
 impl ConsentService {
@@ -76,6 +86,7 @@ impl ConsentService {
         feed: FeedHub,
         max_watch_streams: usize,
         refs: ErasureRefs,
+        state: DecisionState,
     ) -> Self {
         Self {
             store,
@@ -84,6 +95,7 @@ impl ConsentService {
             watch_streams: Arc::new(Semaphore::new(max_watch_streams)),
             max_watch_streams,
             refs,
+            state,
         }
     }
 
@@ -127,9 +139,12 @@ impl ConsentService {
         reg: &SubjectRegistration,
         actor: &Actor,
     ) -> Result<(Subject, bool)> {
-        self.store
+        let (subject, created) = self
+            .store
             .register_subject(reg, actor, &self.refs.hash(&reg.subject_id))
-            .await
+            .await?;
+        self.state.settle(subject.sequence, TOKEN_WAIT).await;
+        Ok((subject, created))
     }
 
     /// Appends a choice after checking that the policy knows its purpose and
@@ -145,20 +160,38 @@ impl ConsentService {
         if !violations.is_empty() {
             return Err(violations.into());
         }
-        self.store.append_consent_record(new).await
+        let record = self.store.append_consent_record(new).await?;
+        self.state.settle(record.sequence, TOKEN_WAIT).await;
+        Ok(record)
     }
 
-    pub async fn check(&self, query: &CheckQuery) -> Result<Decision> {
-        let mut decisions = self
-            .decide_all(std::slice::from_ref(query), |_, name| name.to_string())
+    /// The server's decision state, for the other write paths to settle on.
+    pub fn state(&self) -> &DecisionState {
+        &self.state
+    }
+
+    /// One decision, and the position it was decided at.
+    pub async fn check(
+        &self,
+        query: &CheckQuery,
+        consistency: Consistency,
+    ) -> Result<(Decision, ConsistencyToken)> {
+        let (mut decisions, at) = self
+            .decide_all(std::slice::from_ref(query), consistency, |_, name| {
+                name.to_string()
+            })
             .await?;
-        Ok(decisions.remove(0))
+        Ok((decisions.remove(0), at))
     }
 
     /// Decides up to [`MAX_BATCH`] queries from one read of the subjects'
     /// state. A query naming an undeclared purpose or field fails the whole
     /// batch, with violations named `items[i].purpose` / `items[i].field`.
-    pub async fn batch_check(&self, queries: &[CheckQuery]) -> Result<Vec<Decision>> {
+    pub async fn batch_check(
+        &self,
+        queries: &[CheckQuery],
+        consistency: Consistency,
+    ) -> Result<(Vec<Decision>, ConsistencyToken)> {
         if queries.len() > MAX_BATCH {
             return Err(Error::invalid(
                 "items",
@@ -168,7 +201,7 @@ impl ConsentService {
                 ),
             ));
         }
-        self.decide_all(queries, |i, name| format!("items[{i}].{name}"))
+        self.decide_all(queries, consistency, |i, name| format!("items[{i}].{name}"))
             .await
     }
 
@@ -176,8 +209,9 @@ impl ConsentService {
     async fn decide_all(
         &self,
         queries: &[CheckQuery],
+        consistency: Consistency,
         violation_name: impl Fn(usize, &str) -> String,
-    ) -> Result<Vec<Decision>> {
+    ) -> Result<(Vec<Decision>, ConsistencyToken)> {
         // Caller bugs first, before any IO.
         let mut violations = Violations::new();
         for (i, q) in queries.iter().enumerate() {
@@ -192,27 +226,72 @@ impl ConsentService {
             return Err(violations.into());
         }
         let ids: Vec<&SubjectId> = queries.iter().map(|q| &q.subject_id).collect();
-        self.decide_each(&ids, |i| (&queries[i].purpose, &queries[i].field))
-            .await
+        self.decide_each(&ids, consistency, |i| {
+            (&queries[i].purpose, &queries[i].field)
+        })
+        .await
     }
 
     /// The one source of every Check, BatchCheck and BulkCheck decision:
-    /// decides `asked(i)` (a purpose and field) for `ids[i]`, from one read
-    /// of the subjects' state. Assumes the queries passed the policy.
-    /// Taking the purpose and field by index lets a bulk request of one
-    /// purpose and field decide thousands of ids without a copy per id.
+    /// decides `asked(i)` (a purpose and field) for `ids[i]`, and says at
+    /// which feed position. Assumes the queries passed the policy. Taking
+    /// the purpose and field by index lets a bulk request of one purpose
+    /// and field decide thousands of ids without a copy per id.
+    ///
+    /// From memory when it is loaded and as fresh as `consistency` asks
+    /// (waiting up to [`TOKEN_WAIT`] for a token); otherwise from the
+    /// primary database, through the same pure decision.
     pub(super) async fn decide_each<'q>(
         &self,
         ids: &[&SubjectId],
+        consistency: Consistency,
         asked: impl Fn(usize) -> (&'q PurposeCode, &'q FieldName),
+    ) -> Result<(Vec<Decision>, ConsistencyToken)> {
+        let from_memory = match consistency {
+            Consistency::MinimizeLatency => true,
+            Consistency::AtLeastAsFresh(token) => {
+                self.state.wait_applied(token.sequence(), TOKEN_WAIT).await
+            }
+            Consistency::FullyConsistent => false,
+        };
+        let now = chrono::Utc::now();
+        let memory = from_memory
+            .then(|| self.state.decide_each(&self.policy, ids, &asked, now))
+            .flatten();
+        let (decisions, at) = match memory {
+            Some((decisions, at)) => (decisions, ConsistencyToken::at(at)),
+            None => {
+                // Everything the feed has published committed before this
+                // read began, so the read is at least that fresh.
+                let floor =
+                    ConsistencyToken::at(self.state.applied().max(self.feed.head().unwrap_or(0)));
+                let at = match consistency {
+                    Consistency::AtLeastAsFresh(token) => floor.max(token),
+                    _ => floor,
+                };
+                (self.decide_from_database(ids, &asked, now).await?, at)
+            }
+        };
+        let mut tally = DecisionTally::default();
+        for (i, decision) in decisions.iter().enumerate() {
+            tally.add(asked(i).0, decision);
+        }
+        tally.record();
+        Ok((decisions, at))
+    }
+
+    /// [`Self::decide_each`] read through to the database.
+    async fn decide_from_database<'q>(
+        &self,
+        ids: &[&SubjectId],
+        asked: impl Fn(usize) -> (&'q PurposeCode, &'q FieldName),
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Decision>> {
         let mut states = self.store.current_state_for(ids).await?;
         self.mark_erased(ids, &mut states).await?;
         // R3: the stored fields' ages, never their values.
         let data = self.store.field_data_for(ids).await?;
-        let now = chrono::Utc::now();
-        let mut tally = DecisionTally::default();
-        let decisions = ids
+        Ok(ids
             .iter()
             .enumerate()
             .map(|(i, id)| {
@@ -220,14 +299,9 @@ impl ConsentService {
                 let stored = data
                     .get(*id)
                     .and_then(|fields| fields.iter().find(|d| &d.field == field));
-                let decision =
-                    decide_with_data(&self.policy, states.get(*id), purpose, field, stored, now);
-                tally.add(purpose, &decision);
-                decision
+                decide_with_data(&self.policy, states.get(*id), purpose, field, stored, now)
             })
-            .collect();
-        tally.record();
-        Ok(decisions)
+            .collect())
     }
 
     /// Adds an erased state for each unregistered id on the suppression

@@ -22,9 +22,11 @@ use crate::{
     },
     service::{
         concern::{ConcernService, ConcernView},
+        consent::TOKEN_WAIT,
         export::{Exporter, SubjectExport},
         unsubscribe::{MAX_CAMPAIGN_CHARS, UnsubscribeKeys},
     },
+    state::DecisionState,
     store::{MAX_CONTACT_CHARS, MAX_TEXT_CHARS, Store},
 };
 
@@ -140,6 +142,7 @@ pub struct Preferences {
     base_url: String,
     link_days: u32,
     clock: Clock,
+    state: Option<DecisionState>,
 }
 
 impl Preferences {
@@ -160,7 +163,28 @@ impl Preferences {
             base_url: base_url.trim_end_matches('/').to_string(),
             link_days,
             clock: Arc::new(Utc::now),
+            state: None,
         }
+    }
+
+    /// Each change waits until `state` has applied it, so a check on this
+    /// server sees it at once.
+    pub fn settling(mut self, state: DecisionState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    async fn settle(&self, record: &ConsentRecord) {
+        if let Some(state) = &self.state {
+            state.settle(record.sequence, TOKEN_WAIT).await;
+        }
+    }
+
+    /// Appends unless it is already the current choice; whether it was.
+    async fn append_unless_current(&self, new: &NewConsentRecord) -> Result<bool> {
+        let (record, created) = self.store.append_unless_current(new).await?;
+        self.settle(&record).await;
+        Ok(created)
     }
 
     /// Replaces the clock, so tests can step past a token's lifetime.
@@ -335,7 +359,7 @@ impl Preferences {
         for purpose in gpc_refusals(&self.policy, &history) {
             let evidence = Evidence::parse(GPC_EVIDENCE).expect("a valid evidence");
             let new = self.record(link, &purpose, Choice::Refuse, evidence, None)?;
-            written += usize::from(self.store.append_unless_current(&new).await?.1);
+            written += usize::from(self.append_unless_current(&new).await?);
         }
         Ok(written)
     }
@@ -396,7 +420,7 @@ impl Preferences {
                         continue;
                     }
                     let new = self.record(link, code, *choice, evidence.clone(), None)?;
-                    written += usize::from(self.store.append_unless_current(&new).await?.1);
+                    written += usize::from(self.append_unless_current(&new).await?);
                 }
                 Change::Recipient(id, choice) => {
                     let recipient = self.policy.recipient(id).expect("checked above");
@@ -411,7 +435,8 @@ impl Preferences {
                             evidence.clone(),
                             Some(id.clone()),
                         )?;
-                        self.store.append_consent_record(&new).await?;
+                        let record = self.store.append_consent_record(&new).await?;
+                        self.settle(&record).await;
                         written += 1;
                     }
                 }

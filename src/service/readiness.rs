@@ -1,9 +1,15 @@
-//! Whether this server should be sent calls: it is not shutting down, and
-//! its database answers. gRPC health and `/readyz` both report it, so load
+//! Whether this server should be sent calls: it is not shutting down, its
+//! decision state is loaded, and its database answers. gRPC health and `/readyz` both report it, so load
 //! balancers move traffic to replicas that can serve it while the database
 //! is unreachable, and back when it answers again.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +26,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Ready {
     /// Serving, and the database answered the last probe.
     Yes,
+    /// The decision state is still loading into memory.
+    Loading,
     /// The last probe got no answer from the database.
     DatabaseUnreachable,
     /// Draining for shutdown: final, whatever the database does.
@@ -37,6 +45,7 @@ impl Ready {
 #[derive(Clone)]
 pub struct Readiness {
     state: Arc<watch::Sender<Ready>>,
+    loaded: Arc<AtomicBool>,
 }
 
 impl Default for Readiness {
@@ -46,11 +55,26 @@ impl Default for Readiness {
 }
 
 impl Readiness {
-    /// Ready: the server starts only after the database answered.
+    /// Loading: the server starts only after the database answered, and is
+    /// ready once [`Self::state_loaded`].
     pub fn new() -> Self {
         Self {
-            state: Arc::new(watch::Sender::new(Ready::Yes)),
+            state: Arc::new(watch::Sender::new(Ready::Loading)),
+            loaded: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The decision state is in memory: ready, unless the database is
+    /// unreachable or the server is shutting down.
+    pub fn state_loaded(&self) {
+        self.loaded.store(true, Ordering::SeqCst);
+        self.state.send_if_modified(|state| {
+            let was = *state;
+            if was == Ready::Loading {
+                *state = Ready::Yes;
+            }
+            *state != was
+        });
     }
 
     pub fn current(&self) -> Ready {
@@ -74,8 +98,9 @@ impl Readiness {
         self.state.send_if_modified(|state| {
             let next = match (*state, answered) {
                 (Ready::ShuttingDown, _) => Ready::ShuttingDown,
-                (_, true) => Ready::Yes,
                 (_, false) => Ready::DatabaseUnreachable,
+                (_, true) if !self.loaded.load(Ordering::SeqCst) => Ready::Loading,
+                (_, true) => Ready::Yes,
             };
             std::mem::replace(state, next) != next
         })
@@ -116,12 +141,33 @@ mod tests {
     #[test]
     fn probes_move_readiness_both_ways_and_report_only_changes() {
         let readiness = Readiness::new();
+        readiness.state_loaded();
         assert!(readiness.current().is_ready());
         assert!(!readiness.database_answered(true), "no change");
         assert!(readiness.database_answered(false));
         assert_eq!(readiness.current(), Ready::DatabaseUnreachable);
         assert!(!readiness.database_answered(false), "no change");
         assert!(readiness.database_answered(true));
+        assert!(readiness.current().is_ready());
+    }
+
+    #[test]
+    fn not_ready_until_the_state_is_loaded_whatever_the_database_says() {
+        let readiness = Readiness::new();
+        assert_eq!(readiness.current(), Ready::Loading);
+        assert!(!readiness.database_answered(true), "still loading");
+        assert!(readiness.database_answered(false));
+        assert_eq!(readiness.current(), Ready::DatabaseUnreachable);
+        assert!(readiness.database_answered(true));
+        assert_eq!(readiness.current(), Ready::Loading);
+        readiness.state_loaded();
+        assert!(readiness.current().is_ready());
+        // Loaded while the database is down: ready once it answers.
+        let readiness = Readiness::new();
+        readiness.database_answered(false);
+        readiness.state_loaded();
+        assert_eq!(readiness.current(), Ready::DatabaseUnreachable);
+        readiness.database_answered(true);
         assert!(readiness.current().is_ready());
     }
 

@@ -16,6 +16,8 @@ use crate::{
     },
     error::{Error, Result},
     policy::{Policy, Purpose},
+    service::consent::TOKEN_WAIT,
+    state::DecisionState,
     store::Store,
 };
 
@@ -27,6 +29,7 @@ pub struct Unsubscribes {
     keys: Arc<UnsubscribeKeys>,
     /// Where the HTTP side is reached from outside, without a trailing `/`.
     base_url: String,
+    state: Option<DecisionState>,
 }
 
 /// What CreateUnsubscribeLinks asks for, validated.
@@ -88,7 +91,15 @@ impl Unsubscribes {
             policy,
             keys,
             base_url: base_url.trim_end_matches('/').to_string(),
+            state: None,
         }
+    }
+
+    /// Each refusal waits until `state` has applied it, so a check on this
+    /// server sees it at once.
+    pub fn settling(mut self, state: DecisionState) -> Self {
+        self.state = Some(state);
+        self
     }
 
     pub async fn create_links(&self, request: &LinkRequest) -> Result<(Vec<Link>, String)> {
@@ -161,7 +172,7 @@ impl Unsubscribes {
                 "policy version is not a notice version: {e}"
             ))
         })?;
-        let (_, created) = self
+        let (record, created) = self
             .store
             .append_unless_current(&NewConsentRecord {
                 subject_id: target.subject_id.clone(),
@@ -176,6 +187,9 @@ impl Unsubscribes {
                 recipient: None,
             })
             .await?;
+        if let Some(state) = &self.state {
+            state.settle(record.sequence, TOKEN_WAIT).await;
+        }
         if created {
             metrics::counter!(crate::metrics::UNSUBSCRIBES, "purpose" => target.claims.purpose.to_string())
                 .increment(1);

@@ -137,7 +137,8 @@ impl DecisionState {
         let mut ready = self.inner.ready.subscribe();
         let mut applied = self.inner.applied.subscribe();
         tokio::time::timeout(within, async {
-            ready.wait_for(|r| *r).await.is_ok() && applied.wait_for(|a| *a >= sequence).await.is_ok()
+            ready.wait_for(|r| *r).await.is_ok()
+                && applied.wait_for(|a| *a >= sequence).await.is_ok()
         })
         .await
         .unwrap_or(false)
@@ -167,7 +168,9 @@ impl DecisionState {
             .map(|(i, id)| {
                 let (purpose, field) = asked(i);
                 let (p, f) = match codes {
-                    Some((cp, cf, p, f)) if std::ptr::eq(cp, purpose) && std::ptr::eq(cf, field) => {
+                    Some((cp, cf, p, f))
+                        if std::ptr::eq(cp, purpose) && std::ptr::eq(cf, field) =>
+                    {
                         (p, f)
                     }
                     _ => {
@@ -177,7 +180,8 @@ impl DecisionState {
                         (p, f)
                     }
                 };
-                let (standing, data) = match tables.lookup(id.as_str(), || self.inner.refs.hash(id)) {
+                let (standing, data) = match tables.lookup(id.as_str(), || self.inner.refs.hash(id))
+                {
                     Found::Unknown => (Standing::Unknown, None),
                     Found::Erased => (Standing::Erased, None),
                     Found::Registered(slot) => (
@@ -189,6 +193,16 @@ impl DecisionState {
             })
             .collect();
         Some((decisions, at))
+    }
+
+    /// After a write through this server: waits (at most `within`) until
+    /// the memory has applied it, so a check on this same server sees its
+    /// own writes without a token. Returns at once while still loading:
+    /// decisions then read the database anyway.
+    pub async fn settle(&self, sequence: i64, within: Duration) {
+        if self.is_ready() && !self.wait_applied(sequence, within).await {
+            tracing::debug!(sequence, "a write was not applied in memory in time");
+        }
     }
 
     /// What the tables have allocated, for the memory metric and bench.

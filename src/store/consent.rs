@@ -105,6 +105,10 @@ impl Store {
             idempotency::settle(&tx, request_id, result).await?;
         }
         tx.commit().await?;
+        if created {
+            // The registration is on the feed: the servers' memory follows it.
+            super::feed::wake_streams(&client).await;
+        }
         Ok((subject, created))
     }
 
@@ -426,7 +430,8 @@ async fn subject_in(
         .query_opt(
             &client
                 .prepare_cached(
-                    "SELECT subject_id, kind, notice_version, channel, registered_at, updated_at
+                    "SELECT subject_id, kind, notice_version, channel, registered_at, updated_at,
+                    sequence
                FROM subjects WHERE subject_id = $1",
                 )
                 .await?,
@@ -447,5 +452,6 @@ fn subject_from_row(row: &Row) -> Result<Subject> {
         channel: stored_enum(Channel::from_stored(row.get(3)), "channel")?,
         registered_at: row.get(4),
         updated_at: row.get(5),
+        sequence: row.get(6),
     })
 }

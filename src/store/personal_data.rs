@@ -123,6 +123,8 @@ impl Store {
             idempotency::settle(&tx, request_id, &collection_id.to_string()).await?;
         }
         tx.commit().await?;
+        // The field's new age is on the feed: the servers' memory follows it.
+        super::feed::wake_streams(&client).await;
         Ok(collection_id)
     }
 
@@ -147,6 +149,9 @@ impl Store {
                 &[&subject_id.as_str(), &field.as_str()],
             )
             .await?;
+        if row.is_some() {
+            super::feed::wake_streams(&client).await;
+        }
         Ok(row.map(|r| r.get(0)))
     }
 

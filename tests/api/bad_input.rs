@@ -24,6 +24,7 @@ async fn a_check_with_an_empty_subject_and_an_undeclared_purpose_names_both() {
             subject_id: String::new(),
             purpose: "nope".into(),
             field: "email".into(),
+            consistency: None,
         })
         .await
         .unwrap_err();
@@ -114,6 +115,7 @@ async fn every_consent_rpc_names_every_offending_field_and_writes_nothing() {
             subject_id: long.clone(),
             purpose: "promotional_mail".into(),
             field: "fax".into(),
+            consistency: None,
         })
         .await
         .unwrap_err();
@@ -135,6 +137,7 @@ async fn every_consent_rpc_names_every_offending_field_and_writes_nothing() {
                     field: "fax".into(),
                 },
             ],
+            consistency: None,
         })
         .await
         .unwrap_err();

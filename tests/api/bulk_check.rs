@@ -34,6 +34,7 @@ fn bulk(purpose: &str, field: &str, ids: &[&str]) -> pb::BulkCheckRequest {
         purpose: purpose.into(),
         field: field.into(),
         subject_ids: ids.iter().map(|id| id.to_string()).collect(),
+        consistency: None,
     }
 }
 
@@ -100,7 +101,10 @@ async fn batch_answers(app: &TestApp, r: &pb::BulkCheckRequest) -> Vec<(Decision
     let response = app
         .client
         .clone()
-        .batch_check(pb::BatchCheckRequest { items })
+        .batch_check(pb::BatchCheckRequest {
+            items,
+            consistency: None,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -265,6 +265,7 @@ async fn a_batch_with_one_item_outside_the_callers_purposes_is_refused_whole() {
     };
     let batch = pb::BatchCheckRequest {
         items: vec![item("promotional_mail"), item("customer_support")],
+        consistency: None,
     };
     let status = app
         .client
@@ -281,6 +282,7 @@ async fn a_batch_with_one_item_outside_the_callers_purposes_is_refused_whole() {
     );
     let allowed = pb::BatchCheckRequest {
         items: vec![item("promotional_mail")],
+        consistency: None,
     };
     let results = app
         .client

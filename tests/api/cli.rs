@@ -293,6 +293,7 @@ pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
         };
         if let Some((_, rest)) = line.split_once("serving gRPC on ") {
             let words: Vec<&str> = rest.split_whitespace().collect();
+            wait_ready_blocking(words[8]);
             return Served {
                 child,
                 grpc_addr: words[0].to_string(),
@@ -303,6 +304,29 @@ pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
             };
         }
         seen.push(line);
+    }
+}
+
+/// Waits (up to 30 s) until `/readyz` on `admin` answers 200: the server
+/// has loaded its decision state. Returns either way; a test that expects
+/// the server not to become ready asserts that itself.
+fn wait_ready_blocking(admin: &str) {
+    use std::io::{Read as _, Write as _};
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut conn) = std::net::TcpStream::connect(admin) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let request =
+                format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            if conn.write_all(request.as_bytes()).is_ok()
+                && conn.read_to_string(&mut answer).is_ok()
+                && answer.starts_with("HTTP/1.1 200")
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -341,6 +365,7 @@ async fn register_and_check(addr: &str) -> pb::CheckResponse {
             subject_id: "C-1042".into(),
             purpose: "promotional_mail".into(),
             field: "email".into(),
+            consistency: None,
         })
         .await
         .unwrap()

@@ -66,6 +66,7 @@ async fn check_and_batch_check_deny_a_value_collected_for_another_purpose() {
                     field: field.to_string(),
                 })
                 .collect(),
+            consistency: None,
         })
         .await
         .unwrap()

@@ -102,6 +102,7 @@ async fn undeclared_purposes_and_fields_are_invalid_arguments_not_decisions() {
             subject_id: "C-9".into(),
             purpose: "promo_mail".into(),
             field: "email".into(),
+            consistency: None,
         })
         .await
         .unwrap_err();
@@ -115,6 +116,7 @@ async fn undeclared_purposes_and_fields_are_invalid_arguments_not_decisions() {
             subject_id: "C-9".into(),
             purpose: "promotional_mail".into(),
             field: "fax".into(),
+            consistency: None,
         })
         .await
         .unwrap_err();
@@ -309,6 +311,7 @@ async fn batch_check_answers_in_order_with_correlation_ids() {
                 item("c", "C-404", "promotional_mail", "email"),
                 item("d", "C-2", "order_delivery", "name"),
             ],
+            consistency: None,
         })
         .await
         .unwrap()
@@ -345,6 +348,7 @@ async fn batch_check_takes_one_to_a_thousand_items() {
         .clone()
         .batch_check(pb::BatchCheckRequest {
             items: vec![item.clone(); 1000],
+            consistency: None,
         })
         .await
         .unwrap()
@@ -355,7 +359,10 @@ async fn batch_check_takes_one_to_a_thousand_items() {
         let status = app
             .client
             .clone()
-            .batch_check(pb::BatchCheckRequest { items })
+            .batch_check(pb::BatchCheckRequest {
+                items,
+                consistency: None,
+            })
             .await
             .unwrap_err();
         assert_eq!(violated_fields(&status), ["items"]);
@@ -367,7 +374,10 @@ async fn batch_check_takes_one_to_a_thousand_items() {
     let status = app
         .client
         .clone()
-        .batch_check(pb::BatchCheckRequest { items: bad })
+        .batch_check(pb::BatchCheckRequest {
+            items: bad,
+            consistency: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(
@@ -380,7 +390,10 @@ async fn batch_check_takes_one_to_a_thousand_items() {
     let status = app
         .client
         .clone()
-        .batch_check(pb::BatchCheckRequest { items: undeclared })
+        .batch_check(pb::BatchCheckRequest {
+            items: undeclared,
+            consistency: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["items[1].purpose"]);
@@ -650,6 +663,7 @@ async fn bad_input_on_every_rpc_is_refused_field_by_field_and_writes_nothing() {
         subject_id: subject_id.into(),
         purpose: purpose.into(),
         field: field.into(),
+        consistency: None,
     };
     for (request, expected) in [
         (check("", "promotional_mail", "email"), vec!["subject_id"]),

@@ -451,6 +451,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exposed_by_metrics() {
             subject_id: "C-1".into(),
             purpose: "promotional_mail".into(),
             field: "email".into(),
+            consistency: None,
         })
         .await
         .unwrap();

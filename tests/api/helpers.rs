@@ -6,7 +6,7 @@
 //! cluster started from the installed server binaries — the same fallback
 //! `consentd serve` uses.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use consentd::{
     grpc::pb::{self, consent_service_client::ConsentServiceClient},
@@ -346,6 +346,7 @@ pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut Serv
         endpoint.connect().await.unwrap()
     };
     let db = store::admin_connect(&db_url).await.unwrap();
+    wait_ready(admin_addr).await;
     TestApp {
         grpc_addr,
         http_addr,
@@ -438,6 +439,7 @@ impl TestApp {
                 subject_id: subject_id.into(),
                 purpose: purpose.into(),
                 field: field.into(),
+                consistency: None,
             })
             .await
             .expect("check")
@@ -568,6 +570,19 @@ pub async fn http_request(
         status,
         headers,
         body: body.to_string(),
+    }
+}
+
+/// Waits (up to 30 s) until `/readyz` answers 200: the server has loaded its
+/// decision state. Returns either way; a test that expects otherwise
+/// asserts it.
+pub async fn wait_ready(admin: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if http_request(admin, "GET", "/readyz", &[], "").await.status == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -67,6 +67,7 @@ fn hostile(rpc: &str, elements: Option<usize>) -> (Bytes, &'static str) {
         "consent.v1.ConsentService/BatchCheck" => (
             encode(cap, elements, |n| pb::BatchCheckRequest {
                 items: vec![pb::BatchCheckItem::default(); n],
+                consistency: None,
             }),
             "items",
         ),
@@ -75,6 +76,7 @@ fn hostile(rpc: &str, elements: Option<usize>) -> (Bytes, &'static str) {
                 purpose: String::new(),
                 field: String::new(),
                 subject_ids: empty(n),
+                consistency: None,
             }),
             "subject_ids",
         ),
@@ -325,6 +327,7 @@ async fn a_list_over_its_limit_is_answered_with_one_violation_and_writes_nothing
         .clone()
         .batch_check(pb::BatchCheckRequest {
             items: vec![pb::BatchCheckItem::default(); 5000],
+            consistency: None,
         })
         .await
         .unwrap_err();
@@ -363,6 +366,7 @@ async fn five_hundred_bad_items_answer_the_first_hundred_violations_and_count_th
         .clone()
         .batch_check(pb::BatchCheckRequest {
             items: vec![bad; 500],
+            consistency: None,
         })
         .await
         .unwrap_err();
@@ -402,6 +406,7 @@ async fn a_batch_check_twice_the_largest_valid_one_is_resource_exhausted() {
             };
             1000
         ],
+        consistency: None,
     };
     let size = largest.encoded_len();
     let answer = app.client.clone().batch_check(largest).await.unwrap();
@@ -409,6 +414,7 @@ async fn a_batch_check_twice_the_largest_valid_one_is_resource_exhausted() {
 
     let twice = fill(2 * size, |n| pb::BatchCheckRequest {
         items: vec![pb::BatchCheckItem::default(); n],
+        consistency: None,
     });
     assert!(twice.encoded_len() < DEFAULT_MAX_MESSAGE_BYTES);
     let status = app.client.clone().batch_check(twice).await.unwrap_err();
@@ -442,6 +448,7 @@ async fn max_message_bytes_caps_every_method() {
     let status = client
         .batch_check(fill(64 * 1024 + 2, |n| pb::BatchCheckRequest {
             items: vec![pb::BatchCheckItem::default(); n],
+            consistency: None,
         }))
         .await
         .unwrap_err();
@@ -467,6 +474,7 @@ async fn the_longest_violations_still_arrive_as_invalid_argument() {
         .clone()
         .batch_check(pb::BatchCheckRequest {
             items: vec![worst; 1000],
+            consistency: None,
         })
         .await
         .unwrap_err();

@@ -62,6 +62,7 @@ fn check(subject: &str) -> pb::CheckRequest {
         subject_id: subject.into(),
         purpose: "promotional_mail".into(),
         field: "email".into(),
+        consistency: None,
     }
 }
 

@@ -76,6 +76,7 @@ async fn metrics_count_decisions_latency_unsubscribes_and_the_pool() {
         subject_id: subject.into(),
         purpose: "promotional_mail".into(),
         field: "email".into(),
+        consistency: None,
     };
     client.check(check("C-1")).await.unwrap();
     client.check(check("C-2")).await.unwrap();

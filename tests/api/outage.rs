@@ -73,6 +73,7 @@ async fn calls_within(
         subject_id: subject.into(),
         purpose: "promotional_mail".into(),
         field: "email".into(),
+        consistency: None,
     };
     if let Err(s) = client.check(within(limit, check)).await {
         failures.push(("Check", s));

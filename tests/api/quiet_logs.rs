@@ -36,6 +36,7 @@ async fn sql_parameters_stay_out_of_the_log_at_every_level() {
                 subject_id: subject.clone(),
                 purpose: "promotional_mail".into(),
                 field: "email".into(),
+                consistency: None,
             })
             .await
             .unwrap()

@@ -58,6 +58,7 @@ async fn check(client: &mut ConsentServiceClient<Channel>, subject: &str) -> pb:
             subject_id: subject.into(),
             purpose: "promotional_mail".into(),
             field: "email".into(),
+            consistency: None,
         })
         .await
         .unwrap()

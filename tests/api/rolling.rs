@@ -116,6 +116,7 @@ async fn call(
             subject_id: request.subject_id.clone(),
             purpose: request.purpose.clone(),
             field: "email".into(),
+            consistency: None,
         };
         let result = match client.record_consent(request.clone()).await {
             Ok(_) => client.check(check).await.map(|_| ()),

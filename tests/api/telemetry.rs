@@ -127,6 +127,7 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
         subject_id: SUBJECT.into(),
         purpose: "promotional_mail".into(),
         field: "email".into(),
+        consistency: None,
     };
     client
         .check(with_traceparent(check.clone(), &traceparent))
@@ -141,6 +142,7 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
                     purpose: "order_delivery".into(),
                     field: "name".into(),
                 }],
+                consistency: None,
             },
             &traceparent,
         ))
@@ -196,6 +198,7 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
         subject_id: SUBJECT.into(),
         purpose: "nope".into(),
         field: "email".into(),
+        consistency: None,
     };
     client
         .check(with_traceparent(bad, &traceparent))
@@ -364,6 +367,7 @@ async fn logs_of_one_check(format: &str) -> Vec<String> {
         subject_id: SUBJECT.into(),
         purpose: "promotional_mail".into(),
         field: "email".into(),
+        consistency: None,
     };
     client
         .check(with_traceparent(
