@@ -77,7 +77,12 @@ mod tests {
             assert_eq!(ConsistencyToken::parse(&token.encode()), Ok(token));
         }
         assert!(ConsistencyToken::at(2) > ConsistencyToken::at(1));
-        assert_eq!(ConsistencyToken::at(3).max(ConsistencyToken::at(9)).sequence(), 9);
+        assert_eq!(
+            ConsistencyToken::at(3)
+                .max(ConsistencyToken::at(9))
+                .sequence(),
+            9
+        );
     }
 
     #[test]

@@ -47,11 +47,11 @@ mod record;
 mod state;
 
 pub use caller::{Caller, CallerId, Credential};
-pub use consistency::{Consistency, ConsistencyToken};
 pub use concern::{
     Concern, ConcernCategory, ConcernEvent, ConcernOutcome, ConcernStatus, NewConcern, Resolution,
     Text,
 };
+pub use consistency::{Consistency, ConsistencyToken};
 pub use disclosure::{
     Disclosure, DisclosureStatus, FieldData, LegalBasis, NewPersonalData, ReleasedField,
     SealedValue, Withheld,

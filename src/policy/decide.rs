@@ -84,7 +84,12 @@ pub fn decide(
     purpose: &PurposeCode,
     field: &FieldName,
 ) -> Decision {
-    decide_standing(policy, Standing::of(subject, purpose, field), purpose, field)
+    decide_standing(
+        policy,
+        Standing::of(subject, purpose, field),
+        purpose,
+        field,
+    )
 }
 
 /// [`decide`] from what is known of the subject.

@@ -31,8 +31,8 @@ pub use crate::domain::Reason;
 pub use callers::{Access, Callers, CallersError, Known, Refusal, authorize};
 pub use check::DisclosureParts;
 pub use decide::{
-    DataFacts, Decision, Outcome, Standing, decide, decide_known, decide_standing, decide_with_data,
-    is_stale,
+    DataFacts, Decision, Outcome, Standing, decide, decide_known, decide_standing,
+    decide_with_data, is_stale,
 };
 pub use disclose::{
     DisclosureDecision, DisclosureFacts, DisclosureRequest, EMERGENCY_REVIEW_HOURS, FieldOutcome,

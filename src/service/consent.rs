@@ -16,7 +16,7 @@ use crate::{
         erasure::ErasureRefs,
         feed::{self, FeedHub},
     },
-    store::{HistoryPage, Store},
+    store::{HistoryPage, Registered, Store},
 };
 
 /// The most items one BatchCheck may carry.
@@ -126,7 +126,7 @@ impl ConsentService {
         &self,
         reg: &SubjectRegistration,
         actor: &Actor,
-    ) -> Result<(Subject, bool)> {
+    ) -> Result<Registered> {
         self.store
             .register_subject(reg, actor, &self.refs.hash(&reg.subject_id))
             .await

@@ -9,8 +9,9 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        Actor, Disclosure, DisclosureStatus, FieldName, LegalBasis, ListLimit, NewPersonalData,
-        PersonalValue, PurposeCode, RecipientId, ReleasedField, RequestId, SubjectId, Withheld,
+        Actor, ConsistencyToken, Disclosure, DisclosureStatus, FieldName, LegalBasis, ListLimit,
+        NewPersonalData, PersonalValue, PurposeCode, RecipientId, ReleasedField, RequestId,
+        SubjectId, Withheld,
     },
     error::{Error, Result},
     policy::{
@@ -99,8 +100,12 @@ impl DisclosureService {
     }
 
     /// Seals and stores a value, with its collection record (R2), once it
-    /// passes [`Policy::check_collection`].
-    pub async fn put_personal_data(&self, new: &NewPersonalData) -> Result<Uuid> {
+    /// passes [`Policy::check_collection`]. Returns the collection record's
+    /// id and the stored value's feed position.
+    pub async fn put_personal_data(
+        &self,
+        new: &NewPersonalData,
+    ) -> Result<(Uuid, ConsistencyToken)> {
         let purposes: Vec<_> = new.collected_for.iter().cloned().map(Some).collect();
         let violations = self.policy.check_collection(Some(&new.field), &purposes);
         if !violations.is_empty() {
@@ -110,12 +115,13 @@ impl DisclosureService {
         self.store.put_personal_data(new, &sealed).await
     }
 
-    /// Notes that the value was confirmed with the person (R3).
+    /// Notes that the value was confirmed with the person (R3). Returns when,
+    /// and the value's feed position after it.
     pub async fn verify_personal_data(
         &self,
         subject_id: &SubjectId,
         field: &FieldName,
-    ) -> Result<chrono::DateTime<Utc>> {
+    ) -> Result<(chrono::DateTime<Utc>, ConsistencyToken)> {
         let violations = self.policy.check_field(field);
         if !violations.is_empty() {
             return Err(violations.into());

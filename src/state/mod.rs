@@ -137,7 +137,8 @@ impl DecisionState {
         let mut ready = self.inner.ready.subscribe();
         let mut applied = self.inner.applied.subscribe();
         tokio::time::timeout(within, async {
-            ready.wait_for(|r| *r).await.is_ok() && applied.wait_for(|a| *a >= sequence).await.is_ok()
+            ready.wait_for(|r| *r).await.is_ok()
+                && applied.wait_for(|a| *a >= sequence).await.is_ok()
         })
         .await
         .unwrap_or(false)
@@ -167,7 +168,9 @@ impl DecisionState {
             .map(|(i, id)| {
                 let (purpose, field) = asked(i);
                 let (p, f) = match codes {
-                    Some((cp, cf, p, f)) if std::ptr::eq(cp, purpose) && std::ptr::eq(cf, field) => {
+                    Some((cp, cf, p, f))
+                        if std::ptr::eq(cp, purpose) && std::ptr::eq(cf, field) =>
+                    {
                         (p, f)
                     }
                     _ => {
@@ -177,7 +180,8 @@ impl DecisionState {
                         (p, f)
                     }
                 };
-                let (standing, data) = match tables.lookup(id.as_str(), || self.inner.refs.hash(id)) {
+                let (standing, data) = match tables.lookup(id.as_str(), || self.inner.refs.hash(id))
+                {
                     Found::Unknown => (Standing::Unknown, None),
                     Found::Erased => (Standing::Erased, None),
                     Found::Registered(slot) => (

@@ -128,8 +128,9 @@ impl Tables {
         self.ids.reserve_exact(id_bytes);
         self.nodes.reserve_exact(choices);
         let (slots, ids, hasher) = (&self.slots, &self.ids, &self.hasher);
-        self.index
-            .reserve(subjects, |&s| hasher.hash_one(id_in(ids, slots[s as usize].id_at)));
+        self.index.reserve(subjects, |&s| {
+            hasher.hash_one(id_in(ids, slots[s as usize].id_at))
+        });
     }
 
     pub fn subjects(&self) -> usize {
@@ -202,10 +203,7 @@ impl Tables {
                 *s += 1;
             }
         }
-        let moved: Vec<(u32, Vec<Age>)> = self
-            .ages
-            .extract_if(|&s, _| s as usize >= at)
-            .collect();
+        let moved: Vec<(u32, Vec<Age>)> = self.ages.extract_if(|&s, _| s as usize >= at).collect();
         for (s, ages) in moved {
             self.ages.insert(s + 1, ages);
         }
@@ -214,8 +212,11 @@ impl Tables {
     /// The slot of the registration with this sequence, if it is held.
     pub fn slot_of_registration(&self, sequence: i64) -> Option<u32> {
         let at = self.slots.partition_point(|s| s.sequence < sequence);
-        (self.slots.get(at).is_some_and(|s| s.sequence == sequence && s.id_at != NIL))
-            .then(|| u32::try_from(at).expect("under 4 billion subjects"))
+        (self
+            .slots
+            .get(at)
+            .is_some_and(|s| s.sequence == sequence && s.id_at != NIL))
+        .then(|| u32::try_from(at).expect("under 4 billion subjects"))
     }
 
     /// Makes `choice` the subject's latest for its purpose and field. The
@@ -401,7 +402,10 @@ fn push_id(ids: &mut Vec<u8>, id: &[u8]) {
 fn id_span(ids: &[u8], at: u32) -> (usize, usize) {
     let at = at as usize;
     match ids[at] {
-        255 => (at + 3, usize::from(u16::from_le_bytes([ids[at + 1], ids[at + 2]]))),
+        255 => (
+            at + 3,
+            usize::from(u16::from_le_bytes([ids[at + 1], ids[at + 2]])),
+        ),
         len => (at + 1, usize::from(len)),
     }
 }
