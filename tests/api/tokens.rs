@@ -13,7 +13,10 @@ use consentd::{
 
 use crate::{
     disclosure::put_request,
-    helpers::{TestApp, as_actor, policy_path, record_request, registration, spawn_app},
+    helpers::{
+        TestApp, as_actor, http_request, policy_path, record_request, registration, spawn_app,
+    },
+    preference_page::{csrf_of, preference_link},
     unsubscribe::{links, path_of},
 };
 
@@ -71,7 +74,11 @@ async fn a_registration_answers_with_its_position_also_on_a_repeat_and_a_retry()
         notice_version: "2027-01".into(),
         ..registration("C-1")
     };
-    assert_eq!(register(&app, changed).await, first, "a repeat that updates");
+    assert_eq!(
+        register(&app, changed).await,
+        first,
+        "a repeat that updates"
+    );
 
     let later = register(&app, registration("C-2")).await;
     assert_eq!(position(&later), sql(&app, SUBJECT_SEQUENCE, "C-2").await);
@@ -141,12 +148,7 @@ async fn a_record_answers_with_its_sequence_and_a_retry_with_the_first_ones() {
     let later = app
         .client
         .clone()
-        .record_consent(record_request(
-            "C-1",
-            "promotional_mail",
-            "",
-            Choice::Grant,
-        ))
+        .record_consent(record_request("C-1", "promotional_mail", "", Choice::Grant))
         .await
         .unwrap()
         .into_inner();
@@ -256,17 +258,51 @@ async fn the_one_click_post_answers_with_the_refusals_position() {
 }
 
 async fn http_post(app: &TestApp, url: &str) -> crate::helpers::HttpResponse {
-    crate::helpers::http_request(app.http_addr, "POST", &path_of(url), &[], ONE_CLICK).await
+    http_request(app.http_addr, "POST", &path_of(url), &[], ONE_CLICK).await
+}
+
+/// Several records from one form: the token is the last one's.
+#[tokio::test]
+async fn a_saved_preference_form_answers_with_its_last_records_position() {
+    let app = spawn_app().await;
+    app.register("C-1").await;
+    let path = preference_link(&app, "C-1").await;
+    let page = http_request(app.http_addr, "GET", &path, &[], "").await;
+    let form = format!(
+        "csrf={}&intent=choices&purpose.promotional_mail=refuse&recipient.travel-partner=grant",
+        csrf_of(&page.body)
+    );
+    let post = || http_request(app.http_addr, "POST", &path, &[], &form);
+
+    let saved = post().await;
+    assert_eq!(saved.status, 200, "{}", saved.body);
+    assert!(app.count("consent_records").await >= 2);
+    let last = sql(
+        &app,
+        "SELECT max(sequence) FROM consent_records WHERE subject_id = $1",
+        "C-1",
+    )
+    .await;
+    let token = saved
+        .header("consistency-token")
+        .expect("a Consistency-Token header");
+    assert_eq!(position(token), last);
+
+    let unchanged = post().await;
+    assert!(unchanged.body.contains("Nothing changed"));
+    assert_eq!(
+        unchanged.header("consistency-token"),
+        None,
+        "nothing written, no token"
+    );
 }
 
 #[tokio::test]
 async fn an_import_prints_the_position_of_the_last_refusal_it_wrote() {
     let app = spawn_app().await;
     app.register("C-1").await;
-    let dir = std::env::temp_dir().join(format!(
-        "consentd-tokens-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("consentd-tokens-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("list.csv");
     std::fs::write(&file, "C-1\nC-2\nC-3\n").unwrap();
