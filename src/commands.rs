@@ -135,6 +135,9 @@ pub async fn import_refusals(args: &ImportArgs) -> anyhow::Result<()> {
         inner: BufReader::with_capacity(1 << 16, file),
         read: read.clone(),
     };
+    // Every refusal this import finds already in force is at or before the
+    // head now, so the token is never older than it.
+    let (since, _) = database.store.feed_head().await?;
     let mut report = ProgressReport::new(total_bytes);
     let summary = import::import_refusals(
         &database.store,
@@ -161,6 +164,10 @@ pub async fn import_refusals(args: &ImportArgs) -> anyhow::Result<()> {
         summary.registered,
         summary.rejected
     );
+    // On stdout, the one line a script reads: pass it to Check's
+    // `consistency` to see the imported refusals on any server at once.
+    let token = database.store.import_position(&spec, since).await?;
+    println!("consistency token: {}", token.encode());
     if summary.rejected > 0 {
         eprintln!("rejected lines are listed in {}:", reject_path.display());
         print_first_rejects(&args.file, &reject_path, 5);

@@ -317,11 +317,14 @@ impl Application {
         let concerns =
             ConcernGrpc::new(ConcernService::new(store.clone(), policy.clone())).into_server();
         let concern_deadlines = policy.concern_deadlines();
-        let rights =
-            SubjectRightsGrpc::new(exporter, Eraser::new(store.clone(), erasure_refs.clone()))
-                .into_server();
+        let rights = SubjectRightsGrpc::new(
+            exporter,
+            Eraser::new(store.clone(), erasure_refs.clone()).settling(state.clone()),
+        )
+        .into_server();
         let disclosure = DisclosureGrpc::new(
-            DisclosureService::new(store.clone(), policy.clone(), data_keys),
+            DisclosureService::new(store.clone(), policy.clone(), data_keys)
+                .settling(state.clone()),
             subject_refs.clone(),
         )
         .into_server();

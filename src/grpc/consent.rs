@@ -17,9 +17,9 @@ use super::{
 };
 use crate::{
     domain::{
-        Channel, Choice, Consistency, Evidence, FieldName, NewConsentRecord, NoticeVersion,
-        PurposeCode, RecipientId, RequestId, SubjectId, SubjectKind, SubjectRegistration,
-        Violations,
+        Channel, Choice, Consistency, ConsistencyToken, Evidence, FieldName, NewConsentRecord,
+        NoticeVersion, PurposeCode, RecipientId, RequestId, SubjectId, SubjectKind,
+        SubjectRegistration, Violations,
     },
     error::{Error, Result},
     policy::{Decision, Policy},
@@ -159,10 +159,11 @@ impl Rpc for ConsentGrpc {
     ) -> Result<Response<pb::RegisterSubjectResponse>, Status> {
         observe(SERVICE, "RegisterSubject", request, |r| async move {
             let (registration, actor) = parse_registration(r)?;
-            let (subject, created) = self.service.register_subject(&registration, &actor).await?;
+            let registered = self.service.register_subject(&registration, &actor).await?;
             Ok(Response::new(pb::RegisterSubjectResponse {
-                subject: Some(convert::subject_to_pb(subject)),
-                created,
+                subject: Some(convert::subject_to_pb(registered.subject)),
+                created: registered.created,
+                consistency_token: registered.token.encode(),
             }))
         })
         .await
@@ -178,6 +179,9 @@ impl Rpc for ConsentGrpc {
             permit.allow(std::slice::from_ref(&record.purpose), &[], &[])?;
             let record = self.service.record_consent(&record).await?;
             Ok(Response::new(pb::RecordConsentResponse {
+                // The record's own position: a retry answers the first
+                // record, so the same token.
+                consistency_token: ConsistencyToken::at(record.sequence).encode(),
                 record: Some(convert::record_to_pb(record)),
             }))
         })

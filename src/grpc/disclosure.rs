@@ -96,9 +96,10 @@ impl Rpc for DisclosureGrpc {
             let permit = Permit::of(&r)?;
             let new = parse_put(self.service.policy(), r)?;
             permit.allow(&new.collected_for, &[], &[])?;
-            let collection_id = self.service.put_personal_data(&new).await?;
+            let (collection_id, token) = self.service.put_personal_data(&new).await?;
             Ok(Response::new(pb::PutPersonalDataResponse {
                 collection_id: collection_id.to_string(),
+                consistency_token: token.encode(),
             }))
         })
         .await
@@ -110,12 +111,13 @@ impl Rpc for DisclosureGrpc {
     ) -> Result<Response<pb::VerifyPersonalDataResponse>, Status> {
         observe(SERVICE, "VerifyPersonalData", request, |r| async move {
             let (subject_id, field) = parse_verify(self.service.policy(), r.into_inner())?;
-            let verified_at = self
+            let (verified_at, token) = self
                 .service
                 .verify_personal_data(&subject_id, &field)
                 .await?;
             Ok(Response::new(pb::VerifyPersonalDataResponse {
                 verified_at: convert::timestamp(verified_at),
+                consistency_token: token.encode(),
             }))
         })
         .await

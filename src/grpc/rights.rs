@@ -62,6 +62,7 @@ impl Rpc for SubjectRightsGrpc {
                 pseudonym: erased.pseudonym.to_string(),
                 erased_at: convert::timestamp(erased.erased_at),
                 already_erased: erased.already,
+                consistency_token: erased.token.encode(),
             }))
         })
         .await

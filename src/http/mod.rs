@@ -28,6 +28,7 @@ use axum::{
 };
 
 use crate::{
+    domain::ConsistencyToken,
     policy::concern::ConcernDeadlines,
     service::{
         readiness::{Readiness, Ready},
@@ -156,12 +157,25 @@ async fn unsubscribe(
         return html(StatusCode::BAD_REQUEST, lang, pages::bad_body_page(lang));
     }
     match state.unsubscribes.unsubscribe(&token).await {
-        Ok((target, created)) => {
-            tracing::info!(purpose = %target.claims.purpose, created, "unsubscribe link followed");
-            html(StatusCode::OK, lang, pages::done_page(lang, &target))
+        Ok(done) => {
+            let purpose = &done.target.claims.purpose;
+            tracing::info!(%purpose, created = done.created, "unsubscribe link followed");
+            let mut response = html(StatusCode::OK, lang, pages::done_page(lang, &done.target));
+            with_consistency_token(&mut response, done.token);
+            response
         }
         Err(e) => link_error(lang, e),
     }
+}
+
+/// The response header carrying the feed position of what a POST wrote: a
+/// mailer may pass it to Check's `consistency` (gRPC) to be answered from
+/// state that includes the refusal.
+pub const CONSISTENCY_TOKEN: &str = "consistency-token";
+
+fn with_consistency_token(response: &mut Response, token: ConsistencyToken) {
+    let value = HeaderValue::from_str(&token.encode()).expect("base64url is a valid header value");
+    response.headers_mut().insert(CONSISTENCY_TOKEN, value);
 }
 
 fn link_error(lang: Lang, error: LinkError) -> Response {

@@ -32,7 +32,7 @@ use crate::{
     policy::Policy,
     service::{
         export::SubjectExport,
-        preferences::{Change, DownloadError, LinkError, PreferenceLink, Preferences},
+        preferences::{Change, DownloadError, LinkError, PreferenceLink, Preferences, Saved},
     },
 };
 
@@ -144,11 +144,16 @@ pub async fn post(
         );
     }
     let download_token = pages.preferences.download_token(&link);
+    // The feed position of the choices saved, if any were.
+    let mut written_at = None;
     let notice = match field(INTENT_FIELD) {
         Some("choices") => match changes(&form) {
             Some(changes) => match save(pages, &link, &changes).await {
-                Ok(0) => Notice::Unchanged,
-                Ok(_) => Notice::Saved,
+                Ok(saved) if saved.written == 0 => Notice::Unchanged,
+                Ok(saved) => {
+                    written_at = saved.token;
+                    Notice::Saved
+                }
                 Err(e) => return failure(lang, e),
             },
             None => return bad_form(lang),
@@ -200,7 +205,7 @@ pub async fn post(
         _ => return bad_form(lang),
     };
     let shown = Some(download_token.as_str());
-    render_page(
+    let mut response = render_page(
         pages,
         lang,
         &token,
@@ -209,7 +214,11 @@ pub async fn post(
         Some(notice),
         shown,
     )
-    .await
+    .await;
+    if let Some(at) = written_at {
+        super::with_consistency_token(&mut response, at);
+    }
+    response
 }
 
 /// The choices a form submits; `None` when one names no valid purpose or
@@ -237,9 +246,10 @@ async fn save(
     pages: &PreferencePages,
     link: &PreferenceLink,
     changes: &[Change],
-) -> crate::error::Result<usize> {
+) -> crate::error::Result<Saved> {
     let before = pages.preferences.page(link).await?;
-    let written = pages.preferences.change(link, changes).await?;
+    let saved = pages.preferences.change(link, changes).await?;
+    let written = saved.written;
     if written > 0 {
         for change in changes {
             if let Change::Purpose(code, choice) = change
@@ -252,7 +262,7 @@ async fn save(
         }
     }
     tracing::info!(written, "preference choices saved");
-    Ok(written)
+    Ok(saved)
 }
 
 async fn download(

@@ -18,7 +18,7 @@ use crate::{
         feed::{self, FeedHub},
     },
     state::DecisionState,
-    store::{HistoryPage, Store},
+    store::{HistoryPage, Registered, Store},
 };
 
 /// How long a check that carries a consistency token waits for this
@@ -138,13 +138,15 @@ impl ConsentService {
         &self,
         reg: &SubjectRegistration,
         actor: &Actor,
-    ) -> Result<(Subject, bool)> {
-        let (subject, created) = self
+    ) -> Result<Registered> {
+        let registered = self
             .store
             .register_subject(reg, actor, &self.refs.hash(&reg.subject_id))
             .await?;
-        self.state.settle(subject.sequence, TOKEN_WAIT).await;
-        Ok((subject, created))
+        self.state
+            .settle(registered.token.sequence(), TOKEN_WAIT)
+            .await;
+        Ok(registered)
     }
 
     /// Appends a choice after checking that the policy knows its purpose and

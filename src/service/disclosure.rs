@@ -9,15 +9,17 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        Actor, Disclosure, DisclosureStatus, FieldName, LegalBasis, ListLimit, NewPersonalData,
-        PersonalValue, PurposeCode, RecipientId, ReleasedField, RequestId, SubjectId, Withheld,
+        Actor, ConsistencyToken, Disclosure, DisclosureStatus, FieldName, LegalBasis, ListLimit,
+        NewPersonalData, PersonalValue, PurposeCode, RecipientId, ReleasedField, RequestId,
+        SubjectId, Withheld,
     },
     error::{Error, Result},
     policy::{
         DisclosureDecision, DisclosureFacts, DisclosureRequest, FieldOutcome, Ground, Policy,
         Reason, Recipient, decide_disclosure,
     },
-    service::vault::DataKeys,
+    service::{consent::TOKEN_WAIT, vault::DataKeys},
+    state::DecisionState,
     store::{Appended, DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, Store},
 };
 
@@ -83,6 +85,7 @@ pub struct DisclosureService {
     store: Store,
     policy: Arc<Policy>,
     keys: Arc<DataKeys>,
+    state: Option<DecisionState>,
 }
 
 impl DisclosureService {
@@ -91,6 +94,7 @@ impl DisclosureService {
             store,
             policy,
             keys,
+            state: None,
         }
     }
 
@@ -99,34 +103,57 @@ impl DisclosureService {
     }
 
     /// Seals and stores a value, with its collection record (R2), once it
-    /// passes [`Policy::check_collection`].
-    pub async fn put_personal_data(&self, new: &NewPersonalData) -> Result<Uuid> {
+    /// passes [`Policy::check_collection`]. Returns the collection record's
+    /// id and the stored value's feed position.
+    pub async fn put_personal_data(
+        &self,
+        new: &NewPersonalData,
+    ) -> Result<(Uuid, ConsistencyToken)> {
         let purposes: Vec<_> = new.collected_for.iter().cloned().map(Some).collect();
         let violations = self.policy.check_collection(Some(&new.field), &purposes);
         if !violations.is_empty() {
             return Err(violations.into());
         }
         let sealed = self.keys.seal(&new.subject_id, &new.field, &new.value)?;
-        self.store.put_personal_data(new, &sealed).await
+        let stored = self.store.put_personal_data(new, &sealed).await?;
+        self.settle(stored.1).await;
+        Ok(stored)
     }
 
-    /// Notes that the value was confirmed with the person (R3).
+    /// Each write waits until `state` has applied it, so a check on this
+    /// server sees it at once.
+    pub fn settling(mut self, state: DecisionState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    async fn settle(&self, token: ConsistencyToken) {
+        if let Some(state) = &self.state {
+            state.settle(token.sequence(), TOKEN_WAIT).await;
+        }
+    }
+
+    /// Notes that the value was confirmed with the person (R3). Returns when,
+    /// and the value's feed position after it.
     pub async fn verify_personal_data(
         &self,
         subject_id: &SubjectId,
         field: &FieldName,
-    ) -> Result<chrono::DateTime<Utc>> {
+    ) -> Result<(chrono::DateTime<Utc>, ConsistencyToken)> {
         let violations = self.policy.check_field(field);
         if !violations.is_empty() {
             return Err(violations.into());
         }
-        self.store
+        let verified = self
+            .store
             .verify_personal_data(subject_id, field)
             .await?
             .ok_or_else(|| Error::NotFound {
                 resource_type: "consent.v1.PersonalData",
                 name: format!("{subject_id}/{field}"),
-            })
+            })?;
+        self.settle(verified.1).await;
+        Ok(verified)
     }
 
     pub fn recipients(&self) -> impl Iterator<Item = &Recipient> {

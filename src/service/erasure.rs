@@ -4,6 +4,8 @@ use crate::{
     domain::{Actor, SubjectId},
     error::Result,
     keys::{SubjectKey, hex},
+    service::consent::TOKEN_WAIT,
+    state::DecisionState,
     store::{Erased, Store},
 };
 
@@ -40,11 +42,23 @@ impl ErasureRefs {
 pub struct Eraser {
     store: Store,
     refs: ErasureRefs,
+    state: Option<DecisionState>,
 }
 
 impl Eraser {
     pub fn new(store: Store, refs: ErasureRefs) -> Self {
-        Self { store, refs }
+        Self {
+            store,
+            refs,
+            state: None,
+        }
+    }
+
+    /// Each erasure waits until `state` has applied it, so a check on this
+    /// server sees it at once.
+    pub fn settling(mut self, state: DecisionState) -> Self {
+        self.state = Some(state);
+        self
     }
 
     pub async fn erase(&self, subject_id: &SubjectId, actor: &Actor) -> Result<Erased> {
@@ -59,6 +73,9 @@ impl Eraser {
             .await?;
         if !erased.already {
             tracing::info!(pseudonym = %erased.pseudonym, "subject erased");
+        }
+        if let Some(state) = &self.state {
+            state.settle(erased.token.sequence(), TOKEN_WAIT).await;
         }
         Ok(erased)
     }

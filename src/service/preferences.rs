@@ -11,9 +11,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 pub use self::token::{Claims, Use};
 use crate::{
     domain::{
-        Actor, Channel, Choice, ConcernCategory, ConsentRecord, Evidence, FieldName, ListLimit,
-        NewConcern, NewConsentRecord, NoticeVersion, PurposeCode, RecipientId, SubjectId, Text,
-        Violations,
+        Actor, Channel, Choice, ConcernCategory, ConsentRecord, ConsistencyToken, Evidence,
+        FieldName, ListLimit, NewConcern, NewConsentRecord, NoticeVersion, PurposeCode,
+        RecipientId, SubjectId, Text, Violations,
     },
     error::{Error, Result},
     policy::{
@@ -376,8 +376,9 @@ impl Preferences {
     /// One GRANT/REFUSE per CHANGED purpose or recipient permission:
     /// channel web, the campaign as evidence, the policy version as notice
     /// version. Unchanged → nothing written, so a second POST of the same
-    /// form adds nothing. Returns records written.
-    pub async fn change(&self, link: &PreferenceLink, changes: &[Change]) -> Result<usize> {
+    /// form adds nothing. Returns records written and the last one's feed
+    /// position.
+    pub async fn change(&self, link: &PreferenceLink, changes: &[Change]) -> Result<Saved> {
         let mut violations = Violations::new();
         for (i, change) in changes.iter().enumerate() {
             match change {
@@ -411,7 +412,7 @@ impl Preferences {
         }
         let history = self.history(&link.subject_id).await?;
         let evidence = Self::evidence(link)?;
-        let mut written = 0;
+        let mut saved = Saved::default();
         for change in changes {
             match change {
                 Change::Purpose(code, choice) => {
@@ -420,7 +421,10 @@ impl Preferences {
                         continue;
                     }
                     let new = self.record(link, code, *choice, evidence.clone(), None)?;
-                    written += usize::from(self.append_unless_current(&new).await?);
+                    let (record, created) = self.store.append_unless_current(&new).await?;
+                    if created {
+                        saved.add(&record);
+                    }
                 }
                 Change::Recipient(id, choice) => {
                     let recipient = self.policy.recipient(id).expect("checked above");
@@ -435,14 +439,15 @@ impl Preferences {
                             evidence.clone(),
                             Some(id.clone()),
                         )?;
-                        let record = self.store.append_consent_record(&new).await?;
-                        self.settle(&record).await;
-                        written += 1;
+                        saved.add(&self.store.append_consent_record(&new).await?);
                     }
                 }
             }
         }
-        Ok(written)
+        if let (Some(state), Some(token)) = (&self.state, saved.token) {
+            state.settle(token.sequence(), TOKEN_WAIT).await;
+        }
+        Ok(saved)
     }
 
     pub async fn file_concern(
@@ -506,4 +511,20 @@ impl Preferences {
 /// Notes a subject count out of range; the ids are checked on creation.
 pub fn check_link_count(violations: &mut Violations, subjects: usize) {
     LINK_SUBJECTS.check(violations, subjects);
+}
+/// What saving the preference form wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    /// Records written: none when the form changed nothing.
+    pub written: usize,
+    /// The feed position of the last of them.
+    pub token: Option<ConsistencyToken>,
+}
+
+impl Saved {
+    fn add(&mut self, record: &ConsentRecord) {
+        self.written += 1;
+        let at = ConsistencyToken::at(record.sequence);
+        self.token = Some(self.token.map_or(at, |t| t.max(at)));
+    }
 }

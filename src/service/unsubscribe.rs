@@ -11,8 +11,8 @@ pub use token::{MAX_CAMPAIGN_CHARS, TokenError, UnsubscribeClaims, UnsubscribeKe
 
 use crate::{
     domain::{
-        Actor, Channel, Choice, Evidence, FieldName, ListLimit, NewConsentRecord, NoticeVersion,
-        PurposeCode, SubjectId, Violations,
+        Actor, Channel, Choice, ConsistencyToken, Evidence, FieldName, ListLimit, NewConsentRecord,
+        NoticeVersion, PurposeCode, SubjectId, Violations,
     },
     error::{Error, Result},
     policy::{Policy, Purpose},
@@ -159,8 +159,9 @@ impl Unsubscribes {
     }
 
     /// Records the refusal a link stands for. A repeat adds nothing.
-    /// Returns the target and whether a new record was written.
-    pub async fn unsubscribe(&self, token: &str) -> Result<(LinkTarget, bool), LinkError> {
+    /// Returns the target, whether a new record was written and the feed
+    /// position of the refusal in force (the one a repeat found).
+    pub async fn unsubscribe(&self, token: &str) -> Result<Unsubscribed, LinkError> {
         let target = self.inspect(token).await?;
         let evidence = Evidence::parse(format!(
             "unsubscribe link, campaign: {}",
@@ -172,7 +173,7 @@ impl Unsubscribes {
                 "policy version is not a notice version: {e}"
             ))
         })?;
-        let (record, created) = self
+        let (refusal, created) = self
             .store
             .append_unless_current(&NewConsentRecord {
                 subject_id: target.subject_id.clone(),
@@ -188,14 +189,28 @@ impl Unsubscribes {
             })
             .await?;
         if let Some(state) = &self.state {
-            state.settle(record.sequence, TOKEN_WAIT).await;
+            state.settle(refusal.sequence, TOKEN_WAIT).await;
         }
         if created {
             metrics::counter!(crate::metrics::UNSUBSCRIBES, "purpose" => target.claims.purpose.to_string())
                 .increment(1);
         }
-        Ok((target, created))
+        Ok(Unsubscribed {
+            target,
+            created,
+            token: ConsistencyToken::at(refusal.sequence),
+        })
     }
+}
+
+/// What following an unsubscribe link did.
+#[derive(Debug)]
+pub struct Unsubscribed {
+    pub target: LinkTarget,
+    /// False on a repeat: the refusal was already in force.
+    pub created: bool,
+    /// The refusal's feed position.
+    pub token: ConsistencyToken,
 }
 
 /// The link for one subject. The token names the subject only by its

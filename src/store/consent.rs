@@ -13,12 +13,23 @@ use super::{
 };
 use crate::{
     domain::{
-        Actor, Channel, Choice, ConsentRecord, NewConsentRecord, NoticeVersion, PurposeCode,
-        RecipientId, StoredChoice, Subject, SubjectId, SubjectKind, SubjectRegistration,
-        SubjectState,
+        Actor, Channel, Choice, ConsentRecord, ConsistencyToken, NewConsentRecord, NoticeVersion,
+        PurposeCode, RecipientId, StoredChoice, Subject, SubjectId, SubjectKind,
+        SubjectRegistration, SubjectState,
     },
     error::{Error, Result},
 };
+
+/// What a registration stored.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub subject: Subject,
+    /// True when this call (or the first call, on a retry) created it.
+    pub created: bool,
+    /// The feed position of the registration and of any refusals carried
+    /// over to it: the same on a repeat or a retry.
+    pub token: ConsistencyToken,
+}
 
 /// One page of a subject's history.
 #[derive(Debug, Clone)]
@@ -30,14 +41,15 @@ pub struct HistoryPage {
 
 impl Store {
     /// Inserts the subject, or updates its kind, notice and channel. Returns
-    /// the stored subject and whether this call created it.
+    /// the stored subject, whether this call created it and its feed
+    /// position.
     #[tracing::instrument(name = "store.register_subject", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "register_subject"))]
     pub async fn register_subject(
         &self,
         reg: &SubjectRegistration,
         actor: &Actor,
         erasure_hash: &[u8],
-    ) -> Result<(Subject, bool)> {
+    ) -> Result<Registered> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if let Some(request_id) = &reg.request_id {
@@ -63,7 +75,12 @@ impl Store {
                 let subject = subject_in(&tx, &reg.subject_id)
                     .await?
                     .ok_or_else(|| anyhow!("idempotency key refers to a missing subject"))?;
-                return Ok((subject, result == "created"));
+                let token = super::erasure::registration_position(&tx, &reg.subject_id).await?;
+                return Ok(Registered {
+                    subject,
+                    created: result == "created",
+                    token,
+                });
             }
         }
         // `xmax = 0` is true only for a row this statement inserted. The
@@ -99,6 +116,7 @@ impl Store {
         let subject = subject_in(&tx, &reg.subject_id)
             .await?
             .ok_or_else(|| anyhow!("subject vanished inside its own transaction"))?;
+        let token = super::erasure::registration_position(&tx, &reg.subject_id).await?;
         if let Some(request_id) = &reg.request_id {
             let result = if created { "created" } else { "updated" };
             idempotency::name_subject(&tx, request_id, &reg.subject_id).await?;
@@ -109,7 +127,11 @@ impl Store {
             // The registration is on the feed: the servers' memory follows it.
             super::feed::wake_streams(&client).await;
         }
-        Ok((subject, created))
+        Ok(Registered {
+            subject,
+            created,
+            token,
+        })
     }
 
     #[tracing::instrument(name = "store.subject", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "subject"))]

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Store, rows::stored};
 use crate::{
-    domain::{Actor, SubjectId},
+    domain::{Actor, ConsistencyToken, SubjectId},
     error::{Error, Result},
 };
 
@@ -16,6 +16,9 @@ pub struct Erased {
     pub erased_at: DateTime<Utc>,
     /// True when the id was erased before and nothing changed now.
     pub already: bool,
+    /// The feed position of the erasure event (of the earlier one, when
+    /// `already`).
+    pub token: ConsistencyToken,
 }
 
 impl Store {
@@ -55,6 +58,7 @@ impl Store {
                 pseudonym: pseudonym.clone(),
                 erased_at,
                 already: false,
+                token: erasure_position(&client, pseudonym.as_str()).await?,
             });
         }
         let earlier = client
@@ -68,11 +72,15 @@ impl Store {
             )
             .await?;
         match earlier {
-            Some(row) => Ok(Erased {
-                pseudonym: stored(SubjectId::parse(row.get::<_, String>(0)), "pseudonym")?,
-                erased_at: row.get(1),
-                already: true,
-            }),
+            Some(row) => {
+                let pseudonym: String = row.get(0);
+                Ok(Erased {
+                    token: erasure_position(&client, &pseudonym).await?,
+                    pseudonym: stored(SubjectId::parse(pseudonym), "pseudonym")?,
+                    erased_at: row.get(1),
+                    already: true,
+                })
+            }
             None => Err(Error::subject_not_found(subject_id)),
         }
     }
@@ -98,6 +106,52 @@ impl Store {
             .map(|row| row.get(0))
             .collect())
     }
+}
+
+/// The feed position of the erasure that drew `pseudonym` (each erasure
+/// draws a fresh one). Read after the erasing statement committed: that
+/// statement's own snapshot cannot see the event its function wrote. An
+/// erasure from before erasure events existed (V8) has none; position 0 is
+/// then the truth: nothing to wait for.
+async fn erasure_position(
+    client: &deadpool_postgres::Client,
+    pseudonym: &str,
+) -> Result<ConsistencyToken> {
+    let row = client
+        .query_one(
+            &client
+                .prepare_cached(
+                    "SELECT coalesce(max(sequence), 0) FROM erasure_events WHERE pseudonym = $1",
+                )
+                .await?,
+            &[&pseudonym],
+        )
+        .await?;
+    Ok(ConsistencyToken::at(row.get(0)))
+}
+
+/// The feed position a registration answers with: the subject row's, or
+/// the last refusal an earlier erasure carried over to it in the same
+/// transaction (`carry_refusals`), so that a Check passing the token sees
+/// those refusals too. The same on every repeat of the registration.
+pub(super) async fn registration_position(
+    tx: &deadpool_postgres::Transaction<'_>,
+    subject_id: &SubjectId,
+) -> Result<ConsistencyToken> {
+    let row = tx
+        .query_one(
+            &tx.prepare_cached(
+                "SELECT greatest(s.sequence,
+                        (SELECT max(c.sequence) FROM consent_records c
+                          WHERE c.subject_id = s.subject_id AND c.sequence > s.sequence
+                            AND c.actor = 'erasure-suppression'))
+                   FROM subjects s WHERE s.subject_id = $1",
+            )
+            .await?,
+            &[&subject_id.as_str()],
+        )
+        .await?;
+    Ok(ConsistencyToken::at(row.get(0)))
 }
 
 /// Applies the refusals an erased id had to its new registration, inside

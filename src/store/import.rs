@@ -6,7 +6,7 @@ use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
 
 use super::Store;
 use crate::{
-    domain::{Actor, Evidence, FieldName, NoticeVersion, PurposeCode, SubjectId},
+    domain::{Actor, ConsistencyToken, Evidence, FieldName, NoticeVersion, PurposeCode, SubjectId},
     error::Result,
 };
 
@@ -110,5 +110,41 @@ impl Store {
             registered,
             refused,
         })
+    }
+}
+
+impl Store {
+    /// The feed position of the last refusal an import of `spec` wrote after
+    /// feed position `since` (read before it started), or `since` when it
+    /// wrote none. Read after the import, from its records' fixed values,
+    /// through the sequence index: only what was written since is scanned.
+    #[tracing::instrument(name = "store.import_position", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "import_position"))]
+    pub async fn import_position(
+        &self,
+        spec: &RefusalImport,
+        since: i64,
+    ) -> Result<ConsistencyToken> {
+        let client = self.client().await?;
+        let field = spec.field.as_ref().map_or("", |f| f.as_str());
+        let last: Option<i64> = client
+            .query_one(
+                &client
+                    .prepare_cached(
+                        "SELECT max(sequence) FROM consent_records
+                      WHERE sequence > $1 AND channel = 'import' AND choice = 'refuse'
+                        AND purpose = $2 AND field = $3 AND evidence = $4 AND actor = $5",
+                    )
+                    .await?,
+                &[
+                    &since,
+                    &spec.purpose.as_str(),
+                    &field,
+                    &spec.evidence.as_str(),
+                    &spec.actor.as_str(),
+                ],
+            )
+            .await?
+            .get(0);
+        Ok(ConsistencyToken::at(last.unwrap_or(since)))
     }
 }

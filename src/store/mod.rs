@@ -35,7 +35,7 @@ pub use access::AccessEvent;
 pub use cancel::{CancelOnDrop, cancel_queries_on_drop};
 pub use concern::{ConcernFilter, ConcernPage, MAX_CONTACT_CHARS, MAX_TEXT_CHARS};
 pub use connection::ConnectionSettings;
-pub use consent::HistoryPage;
+pub use consent::{HistoryPage, Registered};
 pub use disclosure::{Appended, DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure};
 pub use durability::DurabilitySettings;
 pub use erasure::Erased;

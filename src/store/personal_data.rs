@@ -14,7 +14,7 @@ use super::{
     rows::{field_data_from, stored},
 };
 use crate::{
-    domain::{FieldData, FieldName, NewPersonalData, SealedValue, SubjectId},
+    domain::{ConsistencyToken, FieldData, FieldName, NewPersonalData, SealedValue, SubjectId},
     error::{Error, Result},
 };
 
@@ -29,13 +29,15 @@ pub struct SealedRow {
 impl Store {
     /// Stores a new sealed value for a field (replacing the old one, whose
     /// verification no longer applies) and appends its collection record,
-    /// in one transaction. Returns the collection record's id.
+    /// in one transaction. Returns the collection record's id and the stored
+    /// value's feed position (on a retry, the first call's id and the
+    /// value's position now).
     #[tracing::instrument(name = "store.put_personal_data", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "put_personal_data"))]
     pub async fn put_personal_data(
         &self,
         new: &NewPersonalData,
         sealed: &SealedValue,
-    ) -> Result<Uuid> {
+    ) -> Result<(Uuid, ConsistencyToken)> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let collected_for: Vec<&str> = new.collected_for.iter().map(|p| p.as_str()).collect();
@@ -60,9 +62,21 @@ impl Store {
             )
             .await?
             {
-                return id
+                let id = id
                     .parse()
-                    .map_err(|e| Error::Internal(anyhow!("idempotency key holds a bad id: {e}")));
+                    .map_err(|e| Error::Internal(anyhow!("idempotency key holds a bad id: {e}")))?;
+                let now = tx
+                    .query_opt(
+                        &tx.prepare_cached(
+                            "SELECT sequence FROM personal_data WHERE subject_id = $1 AND field = $2",
+                        )
+                        .await?,
+                        &[&new.subject_id.as_str(), &new.field.as_str()],
+                    )
+                    .await?;
+                // No row: erasure took it (and the key with it, so this is
+                // a race with the erasure); nothing of it is left to wait for.
+                return Ok((id, ConsistencyToken::at(now.map_or(0, |r| r.get(0)))));
             }
         }
         let locked = tx
@@ -97,45 +111,48 @@ impl Store {
             )
             .await?;
         let collected_at: DateTime<Utc> = row.get(0);
-        tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO personal_data (subject_id, field, key_id, nonce, ciphertext,
+        // The sequence is drawn by a trigger (V11) on insert and update alike.
+        let row = tx
+            .query_one(
+                &tx.prepare_cached(
+                    "INSERT INTO personal_data (subject_id, field, key_id, nonce, ciphertext,
                  collected_for, collected_at, verified_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)
              ON CONFLICT (subject_id, field) DO UPDATE
                 SET key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce,
                     ciphertext = EXCLUDED.ciphertext, collected_for = EXCLUDED.collected_for,
-                    collected_at = EXCLUDED.collected_at, verified_at = NULL",
+                    collected_at = EXCLUDED.collected_at, verified_at = NULL
+             RETURNING sequence",
+                )
+                .await?,
+                &[
+                    &new.subject_id.as_str(),
+                    &new.field.as_str(),
+                    &sealed.key_id,
+                    &sealed.nonce,
+                    &sealed.ciphertext,
+                    &collected_for,
+                    &collected_at,
+                ],
             )
-            .await?,
-            &[
-                &new.subject_id.as_str(),
-                &new.field.as_str(),
-                &sealed.key_id,
-                &sealed.nonce,
-                &sealed.ciphertext,
-                &collected_for,
-                &collected_at,
-            ],
-        )
-        .await?;
+            .await?;
         if let Some(request_id) = &new.request_id {
             idempotency::settle(&tx, request_id, &collection_id.to_string()).await?;
         }
         tx.commit().await?;
         // The field's new age is on the feed: the servers' memory follows it.
         super::feed::wake_streams(&client).await;
-        Ok(collection_id)
+        Ok((collection_id, ConsistencyToken::at(row.get(0))))
     }
 
-    /// Notes that the field's value was confirmed now (R3). `None` when no
-    /// value is stored.
+    /// Notes that the field's value was confirmed now (R3), with the row's
+    /// new feed position. `None` when no value is stored.
     #[tracing::instrument(name = "store.verify_personal_data", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "verify_personal_data"))]
     pub async fn verify_personal_data(
         &self,
         subject_id: &SubjectId,
         field: &FieldName,
-    ) -> Result<Option<DateTime<Utc>>> {
+    ) -> Result<Option<(DateTime<Utc>, ConsistencyToken)>> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -143,16 +160,15 @@ impl Store {
                     .prepare_cached(
                         "UPDATE personal_data SET verified_at = clock_timestamp()
                   WHERE subject_id = $1 AND field = $2
-                  RETURNING verified_at",
+                  RETURNING verified_at, sequence",
                     )
                     .await?,
                 &[&subject_id.as_str(), &field.as_str()],
             )
             .await?;
-        if row.is_some() {
-            super::feed::wake_streams(&client).await;
-        }
-        Ok(row.map(|r| r.get(0)))
+        // The field's new age is on the feed: the servers' memory follows it.
+        super::feed::wake_streams(&client).await;
+        Ok(row.map(|r| (r.get(0), ConsistencyToken::at(r.get(1)))))
     }
 
     /// What is stored for each given subject, without the values.

@@ -153,8 +153,10 @@ async fn each_answer_matches_batch_check_for_the_same_ids_in_the_same_order() {
         )
         .await
         .unwrap();
+    // Changed behind the server's back: ask for answers at least that fresh.
+    let fresh = app.position_now().await;
 
-    let requests = vec![
+    let requests: Vec<pb::BulkCheckRequest> = vec![
         bulk(
             "promotional_mail",
             "email",
@@ -181,6 +183,13 @@ async fn each_answer_matches_batch_check_for_the_same_ids_in_the_same_order() {
         ),
         bulk("promotional_mail", "phone", &["C-granted", "C-unknown"]),
     ];
+    let requests: Vec<pb::BulkCheckRequest> = requests
+        .into_iter()
+        .map(|r| pb::BulkCheckRequest {
+            consistency: fresh.clone(),
+            ..r
+        })
+        .collect();
     let (answers, end) = run(&app, requests.clone()).await;
     assert!(end.is_none(), "{end:?}");
     assert_eq!(answers.len(), requests.len());

@@ -696,7 +696,11 @@ async fn check_flags_stale_data_and_verification_makes_it_fresh_again() {
         )
         .await
         .unwrap();
-    let stale = app.check("C-50", "order_delivery", "postal_address").await;
+    // Changed behind the server's back: ask for an answer that fresh.
+    let fresh_now = app.position_now().await;
+    let stale = app
+        .check_with("C-50", "order_delivery", "postal_address", fresh_now)
+        .await;
     assert_eq!(
         (stale.decision(), stale.reason(), stale.needs_verification),
         (Decision::Allow, Reason::Contract, true)
@@ -800,7 +804,10 @@ async fn stale_data_is_denied_where_the_purpose_requires_fresh_data() {
         )
         .await
         .unwrap();
-    let check = app.check("C-55", "partner_offers", "email").await;
+    let fresh_now = app.position_now().await;
+    let check = app
+        .check_with("C-55", "partner_offers", "email", fresh_now)
+        .await;
     assert_eq!(
         (check.decision(), check.reason(), check.needs_verification),
         (Decision::Deny, Reason::StaleData, true)

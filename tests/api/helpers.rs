@@ -9,6 +9,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use consentd::{
+    domain::ConsistencyToken,
     grpc::pb::{self, consent_service_client::ConsentServiceClient},
     policy::Policy,
     settings::{DatabaseArgs, LimitArgs, ServeArgs},
@@ -433,18 +434,67 @@ impl TestApp {
     }
 
     pub async fn check(&self, subject_id: &str, purpose: &str, field: &str) -> pb::CheckResponse {
+        self.check_with(subject_id, purpose, field, None).await
+    }
+
+    pub async fn check_with(
+        &self,
+        subject_id: &str,
+        purpose: &str,
+        field: &str,
+        consistency: Option<pb::Consistency>,
+    ) -> pb::CheckResponse {
         self.client
             .clone()
             .check(pb::CheckRequest {
                 subject_id: subject_id.into(),
                 purpose: purpose.into(),
                 field: field.into(),
-                consistency: None,
+                consistency,
             })
             .await
             .expect("check")
             .into_inner()
     }
+
+    /// For a test that changed rows behind the service's back: a token for
+    /// everything in the database now, after waking the servers' feed.
+    pub async fn position_now(&self) -> Option<pb::Consistency> {
+        let head: i64 = self
+            .db
+            .query_one(
+                "SELECT greatest(
+                   (SELECT coalesce(max(sequence), 0) FROM consent_records),
+                   (SELECT coalesce(max(sequence), 0) FROM erasure_events),
+                   (SELECT coalesce(max(sequence), 0) FROM subjects),
+                   (SELECT coalesce(max(sequence), 0) FROM personal_data))",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        self.db
+            .batch_execute("NOTIFY consent_changes")
+            .await
+            .unwrap();
+        at_least_as_fresh(&ConsistencyToken::at(head).encode())
+    }
+}
+
+/// Read through to the primary database.
+pub fn fully_consistent() -> Option<pb::Consistency> {
+    Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
+    })
+}
+
+/// At least as fresh as `token`.
+pub fn at_least_as_fresh(token: &str) -> Option<pb::Consistency> {
+    Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(
+            token.to_string(),
+        )),
+    })
 }
 
 /// An individual registered through the web under notice 2026-11.

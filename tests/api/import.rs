@@ -7,12 +7,13 @@ use std::{
 
 use consentd::grpc::pb::{Decision, Reason};
 
-use crate::helpers::{policy_path, spawn_app};
+use crate::helpers::{at_least_as_fresh, policy_path, spawn_app};
 
 const BIN: &str = env!("CARGO_BIN_EXE_consentd");
 
 struct Run {
     ok: bool,
+    stdout: String,
     stderr: String,
 }
 
@@ -33,6 +34,7 @@ fn import(db_url: &str, file: &std::path::Path, extra: &[&str]) -> Run {
         .unwrap();
     Run {
         ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
@@ -77,7 +79,9 @@ async fn a_suppression_list_becomes_refusals_and_registers_unknown_subjects() {
     );
 
     for subject in ["C-1", "C-new", "C-quoted,1"] {
-        let answer = app.check(subject, "promotional_mail", "email").await;
+        let answer = app
+            .check_with(subject, "promotional_mail", "email", printed_token(&run))
+            .await;
         assert_eq!(
             (answer.decision(), answer.reason()),
             (Decision::Deny, Reason::OptedOut),
@@ -294,12 +298,23 @@ async fn a_subject_who_granted_again_after_refusing_is_refused_again_by_a_new_li
         run.stderr
     );
     assert_eq!(
-        app.check("C-1", "promotional_mail", "email")
+        app.check_with("C-1", "promotional_mail", "email", printed_token(&run))
             .await
             .decision(),
         Decision::Deny
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The token the import printed, as a check's consistency: the import
+/// wrote behind the server's back.
+fn printed_token(run: &Run) -> Option<consentd::grpc::pb::Consistency> {
+    let token = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("consistency token: "))
+        .expect("the import prints its token");
+    at_least_as_fresh(token)
 }
 
 #[tokio::test]

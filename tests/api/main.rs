@@ -52,6 +52,7 @@ mod rolling;
 mod server;
 mod telemetry;
 mod tls;
+mod tokens;
 mod unsubscribe;
 mod wire_fuzz;
 

@@ -25,8 +25,8 @@ use tonic_health::pb::{
 use crate::{
     cluster::PrivateCluster,
     helpers::{
-        TestApp, fresh_database, http_get, record_request, registration, spawn_app_on,
-        spawn_app_with,
+        TestApp, fresh_database, fully_consistent, http_get, record_request, registration,
+        spawn_app_on, spawn_app_with,
     },
 };
 
@@ -69,11 +69,13 @@ async fn calls_within(
     if let Err(s) = client.get_consent_state(within(limit, state)).await {
         failures.push(("GetConsentState", s));
     }
+    // A check that must read the database; by default a check answers from
+    // memory (see `a_default_check_answers_from_memory_while_the_database_is_down`).
     let check = pb::CheckRequest {
         subject_id: subject.into(),
         purpose: "promotional_mail".into(),
         field: "email".into(),
-        consistency: None,
+        consistency: fully_consistent(),
     };
     if let Err(s) = client.check(within(limit, check)).await {
         failures.push(("Check", s));
@@ -155,6 +157,12 @@ async fn a_stopped_database_is_answered_unavailable_and_health_follows_it_down_a
             ("Check", Code::Unavailable),
         ],
         "{failures:?}"
+    );
+    // A default check answers from memory, database or not: C-1 is known.
+    let remembered = app.check("C-1", "promotional_mail", "email").await;
+    assert_eq!(
+        (remembered.decision(), remembered.reason()),
+        (pb::Decision::Allow, pb::Reason::NotOptedOut)
     );
 
     cluster.pg.restart().await.unwrap();

@@ -23,7 +23,9 @@ use consentd::{
     store::Store,
 };
 
-use crate::helpers::{TestApp, policy_path, spawn_app, test_data_keys_file, test_keys_file};
+use crate::helpers::{
+    TestApp, fully_consistent, policy_path, spawn_app, test_data_keys_file, test_keys_file,
+};
 
 /// The page's service as the server builds it, on the test's database and
 /// keys, with `clock` as its clock.
@@ -64,8 +66,12 @@ fn partner() -> RecipientId {
     RecipientId::parse("travel-partner").unwrap()
 }
 
+/// The tests write through a `Preferences` of their own, as another
+/// server would: a fully consistent check sees it.
 async fn decision(app: &TestApp, subject: &str, purpose: &str, field: &str) -> Decision {
-    app.check(subject, purpose, field).await.decision()
+    app.check_with(subject, purpose, field, fully_consistent())
+        .await
+        .decision()
 }
 
 async fn history(app: &TestApp, subject: &str) -> Vec<pb::ConsentRecord> {
@@ -227,7 +233,7 @@ async fn an_explicit_choice_wins_over_gpc_then_and_later() {
     let link = opened_link(&app, &prefs, "C-1").await;
     prefs.honour_gpc(&link).await.unwrap();
     let grant = [Change::Purpose(purpose("promotional_mail"), Choice::Grant)];
-    assert_eq!(prefs.change(&link, &grant).await.unwrap(), 1);
+    assert_eq!(prefs.change(&link, &grant).await.unwrap().written, 1);
     assert_eq!(prefs.honour_gpc(&link).await.unwrap(), 0);
     assert_eq!(
         decision(&app, "C-1", "promotional_mail", "email").await,
@@ -256,7 +262,7 @@ async fn a_change_is_recorded_from_the_web_with_the_campaign_and_check_sees_it_a
         Change::Purpose(purpose("promotional_mail"), Choice::Refuse),
         Change::Purpose(purpose("partner_offers"), Choice::Grant),
     ];
-    assert_eq!(prefs.change(&link, &changes).await.unwrap(), 2);
+    assert_eq!(prefs.change(&link, &changes).await.unwrap().written, 2);
     assert_eq!(
         decision(&app, "C-1", "promotional_mail", "email").await,
         Decision::Deny
@@ -286,14 +292,14 @@ async fn a_second_post_of_the_same_form_writes_nothing() {
         Change::Recipient(partner(), Choice::Grant),
     ];
     // partner_offers is refused already (consent, never granted).
-    assert_eq!(prefs.change(&link, &form).await.unwrap(), 2);
+    assert_eq!(prefs.change(&link, &form).await.unwrap().written, 2);
     let records = app.count("consent_records").await;
-    assert_eq!(prefs.change(&link, &form).await.unwrap(), 0);
+    assert_eq!(prefs.change(&link, &form).await.unwrap().written, 0);
     assert_eq!(app.count("consent_records").await, records);
     let page = prefs.page(&link).await.unwrap();
     assert!(page.recipients[0].permitted);
     let withdraw = [Change::Recipient(partner(), Choice::Refuse)];
-    assert_eq!(prefs.change(&link, &withdraw).await.unwrap(), 1);
+    assert_eq!(prefs.change(&link, &withdraw).await.unwrap().written, 1);
     assert!(!prefs.page(&link).await.unwrap().recipients[0].permitted);
 }
 

@@ -123,11 +123,13 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
         ))
         .await
         .unwrap();
+    // Read through to the database, so the call has store spans to inspect
+    // (a default check answers from memory and has none).
     let check = pb::CheckRequest {
         subject_id: SUBJECT.into(),
         purpose: "promotional_mail".into(),
         field: "email".into(),
-        consistency: None,
+        consistency: crate::helpers::fully_consistent(),
     };
     client
         .check(with_traceparent(check.clone(), &traceparent))
