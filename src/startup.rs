@@ -51,6 +51,9 @@ pub struct Application {
     /// Probes and metrics, apart from the public side.
     admin_listener: TcpListener,
     database: Database,
+    /// Where the change feed reads: a hot standby of the database
+    /// (`--read-database-url`), or the database's own store.
+    read_store: ReadStore,
     policy: Arc<Policy>,
     drain: Duration,
     shutdown_timeout: Duration,
@@ -107,6 +110,14 @@ impl Application {
             ServingRole::from_settings(&args.serving_role, args.serving_password_file.as_deref())?;
         let database = database.serve_as(&serving).await?;
         check_durability(&database.store, args.allow_unsafe_durability).await?;
+        let read_store = match &args.read_database_url {
+            None => ReadStore::Primary,
+            Some(url) => ReadStore::Standby(
+                (database.store)
+                    .standby(url, &args.connection_settings(), &serving)
+                    .await?,
+            ),
+        };
         let tls = TlsFiles::from_settings(
             args.tls_cert.as_deref(),
             args.tls_key.as_deref(),
@@ -173,6 +184,7 @@ impl Application {
             http_listener,
             admin_listener,
             database,
+            read_store,
             policy,
             drain: args.drain(),
             shutdown_timeout: args.shutdown_timeout(),
@@ -213,6 +225,15 @@ impl Application {
         &self.database.store
     }
 
+    /// Where the change feed (and what follows it) reads: the hot standby
+    /// of `--read-database-url`, else the same store as [`Self::store`].
+    pub fn read_store(&self) -> &Store {
+        match &self.read_store {
+            ReadStore::Primary => &self.database.store,
+            ReadStore::Standby(standby) => standby,
+        }
+    }
+
     /// Serves until `shutdown` completes, then stops gracefully.
     pub async fn run_until_stopped(
         self,
@@ -226,6 +247,7 @@ impl Application {
             http_listener,
             admin_listener,
             database,
+            read_store,
             policy,
             drain,
             shutdown_timeout,
@@ -252,6 +274,12 @@ impl Application {
         // Install the recorder before anything records.
         crate::metrics::handle();
         let store = database.store.clone();
+        // Reads that may lag the primary by the standby's replay go here;
+        // `primary` is set when they do.
+        let (read_store, primary) = match read_store {
+            ReadStore::Primary => (store.clone(), None),
+            ReadStore::Standby(standby) => (standby, Some(store.clone())),
+        };
 
         let stop = CancellationToken::new();
         let health = tonic_health::server::HealthReporter::new();
@@ -278,7 +306,14 @@ impl Application {
         // credentials, get health only.
         let reflection = InterceptedService::new(reflection, auth.clone());
         let wake = store.spawn_change_listener(stop.clone());
-        let feed = FeedHub::start(store.clone(), wake, feed_poll_interval, stop.clone());
+        // LISTEN stays on the primary: a standby hears no NOTIFY.
+        let feed = FeedHub::start(
+            read_store.clone(),
+            primary,
+            wake,
+            feed_poll_interval,
+            stop.clone(),
+        );
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
         let exporter = Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines());
         let preferences = Preferences::new(
@@ -453,6 +488,14 @@ impl Application {
         tracing::info!("consentd stopped");
         Ok(())
     }
+}
+
+/// Where the change feed reads.
+enum ReadStore {
+    /// The database itself.
+    Primary,
+    /// A hot standby of it, checked at start.
+    Standby(Store),
 }
 
 /// A listener's serving future, whichever transport it runs over.
