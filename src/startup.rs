@@ -51,9 +51,6 @@ pub struct Application {
     /// Probes and metrics, apart from the public side.
     admin_listener: TcpListener,
     database: Database,
-    /// Where the change feed reads: a hot standby of the database
-    /// (`--read-database-url`), or the database's own store.
-    read_store: ReadStore,
     policy: Arc<Policy>,
     drain: Duration,
     shutdown_timeout: Duration,
@@ -108,16 +105,14 @@ impl Application {
         // the owner's, which could rewrite the history, close.
         let serving =
             ServingRole::from_settings(&args.serving_role, args.serving_password_file.as_deref())?;
-        let database = database.serve_as(&serving).await?;
+        let database = (database.serve_as(&serving).await?)
+            .with_standby(
+                args.read_database_url.as_deref(),
+                &args.connection_settings(),
+                &serving,
+            )
+            .await?;
         check_durability(&database.store, args.allow_unsafe_durability).await?;
-        let read_store = match &args.read_database_url {
-            None => ReadStore::Primary,
-            Some(url) => ReadStore::Standby(
-                (database.store)
-                    .standby(url, &args.connection_settings(), &serving)
-                    .await?,
-            ),
-        };
         let tls = TlsFiles::from_settings(
             args.tls_cert.as_deref(),
             args.tls_key.as_deref(),
@@ -184,7 +179,6 @@ impl Application {
             http_listener,
             admin_listener,
             database,
-            read_store,
             policy,
             drain: args.drain(),
             shutdown_timeout: args.shutdown_timeout(),
@@ -225,13 +219,9 @@ impl Application {
         &self.database.store
     }
 
-    /// Where the change feed (and what follows it) reads: the hot standby
-    /// of `--read-database-url`, else the same store as [`Self::store`].
+    /// Where the change feed reads (`--read-database-url`, else [`Self::store`]).
     pub fn read_store(&self) -> &Store {
-        match &self.read_store {
-            ReadStore::Primary => &self.database.store,
-            ReadStore::Standby(standby) => standby,
-        }
+        self.database.read_store()
     }
 
     /// Serves until `shutdown` completes, then stops gracefully.
@@ -247,7 +237,6 @@ impl Application {
             http_listener,
             admin_listener,
             database,
-            read_store,
             policy,
             drain,
             shutdown_timeout,
@@ -274,12 +263,12 @@ impl Application {
         // Install the recorder before anything records.
         crate::metrics::handle();
         let store = database.store.clone();
-        // Reads that may lag the primary by the standby's replay go here;
-        // `primary` is set when they do.
-        let (read_store, primary) = match read_store {
-            ReadStore::Primary => (store.clone(), None),
-            ReadStore::Standby(standby) => (standby, Some(store.clone())),
-        };
+        // Reads that may lag the primary by a standby's replay; `primary`
+        // is set when they do.
+        let (read_store, primary) = (
+            database.read_store().clone(),
+            database.standby.as_ref().map(|_| store.clone()),
+        );
 
         let stop = CancellationToken::new();
         let health = tonic_health::server::HealthReporter::new();
@@ -307,13 +296,7 @@ impl Application {
         let reflection = InterceptedService::new(reflection, auth.clone());
         let wake = store.spawn_change_listener(stop.clone());
         // LISTEN stays on the primary: a standby hears no NOTIFY.
-        let feed = FeedHub::start(
-            read_store.clone(),
-            primary,
-            wake,
-            feed_poll_interval,
-            stop.clone(),
-        );
+        let feed = FeedHub::start(read_store, primary, wake, feed_poll_interval, stop.clone());
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
         let exporter = Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines());
         let preferences = Preferences::new(
@@ -488,14 +471,6 @@ impl Application {
         tracing::info!("consentd stopped");
         Ok(())
     }
-}
-
-/// Where the change feed reads.
-enum ReadStore {
-    /// The database itself.
-    Primary,
-    /// A hot standby of it, checked at start.
-    Standby(Store),
 }
 
 /// A listener's serving future, whichever transport it runs over.

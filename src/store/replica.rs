@@ -14,7 +14,7 @@ use tokio_postgres::types::PgLsn;
 /// A position in the primary's write-ahead log.
 pub type Lsn = PgLsn;
 
-use super::{ConnectionSettings, ServingRole, Store, redact::redact};
+use super::{ConnectionSettings, Database, ServingRole, Store, redact::redact};
 use crate::error::Result;
 
 /// The transactions in flight on this server, other databases' left out
@@ -32,6 +32,30 @@ const IN_PROGRESS: &str = "SELECT array(
 const IDENTITY: &str = "SELECT pg_is_in_recovery(),
         (SELECT system_identifier::text FROM pg_control_system()),
         current_database()::text";
+
+impl Database {
+    /// This database, with the feed reading from the standby at `url` when
+    /// one is given (see [`Store::standby`]). Call after
+    /// [`Database::serve_as`]: the standby is served from as `role` too.
+    pub async fn with_standby(
+        self,
+        url: Option<&str>,
+        settings: &ConnectionSettings,
+        role: &ServingRole,
+    ) -> anyhow::Result<Self> {
+        let standby = match url {
+            Some(url) => Some(self.store.standby(url, settings, role).await?),
+            None => None,
+        };
+        Ok(Self { standby, ..self })
+    }
+
+    /// Where the change feed, and whatever follows it, reads: the standby,
+    /// else the database itself.
+    pub fn read_store(&self) -> &Store {
+        self.standby.as_ref().unwrap_or(&self.store)
+    }
+}
 
 impl Store {
     /// A pool on the standby at `url` with the primary's bounds, checked to
