@@ -26,6 +26,10 @@ const IN_PROGRESS: &str = "SELECT array(
        WHERE backend_xid IS NOT NULL
          AND datname IS DISTINCT FROM current_database()))";
 
+/// How far behind the primary a standby may be at start: it must have the
+/// serving role's grants, and one this far behind is not replicating.
+const CATCH_UP_AT_START: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What identifies a server's copy of a database: the cluster's system
 /// identifier (a physical standby shares its primary's, for it is a copy of
 /// the primary's files) and the database's name.
@@ -96,6 +100,20 @@ impl Store {
                 ours.1,
                 ours.2
             );
+        }
+        // The serving role and its grants were just set on the primary:
+        // the standby has them once it has replayed that far.
+        let lsn = self.flushed_lsn().await?;
+        let deadline = std::time::Instant::now() + CATCH_UP_AT_START;
+        while !standby.replayed(lsn).await? {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "refusing --read-database-url {described}: it has not replayed the \
+                     primary's last {:?} of writes; is its replication running?",
+                    CATCH_UP_AT_START
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let standby = standby.as_role(&role.name, role.password())?;
         let connected: String = standby
