@@ -9,7 +9,7 @@ use consentd::{
     policy::Policy,
     settings::DatabaseArgs,
     startup::Application,
-    store::{Database, embedded::Durability},
+    store::{self, Database, embedded::Durability},
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -121,6 +121,26 @@ async fn a_transaction_that_commits_late_on_the_primary_is_not_skipped_on_the_st
     let slow_sequence: i64 = slow.query_one(RAW_INSERT, &[]).await.unwrap().get(0);
     let fast = a.record("C-2", "promotional_mail", "", Choice::Grant).await;
     assert!(fast.sequence > slow_sequence);
+    // Once the standby shows `fast`, wake B again: it reads the standby
+    // with the gap in view whatever the timing of the first wake-up.
+    let on_standby = store::admin_connect(&pair.standby.url("standby_gap"))
+        .await
+        .unwrap();
+    let replayed = async {
+        while on_standby
+            .query_opt(
+                "SELECT 1 FROM consent_records WHERE sequence = $1",
+                &[&fast.sequence],
+            )
+            .await
+            .unwrap()
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, replayed).await.unwrap();
+    a.db.batch_execute("NOTIFY consent_changes").await.unwrap();
     // A reader that wrongly passed the gap would send `fast` before this
     // commit; give it the time to, then commit.
     until_b_waits_at_the_gap(a).await;
