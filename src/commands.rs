@@ -51,7 +51,9 @@ pub fn check_config(args: &ServeArgs, log_format: LogFormat) -> anyhow::Result<(
         .into_iter()
         .map(|(flag, value)| {
             let value = match (flag, value) {
-                ("--database-url" | "--local-server-url", Some(url)) => Some(redact(&url)),
+                ("--database-url" | "--local-server-url" | "--read-database-url", Some(url)) => {
+                    Some(redact(&url))
+                }
                 (_, value) => value,
             };
             (flag.to_string(), value.into())

@@ -262,6 +262,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CONSENTD_SERVING_PASSWORD_FILE")]
     pub serving_password_file: Option<PathBuf>,
 
+    /// A streaming-replication hot standby of --database-url (made with
+    /// `pg_basebackup -R`) that the change feed (WatchChanges) reads from,
+    /// to take reads off the primary. Writes, LISTEN and everything else
+    /// stay on the primary. Checked at start: a server that is not in
+    /// recovery, or is a copy of another cluster or database, is refused.
+    /// Connects with the primary's bounds and TLS rules, as --serving-role.
+    /// Unset: everything reads from the primary.
+    #[arg(long, env = "CONSENTD_READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
+
     /// Address for gRPC. Port 0 picks a free port; the bound address is logged.
     #[arg(long, env = "CONSENTD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -467,6 +477,7 @@ impl ServeArgs {
             ),
             ("--serving-role", Some(self.serving_role.clone())),
             ("--serving-password-file", path(&self.serving_password_file)),
+            ("--read-database-url", self.read_database_url.clone()),
             ("--drain-seconds", Some(self.drain_seconds.to_string())),
             ("--public-url", self.public_url.clone()),
             ("--unsubscribe-keys-file", path(&self.unsubscribe_keys_file)),

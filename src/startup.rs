@@ -21,7 +21,7 @@ use tonic_health::ServingStatus;
 use crate::{
     grpc::{
         self, Authenticator, ConcernGrpc, ConsentGrpc, DisclosureGrpc, LimitLayer, SizeCapped,
-        SubjectRightsGrpc, health_server, pb,
+        SubjectRightsGrpc, follow_readiness, health_server, pb, report_health,
     },
     http::{self, AddressLimit, HttpLimits, HttpState, PreferencePages},
     keys::{KeyFile as _, SubjectKey},
@@ -34,7 +34,7 @@ use crate::{
         feed::FeedHub,
         ledger::Checkpointer,
         preferences::Preferences,
-        readiness::{PROBE_INTERVAL, Readiness, Ready},
+        readiness::{PROBE_INTERVAL, Readiness},
         unsubscribe::{UnsubscribeKeys, Unsubscribes},
         vault::DataKeys,
     },
@@ -106,7 +106,13 @@ impl Application {
         // the owner's, which could rewrite the history, close.
         let serving =
             ServingRole::from_settings(&args.serving_role, args.serving_password_file.as_deref())?;
-        let database = database.serve_as(&serving).await?;
+        let database = (database.serve_as(&serving).await?)
+            .with_standby(
+                args.read_database_url.as_deref(),
+                &args.connection_settings(),
+                &serving,
+            )
+            .await?;
         check_durability(&database.store, args.allow_unsafe_durability).await?;
         let tls = TlsFiles::from_settings(
             args.tls_cert.as_deref(),
@@ -214,6 +220,11 @@ impl Application {
         &self.database.store
     }
 
+    /// Where the change feed reads (`--read-database-url`, else [`Self::store`]).
+    pub fn read_store(&self) -> &Store {
+        self.database.read_store()
+    }
+
     /// Serves until `shutdown` completes, then stops gracefully.
     pub async fn run_until_stopped(
         self,
@@ -253,6 +264,12 @@ impl Application {
         // Install the recorder before anything records.
         crate::metrics::handle();
         let store = database.store.clone();
+        // Reads that may lag the primary by a standby's replay; `primary`
+        // is set when they do.
+        let (read_store, primary) = (
+            database.read_store().clone(),
+            database.standby.as_ref().map(|_| store.clone()),
+        );
 
         let stop = CancellationToken::new();
         let health = tonic_health::server::HealthReporter::new();
@@ -279,21 +296,19 @@ impl Application {
         // credentials, get health only.
         let reflection = InterceptedService::new(reflection, auth.clone());
         let wake = store.spawn_change_listener(stop.clone());
-        let feed = FeedHub::start(store.clone(), wake, feed_poll_interval, stop.clone());
-        let state = DecisionState::start(
-            store.clone(),
-            feed.clone(),
-            erasure_refs.clone(),
+        // LISTEN stays on the primary: a standby hears no NOTIFY.
+        let feed = FeedHub::start(
+            read_store.clone(),
+            primary,
+            wake,
+            feed_poll_interval,
             stop.clone(),
         );
-        // Not ready for traffic until the decisions' state is in memory.
-        tokio::spawn({
-            let (state, readiness) = (state.clone(), readiness.clone());
-            async move {
-                state.loaded().await;
-                readiness.state_loaded();
-            }
-        });
+        // Loaded from the same database the feed reads; not ready for
+        // traffic until it is in memory.
+        let state =
+            DecisionState::start(read_store, feed.clone(), erasure_refs.clone(), stop.clone());
+        readiness.ready_once_loaded(state.clone());
         let checkpoints = tokio::spawn(checkpointer.clone().run(stop.clone()));
         let exporter = Exporter::new(store.clone(), data_keys.clone(), policy.concern_deadlines());
         let preferences = Preferences::new(
@@ -548,47 +563,6 @@ fn check_exposure(args: &ServeArgs) -> anyhow::Result<()> {
          --callers FILE (CONSENTD_CALLERS), bind to a loopback address, or pass \
          --insecure-no-auth (CONSENTD_INSECURE_NO_AUTH=true) if the network is closed by other means"
     )
-}
-
-/// Sets the health of the server as a whole ("") and of every service.
-async fn report_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
-    use tonic::server::NamedService;
-    for service in [
-        "",
-        pb::consent_service_server::ConsentServiceServer::<ConsentGrpc>::NAME,
-        pb::concern_service_server::ConcernServiceServer::<ConcernGrpc>::NAME,
-        pb::disclosure_service_server::DisclosureServiceServer::<DisclosureGrpc>::NAME,
-        pb::subject_rights_service_server::SubjectRightsServiceServer::<SubjectRightsGrpc>::NAME,
-    ] {
-        health.set_service_status(service, status).await;
-    }
-}
-
-/// Reports each change of readiness to gRPC health (SERVING or
-/// NOT_SERVING), and ends once it has reported the shutdown. After start it
-/// is health's only writer, so a probe's answer can never land after the
-/// shutdown's NOT_SERVING. Only changes are sent: a Watch stream relays
-/// every report, repeats included.
-async fn follow_readiness(
-    health: tonic_health::server::HealthReporter,
-    mut readiness: tokio::sync::watch::Receiver<Ready>,
-) {
-    let mut reported = ServingStatus::Serving;
-    loop {
-        let ready = *readiness.borrow_and_update();
-        let status = if ready.is_ready() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        if status != reported {
-            report_health(&health, status).await;
-            reported = status;
-        }
-        if ready == Ready::ShuttingDown || readiness.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// A future that completes on SIGINT or SIGTERM. The handlers are

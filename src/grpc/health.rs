@@ -15,12 +15,16 @@ use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
 use tonic_health::{
+    ServingStatus,
     pb::{
         HealthCheckRequest, HealthCheckResponse,
         health_server::{Health, HealthServer},
     },
     server::{HealthReporter, HealthService},
 };
+
+use super::{ConcernGrpc, ConsentGrpc, DisclosureGrpc, SubjectRightsGrpc, pb};
+use crate::service::readiness::Ready;
 
 /// The health service for `reporter`, whose Watch streams end when `stop`
 /// is cancelled.
@@ -32,6 +36,47 @@ pub fn health_server(
         inner: HealthService::from_health_reporter(reporter),
         stop,
     })
+}
+
+/// Sets the health of the server as a whole ("") and of every service.
+pub async fn report_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    use tonic::server::NamedService;
+    for service in [
+        "",
+        pb::consent_service_server::ConsentServiceServer::<ConsentGrpc>::NAME,
+        pb::concern_service_server::ConcernServiceServer::<ConcernGrpc>::NAME,
+        pb::disclosure_service_server::DisclosureServiceServer::<DisclosureGrpc>::NAME,
+        pb::subject_rights_service_server::SubjectRightsServiceServer::<SubjectRightsGrpc>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Reports each change of readiness to gRPC health (SERVING or
+/// NOT_SERVING), and ends once it has reported the shutdown. After start it
+/// is health's only writer, so a probe's answer can never land after the
+/// shutdown's NOT_SERVING. Only changes are sent: a Watch stream relays
+/// every report, repeats included.
+pub async fn follow_readiness(
+    health: tonic_health::server::HealthReporter,
+    mut readiness: tokio::sync::watch::Receiver<Ready>,
+) {
+    let mut reported = ServingStatus::Serving;
+    loop {
+        let ready = *readiness.borrow_and_update();
+        let status = if ready.is_ready() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if status != reported {
+            report_health(&health, status).await;
+            reported = status;
+        }
+        if ready == Ready::ShuttingDown || readiness.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 struct EndingHealth {

@@ -27,7 +27,7 @@ pub use concern::ConcernGrpc;
 pub use consent::ConsentGrpc;
 pub use disclosure::DisclosureGrpc;
 pub use export::export_json;
-pub use health::health_server;
+pub use health::{follow_readiness, health_server, report_health};
 pub use limits::LimitLayer;
 pub use lists::{check_lists, list_rpcs, request_cap};
 pub use message_size::SizeCapped;

@@ -14,7 +14,7 @@ use std::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::{state::DecisionState, store::Store};
 
 /// How often the database is asked whether it answers.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -55,6 +55,15 @@ impl Default for Readiness {
 }
 
 impl Readiness {
+    /// Marks the state loaded once `state` is.
+    pub fn ready_once_loaded(&self, state: DecisionState) {
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            state.loaded().await;
+            readiness.state_loaded();
+        });
+    }
+
     /// Loading: the server starts only after the database answered, and is
     /// ready once [`Self::state_loaded`].
     pub fn new() -> Self {

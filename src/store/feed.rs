@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::AsyncMessage;
+use tokio_postgres::{AsyncMessage, types::PgLsn};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
@@ -39,8 +39,13 @@ pub struct FeedRead {
     /// Visible events with `sequence > after`, ascending.
     pub events: Vec<FeedEvent>,
     /// Ids of the transactions in progress when the snapshot was taken. Any
-    /// of them may yet commit an event whose sequence falls in a gap.
+    /// of them may yet commit an event whose sequence falls in a gap. Always
+    /// empty on a standby, which does not know them: see `replica`.
     pub in_progress: Vec<String>,
+    /// On a standby, how far it had replayed when the snapshot was taken (at
+    /// or past the snapshot's point): a later read on a standby that has
+    /// replayed this far sees at least these events. `None` on a primary.
+    pub replayed: Option<PgLsn>,
 }
 
 /// The transactions in flight in the current snapshot, fixing the snapshot
@@ -55,7 +60,8 @@ const IN_PROGRESS: &str = "SELECT array(
     WHERE x::xid NOT IN (
       SELECT backend_xid FROM pg_stat_activity
        WHERE backend_xid IS NOT NULL
-         AND datname IS DISTINCT FROM current_database()))";
+         AND datname IS DISTINCT FROM current_database())),
+   pg_last_wal_replay_lsn()";
 
 impl Store {
     /// Up to `limit` events after sequence `after`, and the snapshot's
@@ -63,12 +69,13 @@ impl Store {
     #[tracing::instrument(name = "store.read_feed", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "read_feed", limit))]
     pub async fn read_feed(&self, after: i64, limit: i64) -> Result<FeedRead> {
         let mut client = self.client().await?;
-        let (tx, in_progress) = snapshot(&mut client).await?;
+        let (tx, in_progress, replayed) = snapshot(&mut client).await?;
         let events = events_between(&tx, after, i64::MAX, limit).await?;
         tx.commit().await?;
         Ok(FeedRead {
             events,
             in_progress,
+            replayed,
         })
     }
 
@@ -86,13 +93,43 @@ impl Store {
         events_between(&client, after, upto, limit).await
     }
 
+    /// Like [`Store::read_settled_feed`], on a standby that must first have
+    /// replayed up to `lsn`, where the range was seen settled: `None` when
+    /// it has not (yet, or again: a standby restarted after a crash serves
+    /// from its last consistent point, which can be behind what it showed
+    /// before). Asked on the connection that reads, which cannot outlive a
+    /// restart, so the answer holds for the read.
+    #[tracing::instrument(name = "store.read_settled_feed_replayed", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "read_settled_feed", limit))]
+    pub async fn read_settled_feed_replayed(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: i64,
+        lsn: PgLsn,
+    ) -> Result<Option<Vec<FeedEvent>>> {
+        let client = self.pool.get().await?;
+        let replayed: Option<bool> = client
+            .query_one(
+                &client
+                    .prepare_cached("SELECT pg_last_wal_replay_lsn() >= $1")
+                    .await?,
+                &[&lsn],
+            )
+            .await?
+            .get(0);
+        if replayed == Some(false) {
+            return Ok(None);
+        }
+        events_between(&client, after, upto, limit).await.map(Some)
+    }
+
     /// The highest visible sequence and the transactions in flight, from one
     /// snapshot: once those have finished, every sequence up to it is
     /// settled, so a feed may start there.
     #[tracing::instrument(name = "store.feed_head", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "feed_head"))]
     pub async fn feed_head(&self) -> Result<(i64, Vec<String>)> {
         let mut client = self.pool.get().await?;
-        let (tx, in_progress) = snapshot(&mut client).await?;
+        let (tx, in_progress, _) = snapshot(&mut client).await?;
         let head: i64 = tx
             .query_one(
                 &tx.prepare_cached(
@@ -154,23 +191,26 @@ impl Store {
     }
 }
 
-/// A read-only REPEATABLE READ transaction, and the transactions in flight
-/// in its snapshot: its first statement, which fixes the snapshot for the
-/// rest.
+/// A read-only REPEATABLE READ transaction, the transactions in flight in
+/// its snapshot and a standby's replay position: its first statement, which
+/// fixes the snapshot for the rest.
 async fn snapshot(
     client: &mut deadpool_postgres::Object,
-) -> Result<(deadpool_postgres::Transaction<'_>, Vec<String>)> {
+) -> Result<(
+    deadpool_postgres::Transaction<'_>,
+    Vec<String>,
+    Option<PgLsn>,
+)> {
     let tx = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await?;
-    let in_progress: Vec<String> = tx
+    let row = tx
         .query_one(&tx.prepare_cached(IN_PROGRESS).await?, &[])
-        .await?
-        .get(0);
-    Ok((tx, in_progress))
+        .await?;
+    Ok((tx, row.get(0), row.get(1)))
 }
 
 /// Up to `limit` events with `after < sequence <= upto`, ascending. The

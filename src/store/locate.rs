@@ -24,6 +24,9 @@ pub struct Database {
     /// True when the default database was used, which is always migrated.
     pub is_default: bool,
     pub embedded: Option<EmbeddedPostgres>,
+    /// A hot standby of it that the change feed reads from
+    /// (`--read-database-url`), once [`Database::with_standby`] found it one.
+    pub standby: Option<Store>,
 }
 
 impl Database {
@@ -47,6 +50,7 @@ impl Database {
                 store,
                 is_default: false,
                 embedded: None,
+                standby: None,
             });
         }
         let (server_url, embedded) = match admin_connect(&args.local_server_url).await {
@@ -86,6 +90,7 @@ impl Database {
             store,
             is_default: true,
             embedded,
+            standby: None,
         })
     }
 

@@ -20,6 +20,7 @@ mod locate;
 mod personal_data;
 mod probe;
 mod redact;
+mod replica;
 mod roles;
 mod rows;
 mod server;
@@ -47,6 +48,7 @@ pub use locate::{DEFAULT_DATABASE, Database};
 pub use personal_data::SealedRow;
 pub use probe::DatabaseProbe;
 pub use redact::redact;
+pub use replica::Lsn;
 pub use roles::{ServingRole, parse_role_name};
 pub use server::{admin_connect, ensure_database, quote_ident, with_database};
 

@@ -41,6 +41,11 @@ impl std::fmt::Debug for ServingRole {
 }
 
 impl ServingRole {
+    /// The password, if the server asks for one.
+    pub(super) fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
     /// `--serving-role` and the password in `--serving-password-file`.
     pub fn from_settings(name: &str, password_file: Option<&Path>) -> anyhow::Result<Self> {
         let password = password_file
@@ -248,7 +253,7 @@ fn quote_literal(text: &str) -> String {
 
 impl Store {
     /// A new pool on the same server and database, connected as `user`.
-    fn as_role(&self, user: &str, password: Option<&str>) -> anyhow::Result<Self> {
+    pub(super) fn as_role(&self, user: &str, password: Option<&str>) -> anyhow::Result<Self> {
         let mut config = self.config.clone();
         config.user(user);
         config.password(password.unwrap_or_default());

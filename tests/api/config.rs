@@ -30,6 +30,7 @@ fn sample(flag: &str) -> Option<String> {
         "--db-statement-timeout-ms" => "20000",
         "--serving-role" => "consent_app",
         "--serving-password-file" => "/run/secrets/serving-password",
+        "--read-database-url" => "postgres://consentd@standby.internal:5433/consent",
         "--drain-seconds" => "5",
         "--public-url" => "https://consent.example.org",
         "--unsubscribe-keys-file" => "/run/secrets/unsubscribe.keys",

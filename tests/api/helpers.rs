@@ -273,6 +273,7 @@ pub async fn serve_args(database: DatabaseArgs) -> ServeArgs {
         database,
         serving_role: "consentd_serving".into(),
         serving_password_file: None,
+        read_database_url: None,
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),

@@ -50,6 +50,7 @@ mod restart;
 mod rights;
 mod rolling;
 mod server;
+mod standby;
 mod telemetry;
 mod tls;
 mod tokens;

@@ -15,6 +15,7 @@
 
 mod frontier;
 mod reader;
+mod standby;
 mod subscription;
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
@@ -51,7 +52,11 @@ pub struct FeedHub {
 
 /// What the reader and every subscription share.
 pub(crate) struct Shared {
+    /// Where the feed is read: the database, or its hot standby.
     store: Store,
+    /// When `store` is a standby: the primary it copies, which knows what a
+    /// standby cannot (see `standby`).
+    standby: Option<standby::Standby>,
     /// The live fan-out: the reader sends, each live subscriber receives.
     ring: broadcast::Sender<Arc<FeedEvent>>,
     /// Every sequence at or below this is settled and published; `None`
@@ -81,17 +86,20 @@ impl Shared {
 }
 
 impl FeedHub {
-    /// Starts the reader. It follows the feed until `stop`, which also ends
-    /// every subscription. `wake` is bumped when changes commit; without a
-    /// wake-up the reader reads again every `poll`.
+    /// Starts the reader. It follows the feed in `store` until `stop`, which
+    /// also ends every subscription. `wake` is bumped when changes commit;
+    /// without a wake-up the reader reads again every `poll`. When `store`
+    /// is a hot standby, `primary` is the database it copies.
     pub fn start(
         store: Store,
+        primary: Option<Store>,
         wake: watch::Receiver<u64>,
         poll: Duration,
         stop: CancellationToken,
     ) -> Self {
         let shared = Arc::new(Shared {
             store,
+            standby: primary.map(standby::Standby::new),
             ring: broadcast::Sender::new(RING),
             head: watch::Sender::new(None),
             catching_up: Semaphore::new(MAX_CATCHING_UP),

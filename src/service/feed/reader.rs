@@ -26,7 +26,7 @@ pub(super) async fn run(
     stop: CancellationToken,
 ) {
     let mut frontier = loop {
-        match start(&shared.store, &stop).await {
+        match start(&shared, &stop).await {
             Ok(frontier) => break frontier,
             Err(e) => failed(e, &stop).await,
         }
@@ -52,6 +52,9 @@ pub(super) async fn run(
             () = stop.cancelled() => return,
             () = next_wake(&mut wake, poll) => {}
         }
+        if let Some(standby) = &shared.standby {
+            standby.catch_up(&shared.store, &stop).await;
+        }
     }
 }
 
@@ -67,10 +70,20 @@ async fn failed(error: crate::error::Error, stop: &CancellationToken) {
 /// Where the reader starts: the highest visible sequence, once every
 /// transaction that could still commit below it has finished. Subscribers
 /// that start further back read the settled history from the tables.
-async fn start(store: &Store, stop: &CancellationToken) -> Result<Frontier> {
-    let (head, in_progress) = store.feed_head().await?;
-    wait_finished(store, &in_progress, stop).await?;
+async fn start(shared: &Shared, stop: &CancellationToken) -> Result<Frontier> {
+    let (head, in_progress) = shared.store.feed_head().await?;
+    settle(shared, &in_progress, stop).await?;
     Ok(Frontier::new(head))
+}
+
+/// Returns once every sequence below the highest a read saw is settled: the
+/// transactions in flight in its snapshot (`in_progress`) have finished, or
+/// on a standby, what the primary says instead.
+async fn settle(shared: &Shared, in_progress: &[String], stop: &CancellationToken) -> Result<()> {
+    match &shared.standby {
+        None => wait_finished(&shared.store, in_progress, stop).await,
+        Some(standby) => standby.settle(&shared.store, stop).await,
+    }
 }
 
 /// One read, publishing what the gap rules let through. Returns whether to
@@ -90,12 +103,15 @@ async fn step(shared: &Shared, frontier: &mut Frontier, stop: &CancellationToken
                 .max(0);
             metrics::gauge!(crate::metrics::FEED_LAG).set(age as f64 / 1000.0);
         }
+        if let Some(standby) = &shared.standby {
+            standby.published(read.replayed);
+        }
         shared.publish(events);
     }
     if sendable < sequences.len() {
         // Blocked at a gap: wait for the snapshot's in-flight transactions,
         // then everything below what we saw is settled.
-        wait_finished(&shared.store, &read.in_progress, stop).await?;
+        settle(shared, &read.in_progress, stop).await?;
         frontier.settle_below(*sequences.last().expect("non-empty"));
         return Ok(true);
     }
@@ -104,7 +120,11 @@ async fn step(shared: &Shared, frontier: &mut Frontier, stop: &CancellationToken
 
 /// Returns once every one of `xids` has committed or rolled back (or at
 /// `stop`, after which nothing is published).
-async fn wait_finished(store: &Store, xids: &[String], stop: &CancellationToken) -> Result<()> {
+pub(super) async fn wait_finished(
+    store: &Store,
+    xids: &[String],
+    stop: &CancellationToken,
+) -> Result<()> {
     if xids.is_empty() {
         return Ok(());
     }

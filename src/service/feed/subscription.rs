@@ -135,7 +135,7 @@ impl Subscription {
         let after = self.cursor;
         let read = async {
             let _turn = shared.catching_up.acquire().await;
-            shared.store.read_settled_feed(after, upto, PAGE).await
+            shared.read_settled(after, upto, PAGE).await
         };
         let events = tokio::select! {
             () = shared.stop.cancelled() => return Err(Step::End),
