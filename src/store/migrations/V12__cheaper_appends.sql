@@ -106,6 +106,23 @@ BEGIN
 END;
 $$;
 
+-- The subjects of a batch (each once, at its first position) whose current
+-- choice for the purpose and field is not a refusal, with their keys.
+CREATE FUNCTION consentd_import_todo(p_subjects text[], p_purpose text, p_field text)
+RETURNS TABLE (id text, first_at bigint, subject_key uuid)
+LANGUAGE sql STABLE AS $$
+    SELECT b.id, b.first_at, b.subject_key
+      FROM (SELECT u.id, min(u.position) AS first_at,
+                   (SELECT s.subject_key FROM subjects s WHERE s.subject_id = u.id) AS subject_key,
+                   (SELECT c.choice FROM consent_state c
+                     WHERE c.subject_id = u.id AND c.purpose = p_purpose AND c.field = p_field)
+                       AS choice
+              FROM unnest(p_subjects) WITH ORDINALITY AS u (id, position)
+             GROUP BY u.id) b
+     WHERE b.choice IS DISTINCT FROM 'refuse' AND b.subject_key IS NOT NULL
+$$;
+REVOKE EXECUTE ON FUNCTION consentd_import_todo(text[], text, text) FROM PUBLIC;
+
 -- Registers the unknown subjects of `p_subjects` and appends a refusal for
 -- each whose current choice for the purpose and field is not one already,
 -- in the order of first appearance. Each subject gets at most one record,
@@ -130,42 +147,29 @@ BEGIN
 
     -- Heads for first appends, in a statement of their own so that the
     -- locking read below sees them (and any a concurrent writer made).
+    -- Lookups are scalar subqueries, each one primary-key probe, so that a
+    -- fresh table's missing statistics cannot turn them into a scan per row.
     INSERT INTO ledger_heads (subject_key, length, head)
-    SELECT s.subject_key, 0, ledger_genesis(s.subject_key)
-      FROM subjects s
-     WHERE s.subject_id = ANY (p_subjects)
-       AND NOT EXISTS (SELECT 1 FROM ledger_heads h WHERE h.subject_key = s.subject_key)
-       AND NOT EXISTS (SELECT 1 FROM consent_state c
-                        WHERE c.subject_id = s.subject_id AND c.purpose = p_purpose
-                          AND c.field = p_field AND c.choice = 'refuse')
+    SELECT t.subject_key, 0, ledger_genesis(t.subject_key)
+      FROM consentd_import_todo(p_subjects, p_purpose, p_field) t
     ON CONFLICT (subject_key) DO NOTHING;
 
     -- Every record of the batch has the same free text, so the same digest.
     digest := sha256(ledger_text(p_evidence) || ledger_text(NULL));
 
-    WITH batch AS (
-        SELECT id, min(position) AS position
-          FROM unnest(p_subjects) WITH ORDINALITY AS b (id, position)
-         GROUP BY id
-    ), todo AS (
-        SELECT b.id, b.position, s.subject_key
-          FROM batch b
-          JOIN subjects s ON s.subject_id = b.id
-          LEFT JOIN consent_state c
-            ON c.subject_id = b.id AND c.purpose = p_purpose AND c.field = p_field
-         WHERE c.choice IS DISTINCT FROM 'refuse'
+    WITH todo AS (
+        SELECT * FROM consentd_import_todo(p_subjects, p_purpose, p_field)
     ), locked AS (
         SELECT h.subject_key, h.length, h.head
-          FROM ledger_heads h
-         WHERE h.subject_key IN (SELECT subject_key FROM todo)
+          FROM todo t JOIN ledger_heads h ON h.subject_key = t.subject_key
          ORDER BY h.subject_key
-           FOR UPDATE
+           FOR UPDATE OF h
     ), drawn AS (
         SELECT t.id, t.subject_key, l.length + 1 AS chain_seq, l.head,
                nextval(pg_get_serial_sequence('consent_records', 'sequence')) AS sequence,
                gen_random_uuid() AS record_id, clock_timestamp() AS recorded_at
           FROM todo t JOIN locked l USING (subject_key)
-         ORDER BY t.position
+         ORDER BY t.first_at
     ), hashed AS (
         SELECT d.*, ledger_consent_record_hash(d.head, d.chain_seq,
                    ledger_uuid(d.record_id) || ledger_int(d.sequence) || ledger_text(p_purpose)
