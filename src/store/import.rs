@@ -1,8 +1,4 @@
-//! Bulk refusals: one transaction per batch, loaded through COPY.
-
-use std::pin::pin;
-
-use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
+//! Bulk refusals: one transaction and one statement per batch.
 
 use super::Store;
 use crate::{
@@ -42,58 +38,22 @@ impl Store {
     ) -> Result<BatchOutcome> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // A transaction id before any sequence number: see the change feed.
-        // The temporary table lives as long as the pooled connection and is
-        // emptied at each commit, so batches do not churn the catalog.
-        tx.batch_execute(
-            "SELECT pg_current_xact_id();
-             CREATE TEMP TABLE IF NOT EXISTS import_batch (position bigint, subject_id text)
-                 ON COMMIT DELETE ROWS;",
-        )
-        .await?;
-        let sink = tx
-            .copy_in("COPY import_batch (position, subject_id) FROM STDIN (FORMAT binary)")
-            .await?;
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT]));
-        for (position, subject) in subjects.iter().enumerate() {
-            writer
-                .as_mut()
-                .write(&[&(position as i64), &subject.as_str()])
-                .await?;
-        }
-        writer.finish().await?;
-
-        let registered = tx
-            .execute(
+        // One statement per batch: the function (V12) registers, chains and
+        // appends set-wise, so no record runs the per-row ledger trigger.
+        // No per-subject row lock here (unlike RecordConsent): locking a
+        // whole batch of subjects costs more than the rest of the import,
+        // and consent_state keeps the newest record when an API write for
+        // the same subject races this batch.
+        let ids: Vec<&str> = subjects.iter().map(SubjectId::as_str).collect();
+        let field = spec.field.as_ref().map_or("", |f| f.as_str());
+        let row = tx
+            .query_one(
                 &tx.prepare_cached(
-                    "INSERT INTO subjects (subject_id, kind, notice_version, channel)
-                 SELECT DISTINCT subject_id, 'individual', $1, 'import' FROM import_batch
-                 ON CONFLICT (subject_id) DO NOTHING",
+                    "SELECT registered, refused FROM consentd_import_refusals($1, $2, $3, $4, $5, $6)",
                 )
                 .await?,
-                &[&spec.notice_version.as_str()],
-            )
-            .await?;
-        // No per-subject row lock here (unlike RecordConsent): locking a
-        // whole batch of rows costs more than the rest of the import, and
-        // the state trigger (V9) already keeps the newest record when an API
-        // write for the same subject races this batch.
-        let field = spec.field.as_ref().map_or("", |f| f.as_str());
-        let refused = tx
-            .execute(
-                &tx.prepare_cached("WITH todo AS (
-                    SELECT DISTINCT ON (b.subject_id) b.subject_id, b.position
-                      FROM import_batch b
-                      LEFT JOIN consent_state s
-                        ON s.subject_id = b.subject_id AND s.purpose = $1 AND s.field = $2
-                     WHERE s.choice IS DISTINCT FROM 'refuse'
-                     ORDER BY b.subject_id, b.position
-                 )
-                 INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
-                                              notice_version, evidence, actor)
-                 SELECT subject_id, gen_random_uuid(), $1, $2, 'refuse', 'import', $3, $4, $5
-                   FROM todo ORDER BY position").await?,
                 &[
+                    &ids,
                     &spec.purpose.as_str(),
                     &field,
                     &spec.notice_version.as_str(),
@@ -102,6 +62,8 @@ impl Store {
                 ],
             )
             .await?;
+        let (registered, refused): (i64, i64) = (row.get(0), row.get(1));
+        let (registered, refused) = (registered as u64, refused as u64);
         tx.commit().await?;
         if refused > 0 {
             super::feed::wake_streams(&client).await;

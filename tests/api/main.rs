@@ -3,6 +3,7 @@
 //! binary, so one process shares the PostgreSQL setup.
 
 mod append_only;
+mod appends;
 mod auth_matrix;
 mod bad_input;
 mod browser;
