@@ -86,7 +86,11 @@ async fn one_multi_row_insert_leaves_the_newest_choice_per_key_and_a_chain_that_
             expect("B-2", "promotional_mail", "refuse"),
         ]
     );
-    let b = app.check("B-2", "promotional_mail", "email").await;
+    // Written by SQL behind the server's back: ask for an answer that fresh.
+    let fresh = app.position_now().await;
+    let b = app
+        .check_with("B-2", "promotional_mail", "email", fresh)
+        .await;
     assert_eq!(b.decision(), Decision::Deny);
 
     assert_eq!(chain_positions(&app, "A-1").await, [1, 2, 3]);
@@ -128,8 +132,11 @@ async fn the_bulk_refusal_function_chains_after_earlier_appends_and_verifies() {
     app.db.batch_execute("RESET ROLE").await.unwrap();
 
     assert_eq!(chain_positions(&app, "A-1").await, [1, 2, 3]);
+    let fresh = app.position_now().await;
     for subject in ["A-1", "N-1", "N-2", "N-3"] {
-        let answer = app.check(subject, "promotional_mail", "email").await;
+        let answer = app
+            .check_with(subject, "promotional_mail", "email", fresh.clone())
+            .await;
         assert_eq!(answer.decision(), Decision::Deny, "{subject}");
     }
     let heads: i64 = app

@@ -120,8 +120,18 @@ async fn two_thousand_streams_each_get_a_record_from_one_database_reader() {
     let streams = opening.join_all().await;
     assert_eq!(streams.len(), STREAMS);
     // With every stream open and idle, only the one reader polls the table:
-    // 2,000 pollers would scan it thousands of times in these seconds.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 2,000 pollers would scan it thousands of times in these seconds. First
+    // the streams finish catching up (one read each, a few at a time; slow
+    // on a busy machine): wait until a second passes without a scan.
+    let mut last = feed_scans(&app).await;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = feed_scans(&app).await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let scans_before = feed_scans(&app).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_scans = feed_scans(&app).await - scans_before;
