@@ -15,6 +15,7 @@ use crate::{
     service::{
         erasure::ErasureRefs,
         feed::{self, FeedHub},
+        record_writer::RecordWriter,
     },
     store::{HistoryPage, Store},
 };
@@ -67,6 +68,8 @@ pub struct ConsentService {
     max_watch_streams: usize,
     /// Keyed hashes for the erasure suppression list.
     refs: ErasureRefs,
+    /// RecordConsent's group commit.
+    records: RecordWriter,
 }
 
 impl ConsentService {
@@ -76,6 +79,7 @@ impl ConsentService {
         feed: FeedHub,
         max_watch_streams: usize,
         refs: ErasureRefs,
+        records: RecordWriter,
     ) -> Self {
         Self {
             store,
@@ -84,6 +88,7 @@ impl ConsentService {
             watch_streams: Arc::new(Semaphore::new(max_watch_streams)),
             max_watch_streams,
             refs,
+            records,
         }
     }
 
@@ -145,7 +150,9 @@ impl ConsentService {
         if !violations.is_empty() {
             return Err(violations.into());
         }
-        self.store.append_consent_record(new).await
+        // Written with the records of concurrent callers, in one
+        // transaction; answered once that has committed.
+        self.records.submit(new.clone()).await
     }
 
     pub async fn check(&self, query: &CheckQuery) -> Result<Decision> {
