@@ -38,14 +38,14 @@ fn append_sql() -> String {
     format!(
         "WITH claim AS (
             INSERT INTO idempotency_keys (request_id, digest, subject_key, result_ref)
-            SELECT $10, $12, (SELECT subject_key FROM subjects WHERE subject_id = $1), $2::text
+            SELECT $10, $12::bytea, (SELECT subject_key FROM subjects WHERE subject_id = $1), $2::uuid::text
              WHERE $10::text IS NOT NULL
             ON CONFLICT (request_id) DO NOTHING
             RETURNING true AS claimed),
          ins AS (
             INSERT INTO consent_records (subject_id, record_id, purpose, field, choice,
                  channel, notice_version, evidence, actor, request_id, recipient)
-            SELECT s.subject_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+            SELECT s.subject_id, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10, $11
               FROM (SELECT subject_id FROM subjects WHERE subject_id = $1
                     FOR NO KEY UPDATE) AS s
              WHERE $10::text IS NULL OR EXISTS (SELECT 1 FROM claim)
