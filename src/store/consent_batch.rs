@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
+use std::{future::Future, pin::Pin, task::Poll};
+
 use deadpool_postgres::Transaction;
+use tokio_postgres::{Row, Statement, types::ToSql};
 use uuid::Uuid;
 
 use super::{
@@ -19,16 +22,17 @@ use crate::{
     error::{Error, Result},
 };
 
-/// One record's whole write in one statement, so one round trip: claims
-/// the request id (its result, the record id, is known before the insert,
-/// so no second statement settles it), locks the subject's row, and
-/// inserts the record unless the claim found the key taken. The claim runs
-/// first: the insert's gate on it does not depend on the subject's row, so
-/// it is evaluated once, before the row is locked, keeping the order of the
-/// single-record path (claim, then lock). Always one row: the record's
-/// columns (null when nothing was inserted) and whether the key was
-/// claimed. The transaction has an id before the insert takes a sequence:
-/// the batch's first statement asks for it (see `SAVEPOINT_FIRST`).
+/// One record's whole write in one statement: claims the request id (its
+/// result, the record id, is known before the insert, so no second
+/// statement settles it), locks the subject's row, and inserts the record
+/// unless the claim found the key taken. The claim runs first: the insert's
+/// gate on it does not depend on the subject's row, so it is evaluated
+/// once, before the row is locked, keeping the order of the single-record
+/// path (claim, then lock). A key is claimed only for a registered subject,
+/// so that a record that cannot be written writes nothing, and the
+/// statement never fails for a caller's mistake: the batch's statements can
+/// all be sent at once. Always one row: the record's columns, or nulls when
+/// nothing was inserted (see `Store::settle_unwritten`).
 fn append_sql() -> String {
     let returned = RECORD_COLUMNS
         .split(',')
@@ -38,8 +42,8 @@ fn append_sql() -> String {
     format!(
         "WITH claim AS (
             INSERT INTO idempotency_keys (request_id, digest, subject_key, result_ref)
-            SELECT $10, $12::bytea, (SELECT subject_key FROM subjects WHERE subject_id = $1), $2::uuid::text
-             WHERE $10::text IS NOT NULL
+            SELECT $10, $12::bytea, subject_key, $2::uuid::text
+              FROM subjects WHERE subject_id = $1 AND $10::text IS NOT NULL
             ON CONFLICT (request_id) DO NOTHING
             RETURNING true AS claimed),
          ins AS (
@@ -50,8 +54,7 @@ fn append_sql() -> String {
                     FOR NO KEY UPDATE) AS s
              WHERE $10::text IS NULL OR EXISTS (SELECT 1 FROM claim)
             RETURNING {RECORD_COLUMNS})
-         SELECT {returned}, EXISTS (SELECT 1 FROM claim) AS claimed
-           FROM (VALUES (1)) AS one LEFT JOIN ins ON true"
+         SELECT {returned} FROM (VALUES (1)) AS one LEFT JOIN ins ON true"
     )
 }
 
@@ -65,6 +68,16 @@ const SAVEPOINT_FIRST: &str = "SELECT pg_current_xact_id(); SAVEPOINT record";
 /// savepoints beyond 64 would overflow PostgreSQL's subtransaction cache
 /// and slow every snapshot in the cluster.
 const SAVEPOINT_NEXT: &str = "RELEASE SAVEPOINT record; SAVEPOINT record";
+
+/// What one record's statement gave.
+enum Sent {
+    /// Its row: the record, or nulls when nothing was inserted.
+    Row(Row),
+    /// It failed, and was rolled back to its savepoint.
+    Failed(Error),
+    /// Not sent: its digest could not be keyed.
+    Refused(Error),
+}
 
 /// A failure of the whole batch, shared by every caller in it. It keeps
 /// the driver's error as its source, so each caller's error is classified
@@ -112,100 +125,106 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let statement = tx.prepare_cached(&append_sql()).await?;
+        let keyed: Vec<Result<Option<Vec<u8>>>> = batch
+            .iter()
+            .map(|new| match &new.request_id {
+                Some(_) => {
+                    idempotency::keyed(self.request_key.as_ref(), &consent_digest(new)).map(Some)
+                }
+                None => Ok(None),
+            })
+            .collect();
+        let record_ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
+        let mut sent: Vec<Option<Sent>> = batch.iter().map(|_| None).collect();
+        let mut todo: Vec<usize> = Vec::with_capacity(batch.len());
+        for (i, key) in keyed.iter().enumerate() {
+            match key {
+                Ok(_) => todo.push(i),
+                Err(e) => sent[i] = Some(Sent::Refused(Error::Internal(anyhow::anyhow!("{e}")))),
+            }
+        }
+        let mut first = true;
+        while !todo.is_empty() {
+            let params: Vec<Params> = todo
+                .iter()
+                .map(|&i| {
+                    Params::of(
+                        &batch[i],
+                        &record_ids[i],
+                        keyed[i].as_ref().ok().and_then(Option::as_ref),
+                    )
+                })
+                .collect();
+            let answers = pipeline(&tx, &statement, &params, first).await;
+            first = false;
+            // Statements after a failed one failed only because it did: they
+            // go again, after this one is rolled back to its savepoint.
+            let mut rest = Vec::new();
+            for (at, (&i, answer)) in todo.iter().zip(answers).enumerate() {
+                match answer {
+                    Ok(row) => sent[i] = Some(Sent::Row(row)),
+                    Err(e) => {
+                        let e = Error::from(e);
+                        if e.is_unavailable() {
+                            return Err(e);
+                        }
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT record").await?;
+                        sent[i] = Some(Sent::Failed(e));
+                        rest = todo[at + 1..].to_vec();
+                        break;
+                    }
+                }
+            }
+            todo = rest;
+        }
         let mut results = Vec::with_capacity(batch.len());
-        for (i, new) in batch.iter().enumerate() {
-            let savepoint = if i == 0 {
-                SAVEPOINT_FIRST
-            } else {
-                SAVEPOINT_NEXT
-            };
-            results.push(self.write_one(&tx, &statement, savepoint, new).await?);
+        for ((new, key), sent) in batch.iter().zip(&keyed).zip(sent) {
+            results.push(match sent {
+                Some(Sent::Row(row)) => {
+                    let key = key.as_ref().ok().and_then(Option::as_ref);
+                    self.settle_unwritten(&tx, new, key, row).await?
+                }
+                Some(Sent::Failed(e) | Sent::Refused(e)) => Err(e),
+                None => Err(Error::Internal(anyhow::anyhow!(
+                    "a record of the batch was not sent"
+                ))),
+            });
         }
         tx.commit().await?;
         super::feed::wake_streams(&client).await;
         Ok(results)
     }
 
-    /// One record under the savepoint `savepoint` opens. The outer error
-    /// ends the batch (the connection or the transaction is unusable); the
-    /// inner one is this record's.
-    async fn write_one(
+    /// The answer for a record whose statement ran: the inserted record,
+    /// or, when nothing was inserted, what the single-record path answers.
+    /// The key was taken (by an earlier call, a concurrent one the claim
+    /// waited for, or an earlier record of this batch): its result, or
+    /// REQUEST_ID_REUSED for other content, as the claim decides first.
+    /// Otherwise the subject is not registered. The outer error ends the
+    /// batch.
+    async fn settle_unwritten(
         &self,
         tx: &Transaction<'_>,
-        statement: &tokio_postgres::Statement,
-        savepoint: &str,
         new: &NewConsentRecord,
+        keyed: Option<&Vec<u8>>,
+        row: Row,
     ) -> Result<Result<ConsentRecord>> {
-        let keyed = match &new.request_id {
-            Some(_) => match idempotency::keyed(self.request_key.as_ref(), &consent_digest(new)) {
-                Ok(keyed) => Some(keyed),
-                Err(e) => return Ok(Err(e)),
-            },
-            None => None,
-        };
-        let record_id = Uuid::now_v7();
-        let field = new.field.as_ref().map_or("", |f| f.as_str());
-        let request_id = new.request_id.as_ref().map(|r| r.as_str());
-        let recipient = new.recipient.as_ref().map_or("", |r| r.as_str());
-        // The savepoint and the statement go out together, pipelined: one
-        // round trip.
-        let (subject_id, purpose, choice, channel, notice, evidence, actor) = (
-            new.subject_id.as_str(),
-            new.purpose.as_str(),
-            new.choice.as_str(),
-            new.channel.as_str(),
-            new.notice_version.as_str(),
-            new.evidence.as_str(),
-            new.actor.as_str(),
-        );
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
-            &subject_id,
-            &record_id,
-            &purpose,
-            &field,
-            &choice,
-            &channel,
-            &notice,
-            &evidence,
-            &actor,
-            &request_id,
-            &recipient,
-            &keyed,
-        ];
-        let (opened, written) = tokio::join!(
-            tx.batch_execute(savepoint),
-            tx.query_one(statement, &params),
-        );
-        let written = opened.and(written);
-        let row = match written {
-            Ok(row) => row,
-            Err(e) => return self.undo(tx, e.into()).await,
-        };
         if row.get::<_, Option<Uuid>>("record_id").is_some() {
             return Ok(record_from_row(&row));
         }
-        let claimed: bool = row.get("claimed");
-        let (Some(request_id), Some(keyed), false) = (&new.request_id, &keyed, claimed) else {
-            // Claimed (or no key to claim) but nothing inserted: there is
-            // no such subject. The claim goes with the savepoint.
-            let missing = Error::subject_not_found(&new.subject_id);
-            return self.undo(tx, missing).await;
+        let missing = || Ok(Err(Error::subject_not_found(&new.subject_id)));
+        let (Some(request_id), Some(keyed)) = (&new.request_id, keyed) else {
+            return missing();
         };
-        // The key was taken: by an earlier call, by a concurrent one this
-        // claim waited for, or by an earlier record of this very batch.
-        let replayed = match idempotency::replay(tx, request_id, keyed).await {
-            Ok(result) => result,
-            Err(e) => return self.undo(tx, e).await,
+        let result = match idempotency::replay(tx, request_id, keyed).await {
+            Ok(Some(result)) => result,
+            Ok(None) => return missing(),
+            Err(Error::RequestIdReused) => return Ok(Err(Error::RequestIdReused)),
+            Err(e) => return Err(e),
         };
-        let record_id: Uuid = match replayed.parse() {
-            Ok(id) => id,
-            Err(e) => {
-                let bad = Error::Internal(anyhow::anyhow!(
-                    "idempotency key holds a bad record id: {e}"
-                ));
-                return self.undo(tx, bad).await;
-            }
-        };
+        let record_id: Uuid = result
+            .parse()
+            .map_err(|e| anyhow::anyhow!("idempotency key holds a bad record id: {e}"))?;
         let row = tx
             .query_one(
                 &tx.prepare_cached(&format!(
@@ -217,14 +236,118 @@ impl Store {
             .await?;
         Ok(record_from_row(&row))
     }
+}
 
-    /// Rolls this record back to its savepoint and answers it with `e`. A
-    /// lost connection ends the whole batch instead: nothing of it stands.
-    async fn undo(&self, tx: &Transaction<'_>, e: Error) -> Result<Result<ConsentRecord>> {
-        if e.is_unavailable() {
-            return Err(e);
+/// One record's statement parameters, borrowed from the record.
+struct Params<'a> {
+    text: [&'a str; 8],
+    field: &'a str,
+    record_id: &'a Uuid,
+    request_id: Option<&'a str>,
+    keyed: Option<&'a Vec<u8>>,
+}
+
+impl<'a> Params<'a> {
+    fn of(new: &'a NewConsentRecord, record_id: &'a Uuid, keyed: Option<&'a Vec<u8>>) -> Self {
+        Self {
+            text: [
+                new.subject_id.as_str(),
+                new.purpose.as_str(),
+                new.choice.as_str(),
+                new.channel.as_str(),
+                new.notice_version.as_str(),
+                new.evidence.as_str(),
+                new.actor.as_str(),
+                new.recipient.as_ref().map_or("", |r| r.as_str()),
+            ],
+            field: new.field.as_ref().map_or("", |f| f.as_str()),
+            record_id,
+            request_id: new.request_id.as_ref().map(|r| r.as_str()),
+            keyed,
         }
-        tx.batch_execute("ROLLBACK TO SAVEPOINT record").await?;
-        Ok(Err(e))
     }
+
+    fn as_sql(&self) -> [&(dyn ToSql + Sync); 12] {
+        let [
+            subject,
+            purpose,
+            choice,
+            channel,
+            notice,
+            evidence,
+            actor,
+            recipient,
+        ] = &self.text;
+        [
+            subject,
+            self.record_id,
+            purpose,
+            &self.field,
+            choice,
+            channel,
+            notice,
+            evidence,
+            actor,
+            &self.request_id,
+            recipient,
+            &self.keyed,
+        ]
+    }
+}
+
+/// Sends every record's savepoint and statement at once, then reads the
+/// answers: one round trip for the whole batch rather than one per record.
+/// PostgreSQL runs them in order; after the first that fails, the rest
+/// fail too (the transaction is aborted until it is rolled back to the
+/// savepoint), and the caller sends them again.
+async fn pipeline(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    records: &[Params<'_>],
+    first: bool,
+) -> Vec<Result<Row, tokio_postgres::Error>> {
+    let params: Vec<_> = records.iter().map(Params::as_sql).collect();
+    let mut calls: Vec<Call<'_, Result<Row, tokio_postgres::Error>>> =
+        Vec::with_capacity(records.len());
+    for (i, params) in params.iter().enumerate() {
+        let savepoint = if first && i == 0 {
+            SAVEPOINT_FIRST
+        } else {
+            SAVEPOINT_NEXT
+        };
+        calls.push(Box::pin(async move {
+            // Both are sent on the first poll, before either is awaited.
+            let (opened, written) =
+                tokio::join!(tx.batch_execute(savepoint), tx.query_one(statement, params));
+            opened.and(written)
+        }));
+    }
+    join_in_order(calls).await
+}
+
+/// One pipelined call of a batch.
+type Call<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Awaits `futures` together, each first polled in order (which is what
+/// sends its statement), and returns their outputs in order.
+async fn join_in_order<T>(mut futures: Vec<Call<'_, T>>) -> Vec<T> {
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }

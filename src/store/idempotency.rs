@@ -72,7 +72,11 @@ pub(crate) async fn claim(
     if inserted == 1 {
         return Ok(Claim::Fresh);
     }
-    replay(tx, request_id, &keyed).await.map(Claim::Replay)
+    let result = replay(tx, request_id, &keyed).await?;
+    // The claim's conflict saw the key: it is there.
+    result
+        .map(Claim::Replay)
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("a claimed idempotency key vanished")))
 }
 
 /// The digest as stored: keyed, so the table alone says nothing of the
@@ -87,16 +91,17 @@ pub(crate) fn keyed(key: Option<&SubjectKey>, digest: &RequestDigest) -> Result<
 }
 
 /// The result of the first call with `request_id`, a key someone else
-/// holds: refused when that call had other content. Run as a statement of
-/// its own after the claim found the key taken, so that it sees a key a
-/// concurrent call committed while the claim waited for it.
+/// holds, or `None` when no committed call holds it: refused when that
+/// call had other content. Run as a statement of its own after the claim
+/// found the key taken, so that it sees a key a concurrent call committed
+/// while the claim waited for it.
 pub(crate) async fn replay(
     client: &impl deadpool_postgres::GenericClient,
     request_id: &RequestId,
     keyed: &[u8],
-) -> Result<String> {
-    let row = client
-        .query_one(
+) -> Result<Option<String>> {
+    let Some(row) = client
+        .query_opt(
             &client
                 .prepare_cached(
                     "SELECT digest, result_ref FROM idempotency_keys WHERE request_id = $1",
@@ -104,12 +109,15 @@ pub(crate) async fn replay(
                 .await?,
             &[&request_id.as_str()],
         )
-        .await?;
+        .await?
+    else {
+        return Ok(None);
+    };
     let stored: Vec<u8> = row.get(0);
     if stored != keyed {
         return Err(Error::RequestIdReused);
     }
-    Ok(row.get(1))
+    Ok(Some(row.get(1)))
 }
 
 /// Names the subject of a key claimed before its subject existed (a
