@@ -170,7 +170,7 @@ mod tests {
             .filter(|line| line.starts_with("pub const ") && line.contains("\"consentd_"))
             .filter_map(|line| line.split('"').nth(1))
             .collect();
-        assert_eq!(declared.len(), 12, "{declared:?}");
+        assert_eq!(declared.len(), 13, "{declared:?}");
         for name in declared {
             let metric = ALL.iter().find(|m| m.name == name);
             assert!(metric.is_some(), "{name} has no help text");
