@@ -1,7 +1,9 @@
 //! Group commit for consent records: many callers' records in one
-//! transaction and one WAL flush. Each record runs under its own savepoint,
-//! so one that fails (an unknown subject, a reused request id) fails alone,
-//! with the error it would have had on its own.
+//! transaction and one WAL flush. Each record gets the answer it would
+//! have had on its own: an unknown subject or a reused request id writes
+//! nothing and is answered from what the statement found, and a statement
+//! that fails outright is rolled back to the record's own savepoint, so it
+//! fails alone.
 
 use std::sync::Arc;
 
