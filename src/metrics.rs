@@ -17,6 +17,7 @@ pub const FEED_SUBSCRIBERS: &str = "consentd_change_feed_subscribers";
 pub const FEED_LAG: &str = "consentd_change_feed_lag_seconds";
 pub const POOL_CONNECTIONS: &str = "consentd_db_pool_connections";
 pub const POOL_WAITING: &str = "consentd_db_pool_waiting";
+pub const RECORD_QUEUE: &str = "consentd_record_queue";
 pub const CONCERNS_OVERDUE: &str = "consentd_concerns_overdue";
 pub const DISCLOSURES: &str = "consentd_disclosures_total";
 pub const REVIEWS_OPEN: &str = "consentd_disclosure_reviews_open";
@@ -90,6 +91,11 @@ pub const ALL: &[Metric] = &[
         POOL_WAITING,
         Kind::Gauge,
         "Calls waiting for a database connection.",
+    ),
+    metric(
+        RECORD_QUEUE,
+        Kind::Gauge,
+        "Consent records queued for the group commit and not yet taken into a batch.",
     ),
     metric(
         CONCERNS_OVERDUE,
@@ -182,7 +188,7 @@ mod tests {
             .filter(|line| line.starts_with("pub const ") && line.contains("\"consentd_"))
             .filter_map(|line| line.split('"').nth(1))
             .collect();
-        assert_eq!(declared.len(), 15, "{declared:?}");
+        assert_eq!(declared.len(), 16, "{declared:?}");
         for name in declared {
             let metric = ALL.iter().find(|m| m.name == name);
             assert!(metric.is_some(), "{name} has no help text");

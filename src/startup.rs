@@ -343,6 +343,12 @@ impl Application {
             subject_refs.clone(),
         )
         .into_server();
+        // Ends once the gRPC service (its one user) is dropped at shutdown
+        // and the records already queued have committed.
+        let (records, record_writer) = crate::service::record_writer::start(
+            store.clone(),
+            crate::service::record_writer::LIMITS,
+        );
         let consent = ConsentGrpc::new(
             ConsentService::new(
                 store.clone(),
@@ -351,6 +357,7 @@ impl Application {
                 max_watch_streams,
                 erasure_refs,
                 state,
+                records,
             ),
             unsubscribes.clone(),
             preferences,
@@ -482,6 +489,13 @@ impl Application {
                 timeout = ?shutdown_timeout,
                 "connections still open after the shutdown timeout; stopping anyway"
             ),
+        }
+        // Queued records are answered before the database may go away.
+        if tokio::time::timeout(shutdown_timeout, record_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("consent records still being written at shutdown");
         }
         // The last checkpoint covers every call that finished above.
         let _ = checkpoints.await;

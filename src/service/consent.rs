@@ -16,6 +16,7 @@ use crate::{
     service::{
         erasure::ErasureRefs,
         feed::{self, FeedHub},
+        record_writer::RecordWriter,
     },
     state::DecisionState,
     store::{HistoryPage, Registered, Store},
@@ -77,6 +78,8 @@ pub struct ConsentService {
     refs: ErasureRefs,
     /// What checks are decided from, when it is loaded.
     state: DecisionState,
+    /// RecordConsent's group commit.
+    records: RecordWriter,
 }
 
 impl ConsentService {
@@ -87,6 +90,7 @@ impl ConsentService {
         max_watch_streams: usize,
         refs: ErasureRefs,
         state: DecisionState,
+        records: RecordWriter,
     ) -> Self {
         Self {
             store,
@@ -96,6 +100,7 @@ impl ConsentService {
             max_watch_streams,
             refs,
             state,
+            records,
         }
     }
 
@@ -162,7 +167,10 @@ impl ConsentService {
         if !violations.is_empty() {
             return Err(violations.into());
         }
-        let record = self.store.append_consent_record(new).await?;
+        // Written with the records of concurrent callers, in one
+        // transaction; answered once that has committed and this server's
+        // memory has applied it.
+        let record = self.records.submit(new.clone()).await?;
         self.state.settle(record.sequence, TOKEN_WAIT).await;
         Ok(record)
     }

@@ -421,7 +421,7 @@ impl Store {
     }
 }
 
-fn consent_digest(new: &NewConsentRecord) -> RequestDigest {
+pub(super) fn consent_digest(new: &NewConsentRecord) -> RequestDigest {
     // The recipient is added only when set, so keys used before recipients
     // existed keep their digests.
     let recipient = new.recipient.as_ref().map(|r| r.as_str());

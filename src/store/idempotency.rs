@@ -53,12 +53,7 @@ pub(crate) async fn claim(
     digest: &RequestDigest,
     subject: Option<&SubjectId>,
 ) -> Result<Claim> {
-    let key = key.ok_or_else(|| {
-        Error::Internal(anyhow::anyhow!(
-            "this store has no key for idempotency digests (Store::with_request_key)"
-        ))
-    })?;
-    let keyed = key.derive_bytes(DIGEST_DOMAIN, &digest.0);
+    let keyed = keyed(key, digest)?;
     let inserted = tx
         .execute(
             &tx.prepare_cached(
@@ -77,20 +72,52 @@ pub(crate) async fn claim(
     if inserted == 1 {
         return Ok(Claim::Fresh);
     }
-    let row = tx
-        .query_one(
-            &tx.prepare_cached(
-                "SELECT digest, result_ref FROM idempotency_keys WHERE request_id = $1",
-            )
-            .await?,
+    let result = replay(tx, request_id, &keyed).await?;
+    // The claim's conflict saw the key: it is there.
+    result
+        .map(Claim::Replay)
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("a claimed idempotency key vanished")))
+}
+
+/// The digest as stored: keyed, so the table alone says nothing of the
+/// content. Writes with a request id need the store's key.
+pub(crate) fn keyed(key: Option<&SubjectKey>, digest: &RequestDigest) -> Result<Vec<u8>> {
+    let key = key.ok_or_else(|| {
+        Error::Internal(anyhow::anyhow!(
+            "this store has no key for idempotency digests (Store::with_request_key)"
+        ))
+    })?;
+    Ok(key.derive_bytes(DIGEST_DOMAIN, &digest.0))
+}
+
+/// The result of the first call with `request_id`, a key someone else
+/// holds, or `None` when no committed call holds it: refused when that
+/// call had other content. Run as a statement of its own after the claim
+/// found the key taken, so that it sees a key a concurrent call committed
+/// while the claim waited for it.
+pub(crate) async fn replay(
+    client: &impl deadpool_postgres::GenericClient,
+    request_id: &RequestId,
+    keyed: &[u8],
+) -> Result<Option<String>> {
+    let Some(row) = client
+        .query_opt(
+            &client
+                .prepare_cached(
+                    "SELECT digest, result_ref FROM idempotency_keys WHERE request_id = $1",
+                )
+                .await?,
             &[&request_id.as_str()],
         )
-        .await?;
+        .await?
+    else {
+        return Ok(None);
+    };
     let stored: Vec<u8> = row.get(0);
     if stored != keyed {
         return Err(Error::RequestIdReused);
     }
-    Ok(Claim::Replay(row.get(1)))
+    Ok(Some(row.get(1)))
 }
 
 /// Names the subject of a key claimed before its subject existed (a

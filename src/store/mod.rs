@@ -7,6 +7,7 @@ mod cancel;
 mod concern;
 mod connection;
 mod consent;
+mod consent_batch;
 mod disclosure;
 mod durability;
 pub mod embedded;

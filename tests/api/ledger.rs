@@ -15,7 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_consentd");
 
 /// Runs `consentd verify` on the test's database: (exit success, stdout,
 /// stderr).
-async fn verify(app: &TestApp) -> (bool, String, String) {
+pub(crate) async fn verify(app: &TestApp) -> (bool, String, String) {
     let out = tokio::process::Command::new(BIN)
         .args(["verify", "--database-url", app.db_url()])
         .output()

@@ -29,6 +29,7 @@ mod error_paths;
 mod feed;
 mod feed_erasure;
 mod feed_scale;
+mod group_commit;
 mod helpers;
 mod hostile_input;
 mod http_limits;
