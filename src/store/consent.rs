@@ -180,19 +180,7 @@ impl Store {
             )
             .await?
             {
-                let record_id: Uuid = record_id
-                    .parse()
-                    .map_err(|e| anyhow!("idempotency key holds a bad record id: {e}"))?;
-                let row = tx
-                    .query_one(
-                        &tx.prepare_cached(&format!(
-                            "SELECT {RECORD_COLUMNS} FROM consent_records WHERE record_id = $1"
-                        ))
-                        .await?,
-                        &[&record_id],
-                    )
-                    .await?;
-                return Ok((record_from_row(&row)?, false));
+                return Ok((replayed_record(&tx, &record_id).await?, false));
             }
         }
         // pg_current_xact_id() makes sure this transaction has an id before
@@ -476,4 +464,24 @@ fn subject_from_row(row: &Row) -> Result<Subject> {
         updated_at: row.get(5),
         sequence: row.get(6),
     })
+}
+
+/// The record an idempotency key names by its result, for a retry's answer.
+pub(super) async fn replayed_record(
+    tx: &deadpool_postgres::Transaction<'_>,
+    result: &str,
+) -> Result<ConsentRecord> {
+    let record_id: Uuid = result
+        .parse()
+        .map_err(|e| anyhow!("idempotency key holds a bad record id: {e}"))?;
+    let row = tx
+        .query_one(
+            &tx.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM consent_records WHERE record_id = $1"
+            ))
+            .await?,
+            &[&record_id],
+        )
+        .await?;
+    record_from_row(&row)
 }

@@ -224,19 +224,9 @@ impl Store {
             Err(Error::RequestIdReused) => return Ok(Err(Error::RequestIdReused)),
             Err(e) => return Err(e),
         };
-        let record_id: Uuid = result
-            .parse()
-            .map_err(|e| anyhow::anyhow!("idempotency key holds a bad record id: {e}"))?;
-        let row = tx
-            .query_one(
-                &tx.prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM consent_records WHERE record_id = $1"
-                ))
-                .await?,
-                &[&record_id],
-            )
-            .await?;
-        Ok(record_from_row(&row))
+        // A row that no longer decodes is this caller's error, not the
+        // batch's.
+        Ok(super::consent::replayed_record(tx, &result).await)
     }
 }
 

@@ -108,16 +108,7 @@ impl Store {
         lsn: PgLsn,
     ) -> Result<Option<Vec<FeedEvent>>> {
         let client = self.pool.get().await?;
-        let replayed: Option<bool> = client
-            .query_one(
-                &client
-                    .prepare_cached("SELECT pg_last_wal_replay_lsn() >= $1")
-                    .await?,
-                &[&lsn],
-            )
-            .await?
-            .get(0);
-        if replayed == Some(false) {
+        if !super::replica::replayed_on(&client, lsn).await? {
             return Ok(None);
         }
         events_between(&client, after, upto, limit).await.map(Some)

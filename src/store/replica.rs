@@ -171,17 +171,7 @@ impl Store {
     #[tracing::instrument(name = "store.replayed", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "replayed"))]
     pub async fn replayed(&self, lsn: PgLsn) -> Result<bool> {
         let client = self.client().await?;
-        let replayed: Option<bool> = client
-            .query_one(
-                &client
-                    .prepare_cached("SELECT pg_last_wal_replay_lsn() >= $1")
-                    .await?,
-                &[&lsn],
-            )
-            .await?
-            .get(0);
-        // NULL: not a standby (promoted), which has everything it ever got.
-        Ok(replayed.unwrap_or(true))
+        replayed_on(&*client, lsn).await
     }
 }
 
@@ -190,4 +180,23 @@ async fn identity(store: &Store) -> anyhow::Result<(bool, String, String)> {
     let client = store.pool.get().await?;
     let row = client.query_one(IDENTITY, &[]).await?;
     Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// Whether the server `client` is connected to has replayed WAL up to
+/// `lsn`. NULL from PostgreSQL means not a standby (promoted), which has
+/// everything it ever got.
+pub(super) async fn replayed_on(
+    client: &impl deadpool_postgres::GenericClient,
+    lsn: PgLsn,
+) -> Result<bool> {
+    let replayed: Option<bool> = client
+        .query_one(
+            &client
+                .prepare_cached("SELECT pg_last_wal_replay_lsn() >= $1")
+                .await?,
+            &[&lsn],
+        )
+        .await?
+        .get(0);
+    Ok(replayed.unwrap_or(true))
 }
