@@ -2,7 +2,7 @@
 //!
 //! Sized for tens of millions of subjects: no `String` or `Vec` per subject.
 //! Ids live back to back in one byte arena; a subject is a 16-byte slot;
-//! its choices are 28-byte nodes in one pool, linked newest first; purposes
+//! its choices are 24-byte nodes in one pool, linked newest first; purposes
 //! and fields are small integers. Only the few subjects with stored values
 //! have an entry in the (sparse) map of field ages.
 //!
@@ -35,7 +35,8 @@ struct Slot {
     choices: u32,
 }
 
-/// One current choice: the latest for its purpose and field.
+/// One current choice: the latest for its purpose and field. 24 bytes: the
+/// choice rides in the top bit of `field`.
 #[derive(Debug, Clone, Copy)]
 struct Node {
     record_id: [u8; 16],
@@ -43,9 +44,25 @@ struct Node {
     /// list's link for a node not in use.
     next: u32,
     purpose: u16,
-    /// 0: every field of the purpose; else a field's index + 1.
-    field: u16,
-    grant: bool,
+    /// Low 15 bits: 0 for every field of the purpose, else a field's index
+    /// + 1. Top bit: a grant.
+    field_and_grant: u16,
+}
+
+const GRANT: u16 = 0x8000;
+
+impl Node {
+    fn field(&self) -> u16 {
+        self.field_and_grant & !GRANT
+    }
+
+    fn choice(&self) -> Choice {
+        if self.field_and_grant & GRANT != 0 {
+            Choice::Grant
+        } else {
+            Choice::Refuse
+        }
+    }
 }
 
 /// A stored value's collection and age (R2, R3).
@@ -234,13 +251,13 @@ impl Tables {
             tracing::error!("more than 65,535 purposes or fields; a choice is not held in memory");
             return;
         };
-        self.unlink(slot, |n| n.purpose == purpose && n.field == field);
+        self.unlink(slot, |n| n.purpose == purpose && n.field() == field);
+        let grant = if choice == Choice::Grant { GRANT } else { 0 };
         let node = Node {
             record_id: *record_id.as_bytes(),
             next: self.slots[slot as usize].choices,
             purpose,
-            field,
-            grant: choice == Choice::Grant,
+            field_and_grant: field | grant,
         };
         let at = if self.free == NIL {
             self.nodes.push(node);
@@ -254,10 +271,11 @@ impl Tables {
         self.slots[slot as usize].choices = at;
     }
 
+    /// Below [`GRANT`], which marks the choice.
     fn field_code(&mut self, field: Option<&str>) -> Option<u16> {
         match field {
             None => Some(0),
-            Some(f) => self.fields.intern(f)?.checked_add(1),
+            Some(f) => self.fields.intern(f)?.checked_add(1).filter(|c| *c < GRANT),
         }
     }
 
@@ -291,13 +309,8 @@ impl Tables {
         let mut at = self.slots[slot as usize].choices;
         while at != NIL {
             let node = &self.nodes[at as usize];
-            if node.purpose == purpose && (node.field == 0 || Some(node.field) == field) {
-                let choice = if node.grant {
-                    Choice::Grant
-                } else {
-                    Choice::Refuse
-                };
-                return Some((choice, Uuid::from_bytes(node.record_id)));
+            if node.purpose == purpose && (node.field() == 0 || Some(node.field()) == field) {
+                return Some((node.choice(), Uuid::from_bytes(node.record_id)));
             }
             at = node.next;
         }
@@ -414,6 +427,9 @@ fn id_in(ids: &[u8], at: u32) -> &[u8] {
     let (start, len) = id_span(ids, at);
     &ids[start..start + len]
 }
+
+// The per-subject budget rests on these.
+const _: () = assert!(size_of::<Slot>() == 16 && size_of::<Node>() == 24);
 
 #[cfg(test)]
 mod tests;
