@@ -54,8 +54,12 @@ impl ServeProcess {
             .arg(state_dir)
             .args(extra)
             .args(more.split_whitespace())
-            // The server's defaults: info logs, no trace export.
-            .env("RUST_LOG", "info")
+            // The server's defaults: info logs (CONSENTD_BENCH_SERVER_LOG to
+            // compare another level), no trace export.
+            .env(
+                "RUST_LOG",
+                std::env::var("CONSENTD_BENCH_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stdout(Stdio::null())

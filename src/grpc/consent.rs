@@ -1,6 +1,6 @@
 //! `consent.v1.ConsentService` over the domain service.
 
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, trace::TraceContextExt as _};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -197,8 +197,13 @@ impl Rpc for ConsentGrpc {
             let (query, consistency) = parse_check(self.service.policy(), r.into_inner())?;
             permit.allow(std::slice::from_ref(&query.purpose), &[], &[])?;
             let (decision, at) = self.service.check(&query, consistency).await?;
-            for attribute in self.decision_attributes(&query, &decision) {
-                tracing::Span::current().set_attribute(attribute.key, attribute.value);
+            // The attributes cost a keyed hash and a few strings: only for a
+            // span that is exported.
+            let span = tracing::Span::current();
+            if span.context().span().is_recording() {
+                for attribute in self.decision_attributes(&query, &decision) {
+                    span.set_attribute(attribute.key, attribute.value);
+                }
             }
             Ok(Response::new(pb::CheckResponse {
                 decision: decision.outcome.to_wire(),
@@ -230,11 +235,13 @@ impl Rpc for ConsentGrpc {
                 "consent.policy_version",
                 self.service.policy().version().to_string(),
             );
-            for (query, decision) in queries.iter().zip(&decisions) {
-                span.add_event(
-                    "consent.decision",
-                    self.decision_attributes(query, decision),
-                );
+            if span.context().span().is_recording() {
+                for (query, decision) in queries.iter().zip(&decisions) {
+                    span.add_event(
+                        "consent.decision",
+                        self.decision_attributes(query, decision),
+                    );
+                }
             }
             let results = decisions
                 .iter()
