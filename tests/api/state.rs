@@ -1,0 +1,362 @@
+//! The decision state in memory against the database (issue 12): after
+//! random concurrent writes through every write path, memory and a read
+//! through to the primary give the same answer to every question the
+//! policy allows, on the server that saw the writes live and on a server
+//! started afterwards (whose state comes from the page load).
+//!
+//! Seeded: the seed is printed, and `CONSENTD_STATE_SEED` replays one.
+
+use std::time::Duration;
+
+use consentd::{
+    domain::ConsistencyToken,
+    grpc::pb::{
+        self, Choice, consent_service_client::ConsentServiceClient,
+        disclosure_service_client::DisclosureServiceClient,
+        subject_rights_service_client::SubjectRightsServiceClient,
+    },
+    store,
+};
+use tokio::task::JoinSet;
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    disclosure::put_request,
+    engine::Rng,
+    helpers::{
+        FreshDatabase, TestApp, as_actor, fully_consistent, http_get, record_request, registration,
+        spawn_app_on,
+    },
+};
+
+/// Only a hang guard: a correct server has applied everything at once.
+const GUARD: Duration = Duration::from_secs(30);
+/// Writers at once, and calls each.
+const TASKS: u64 = 6;
+const OPS: usize = 60;
+/// A small id space, so that writes collide. The last ones are never
+/// registered (writes to them fail) but are still asked about.
+const IDS: usize = 12;
+const NEVER_REGISTERED: usize = 3;
+
+const PURPOSES: [&str; 4] = [
+    "order_delivery",
+    "customer_support",
+    "promotional_mail",
+    "partner_offers",
+];
+const FIELDS: [&str; 4] = ["name", "email", "postal_address", "phone"];
+
+/// The fields each purpose declares (deploy/policy.toml), so field-level
+/// choices and stored data go where the policy lets them.
+fn fields_of(purpose: &str) -> &'static [&'static str] {
+    match purpose {
+        "order_delivery" => &["name", "postal_address", "phone"],
+        "customer_support" => &["name", "email", "phone"],
+        "promotional_mail" => &["name", "email", "postal_address"],
+        "partner_offers" => &["name", "email"],
+        other => panic!("not in the policy: {other}"),
+    }
+}
+
+/// The recipient a permission may name for `purpose`, if any.
+fn recipient_for(purpose: &str) -> Option<&'static str> {
+    match purpose {
+        "order_delivery" => Some("express-courier"),
+        "partner_offers" => Some("travel-partner"),
+        _ => None,
+    }
+}
+
+fn value_of(field: &str) -> &'static str {
+    match field {
+        "name" => "Wang Xiaoming",
+        "email" => "xiaoming@example.cn",
+        "postal_address" => "Room 1701, 88 Nanjing West Road, Shanghai",
+        _ => "+86 138 0013 8000",
+    }
+}
+
+fn subject(i: usize) -> String {
+    format!("S-{i}")
+}
+
+fn seeds() -> Vec<u64> {
+    match std::env::var("CONSENTD_STATE_SEED") {
+        Ok(seed) => vec![seed.parse().expect("CONSENTD_STATE_SEED is a number")],
+        Err(_) => {
+            let base = crate::engine::seed();
+            vec![base, base.wrapping_add(1), base.wrapping_add(2)]
+        }
+    }
+}
+
+/// A write that failed for a reason the random walk may cause (an id not
+/// registered, or erased; a field with no stored value) is expected;
+/// anything else fails the test.
+fn expected<T>(result: Result<tonic::Response<T>, tonic::Status>) {
+    if let Err(status) = result {
+        assert!(
+            matches!(status.code(), Code::NotFound | Code::FailedPrecondition),
+            "{status:?}"
+        );
+    }
+}
+
+/// One writer: `OPS` random calls over the id space, through the API and,
+/// for field ages, straight into the database behind the server's back.
+async fn writer(channel: Channel, db_url: String, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut consent = ConsentServiceClient::new(channel.clone());
+    let mut data = DisclosureServiceClient::new(channel.clone());
+    let mut rights = SubjectRightsServiceClient::new(channel);
+    let db = store::admin_connect(&db_url).await.unwrap();
+    let registrable = IDS - NEVER_REGISTERED;
+    for _ in 0..OPS {
+        // Mostly registered ids; sometimes one that never is.
+        let id = if rng.one_in(8) {
+            subject(registrable + rng.below(NEVER_REGISTERED))
+        } else {
+            subject(rng.below(registrable))
+        };
+        let purpose = *rng.pick(&PURPOSES);
+        match rng.below(20) {
+            // Registration, and re-registration after an erasure.
+            0..=2 => {
+                let index: usize = id[2..].parse().unwrap();
+                if index < registrable {
+                    expected(consent.register_subject(registration(&id)).await);
+                }
+            }
+            // Choices: purpose-wide or per field, grant or refuse, some
+            // naming a recipient (those decide disclosures, never checks).
+            3..=11 => {
+                let field = if rng.one_in(2) {
+                    ""
+                } else {
+                    *rng.pick(fields_of(purpose))
+                };
+                let choice = if rng.one_in(2) {
+                    Choice::Grant
+                } else {
+                    Choice::Refuse
+                };
+                let mut request = record_request(&id, purpose, field, choice);
+                if let Some(recipient) = recipient_for(purpose).filter(|_| rng.one_in(4)) {
+                    request.recipient = recipient.into();
+                }
+                expected(consent.record_consent(request).await);
+            }
+            12..=14 => {
+                let field = *rng.pick(&FIELDS);
+                let users: Vec<&str> = PURPOSES
+                    .iter()
+                    .copied()
+                    .filter(|p| fields_of(p).contains(&field))
+                    .filter(|_| rng.one_in(2))
+                    .collect();
+                let users = if users.is_empty() {
+                    vec![
+                        *PURPOSES
+                            .iter()
+                            .find(|p| fields_of(p).contains(&field))
+                            .unwrap(),
+                    ]
+                } else {
+                    users
+                };
+                expected(
+                    data.put_personal_data(put_request(&id, field, value_of(field), &users))
+                        .await,
+                );
+            }
+            15 => {
+                expected(
+                    data.verify_personal_data(pb::VerifyPersonalDataRequest {
+                        subject_id: id.clone(),
+                        field: (*rng.pick(&FIELDS)).into(),
+                    })
+                    .await,
+                );
+            }
+            // Back-dated behind the server's back, across the policy's
+            // maximum ages (365 and 730 days); the feed learns of it from
+            // the row's new sequence, woken by a NOTIFY.
+            16..=17 => {
+                let days = *rng.pick(&[10_i32, 400, 800]);
+                let field = *rng.pick(&FIELDS);
+                db.execute(
+                    "UPDATE personal_data
+                        SET collected_at = now() - make_interval(days => $1), verified_at = NULL
+                      WHERE subject_id = $2 AND field = $3",
+                    &[&days, &id, &field],
+                )
+                .await
+                .unwrap();
+                db.batch_execute("NOTIFY consent_changes").await.unwrap();
+            }
+            _ => {
+                expected(
+                    rights
+                        .erase_subject(as_actor(
+                            "privacy-officer",
+                            pb::EraseSubjectRequest {
+                                subject_id: id.clone(),
+                                request_id: String::new(),
+                            },
+                        ))
+                        .await,
+                );
+            }
+        }
+    }
+}
+
+/// Every (subject × purpose × field) the policy declares, as one batch.
+fn every_question() -> Vec<pb::BatchCheckItem> {
+    let mut items = Vec::new();
+    for i in 0..IDS {
+        for purpose in PURPOSES {
+            for field in FIELDS {
+                items.push(pb::BatchCheckItem {
+                    correlation_id: format!("{}/{purpose}/{field}", subject(i)),
+                    subject_id: subject(i),
+                    field: field.into(),
+                    purpose: purpose.into(),
+                });
+            }
+        }
+    }
+    items
+}
+
+type Answer = (String, i32, i32, String, bool);
+
+fn answers(response: &pb::BatchCheckResponse) -> Vec<Answer> {
+    response
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.correlation_id.clone(),
+                r.decision,
+                r.reason,
+                r.record_id.clone(),
+                r.needs_verification,
+            )
+        })
+        .collect()
+}
+
+async fn batch(app: &TestApp, consistency: Option<pb::Consistency>) -> pb::BatchCheckResponse {
+    app.client
+        .clone()
+        .batch_check(pb::BatchCheckRequest {
+            items: every_question(),
+            consistency,
+        })
+        .await
+        .expect("batch_check")
+        .into_inner()
+}
+
+fn position(token: &str) -> i64 {
+    ConsistencyToken::parse(token).unwrap().sequence()
+}
+
+/// The answers from memory once it has applied `upto`. A ready server
+/// answers `minimize_latency` from memory, at the position it applied:
+/// polled until that covers every write, so no read-through can answer.
+async fn from_memory(app: &TestApp, upto: i64) -> pb::BatchCheckResponse {
+    let (status, _) = http_get(app.admin_addr, "/readyz").await;
+    assert_eq!(status, 200, "loaded, so minimize_latency reads memory");
+    let caught_up = async {
+        loop {
+            let response = batch(app, None).await;
+            if position(&response.consistency_token) >= upto {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, caught_up)
+        .await
+        .expect("memory applies every write before the hang guard")
+}
+
+fn same_database(database: &FreshDatabase) -> FreshDatabase {
+    FreshDatabase {
+        admin_url: database.admin_url.clone(),
+        db_name: database.db_name.clone(),
+        db_url: database.db_url.clone(),
+    }
+}
+
+fn assert_same(memory: &pb::BatchCheckResponse, database: &pb::BatchCheckResponse, what: &str) {
+    let (memory, database) = (answers(memory), answers(database));
+    assert_eq!(memory.len(), database.len());
+    let differ: Vec<_> = memory
+        .iter()
+        .zip(&database)
+        .filter(|(m, d)| m != d)
+        .map(|(m, d)| format!("memory {m:?} vs database {d:?}"))
+        .collect();
+    assert!(differ.is_empty(), "{what}: {}", differ.join("\n"));
+}
+
+async fn memory_matches_the_database(seed: u64) {
+    eprintln!("decision state property: seed {seed} (CONSENTD_STATE_SEED={seed} replays it)");
+    let database = crate::helpers::fresh_database().await;
+    let db_url = database.db_url.clone();
+    let late_database = same_database(&database);
+    let app = spawn_app_on(database, |_| {}).await;
+
+    let mut writers = JoinSet::new();
+    for task in 0..TASKS {
+        writers.spawn(writer(
+            app.channel.clone(),
+            db_url.clone(),
+            seed.wrapping_mul(31).wrapping_add(task),
+        ));
+    }
+    while let Some(done) = writers.join_next().await {
+        done.expect("a writer");
+    }
+    let token = app.position_now().await;
+    let upto = match token.as_ref().and_then(|c| c.requirement.as_ref()) {
+        Some(pb::consistency::Requirement::AtLeastAsFresh(t)) => position(t),
+        _ => unreachable!(),
+    };
+
+    let database = batch(&app, fully_consistent()).await;
+    let fresh = batch(&app, token).await;
+    assert!(position(&fresh.consistency_token) >= upto);
+    assert_same(&fresh, &database, "at_least_as_fresh");
+    let memory = from_memory(&app, upto).await;
+    assert_same(
+        &memory,
+        &database,
+        "memory of the server that saw the writes",
+    );
+    // Not vacuous: the walk reached more than one answer of each kind.
+    let kinds: std::collections::BTreeSet<(i32, i32, bool)> =
+        answers(&database).iter().map(|a| (a.1, a.2, a.4)).collect();
+    assert!(
+        kinds.len() >= 5,
+        "seed {seed}: too few kinds of answer {kinds:?}"
+    );
+
+    // A server started now loads the same state in pages, with no feed
+    // event to learn it from.
+    let late = spawn_app_on(late_database, |_| {}).await;
+    let loaded = from_memory(&late, upto).await;
+    assert_same(&loaded, &database, "memory of a server started afterwards");
+    drop(late);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_answers_every_question_as_the_database_does_after_random_concurrent_writes() {
+    for seed in seeds() {
+        memory_matches_the_database(seed).await;
+    }
+}
