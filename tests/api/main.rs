@@ -51,6 +51,7 @@ mod rights;
 mod rolling;
 mod server;
 mod standby;
+mod standby_tokens;
 mod state;
 mod telemetry;
 mod tls;
