@@ -275,7 +275,10 @@ async fn a_server_started_on_existing_data_reports_the_state_it_loaded() {
     let m = samples(&body);
     assert_eq!(get(&m, "consentd_state_subjects", &[]), Some(2.0), "{body}");
     let applied = get(&m, "consentd_state_applied_sequence", &[]).unwrap_or(0.0);
-    assert!(applied >= head as f64, "applied {applied} < {head}:\n{body}");
+    assert!(
+        applied >= head as f64,
+        "applied {applied} < {head}:\n{body}"
+    );
     assert!(get(&m, "consentd_state_bytes", &[]).unwrap_or(0.0) > 0.0);
     terminate_and_wait(served.child, &served.logs).await;
 }

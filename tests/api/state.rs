@@ -361,3 +361,100 @@ async fn memory_answers_every_question_as_the_database_does_after_random_concurr
         memory_matches_the_database(seed).await;
     }
 }
+
+/// Waits until `n` lock requests on the test's database are waiting.
+async fn until_waiting(app: &TestApp, n: i64) {
+    let waiting = async {
+        loop {
+            let count: i64 = app
+                .db
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                      WHERE NOT l.granted AND a.datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if count >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, waiting)
+        .await
+        .expect("the calls wait on the locks before the hang guard");
+}
+
+/// Found by the property test: a registration of an id whose erasure holds
+/// its row draws its feed number first, then waits, then inserts the new
+/// row once the erasure has renamed the old one. The feed then carries the
+/// new registration before the erasure of the old one, and memory must
+/// still hold the new one after applying both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_that_waited_on_an_erasure_of_its_id_is_held_after_it() {
+    let app = crate::helpers::spawn_app().await;
+    app.register("S-1").await;
+    // Holds the erasure between locking the subject and drawing its own
+    // number (its event's insert waits on this lock).
+    let mut blocker = app.connect_db().await;
+    let hold = blocker.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE erasure_events IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut rights = SubjectRightsServiceClient::new(app.channel.clone());
+    let erasing = tokio::spawn(async move {
+        rights
+            .erase_subject(as_actor(
+                "privacy-officer",
+                pb::EraseSubjectRequest {
+                    subject_id: "S-1".into(),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+    });
+    until_waiting(&app, 1).await;
+    let mut consent = app.client.clone();
+    let registering =
+        tokio::spawn(async move { consent.register_subject(registration("S-1")).await });
+    until_waiting(&app, 2).await;
+    hold.commit().await.unwrap();
+    erasing.await.unwrap().expect("the erasure");
+    registering.await.unwrap().expect("the registration");
+
+    // The race happened: the new registration's number is below the
+    // erasure event's.
+    let (registered, erased): (i64, i64) = {
+        let row = app
+            .db
+            .query_one(
+                "SELECT (SELECT sequence FROM subjects WHERE subject_id = 'S-1'),
+                        (SELECT max(sequence) FROM erasure_events)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(registered < erased, "{registered} >= {erased}");
+
+    let token = app.position_now().await;
+    let upto = match token.as_ref().and_then(|c| c.requirement.as_ref()) {
+        Some(pb::consistency::Requirement::AtLeastAsFresh(t)) => position(t),
+        _ => unreachable!(),
+    };
+    let database = batch(&app, fully_consistent()).await;
+    let s1 = answers(&database)
+        .into_iter()
+        .find(|a| a.0 == "S-1/promotional_mail/email")
+        .unwrap();
+    assert_eq!(
+        (s1.1, s1.2),
+        (pb::Decision::Allow as i32, pb::Reason::NotOptedOut as i32),
+        "registered again"
+    );
+    let memory = from_memory(&app, upto).await;
+    assert_same(&memory, &database, "memory after the reordered erasure");
+}
