@@ -33,7 +33,7 @@ use crate::{
 const GUARD: Duration = Duration::from_secs(30);
 /// Writers at once, and calls each.
 const TASKS: u64 = 6;
-const OPS: usize = 80;
+const OPS: usize = 120;
 /// A small id space, so that writes collide. The last ones are never
 /// registered (writes to them fail) but are still asked about.
 const IDS: usize = 12;
