@@ -388,7 +388,8 @@ async fn memory_matches_the_database(seed: u64) -> Vec<(i32, bool)> {
         &loaded,
         &database,
         "memory of a server started afterwards",
-    );
+    )
+    .await;
     drop(late);
     answers(&database).iter().map(|a| (a.2, a.4)).collect()
 }
@@ -515,5 +516,6 @@ async fn a_registration_that_waited_on_an_erasure_of_its_id_is_held_after_it() {
         &memory,
         &database,
         "memory after the reordered erasure",
-    );
+    )
+    .await;
 }
