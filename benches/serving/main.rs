@@ -30,6 +30,7 @@ mod calls;
 mod database;
 mod import;
 mod load;
+mod memory;
 mod phases;
 mod report;
 mod server;
@@ -349,30 +350,10 @@ async fn run(
     }
 
     if phase("memory") {
-        let what = "memory per subject with one choice";
         let n = settings.memory_subjects;
-        match serving.memory().await {
-            Ok((before, after)) => {
-                let per_subject = after.saturating_sub(before) as f64 / n as f64;
-                let mut row = Row::new(what);
-                row.unit = String::new();
-                row.baseline = format!(
-                    "RSS {} → {} KiB over {} subjects",
-                    thousands(before as f64 / 1024.0),
-                    thousands(after as f64 / 1024.0),
-                    thousands(n as f64)
-                );
-                if after <= before {
-                    row.note =
-                        "RSS did not grow: the server keeps no per-subject state in memory".into();
-                }
-                rows.push(row.judged(
-                    per_subject,
-                    format!("{per_subject:.1} B/subject"),
-                    Target::at_most(64.0, "≤ 64 B"),
-                ));
-            }
-            Err(e) => rows.push(failed(what, &e)),
+        match memory::measure(postgres, n, state_dir, UNLIMITED).await {
+            Ok(memory) => rows.extend(memory_rows(&memory)),
+            Err(e) => rows.push(failed("memory per subject with one choice", &e)),
         }
     }
     server.stop()?;
@@ -396,6 +377,43 @@ async fn run(
     }
     println!("run took {:.0} s", started.elapsed().as_secs_f64());
     Ok(rows)
+}
+
+/// The memory figures as two rows: what the process grew by, and what the
+/// decision state's tables say they hold.
+fn memory_rows(memory: &memory::Memory) -> [Row; 2] {
+    let subjects = thousands(memory.subjects as f64);
+    let mut rss = Row::new(&format!(
+        "memory per subject with one choice: RSS growth, {subjects} subjects"
+    ));
+    rss.unit = String::new();
+    rss.baseline = format!(
+        "RSS {} KiB on the empty database → {} KiB loaded ({:.1} s to ready)",
+        thousands(memory.empty_rss as f64 / 1024.0),
+        thousands(memory.full_rss as f64 / 1024.0),
+        memory.load_seconds
+    );
+    let per_subject = memory.rss_per_subject();
+    let rss = rss.judged(
+        per_subject,
+        format!("{per_subject:.1} B/subject"),
+        Target::at_most(64.0, "≤ 64 B"),
+    );
+    let mut state = Row::new(&format!(
+        "memory per subject with one choice: `consentd_state_bytes`, {subjects} subjects"
+    ));
+    state.unit = String::new();
+    state.baseline = format!(
+        "{} KiB the tables allocated",
+        thousands(memory.state_bytes as f64 / 1024.0)
+    );
+    let per_subject = memory.state_per_subject();
+    let state = state.judged(
+        per_subject,
+        format!("{per_subject:.1} B/subject"),
+        Target::at_most(64.0, "≤ 64 B"),
+    );
+    [rss, state]
 }
 
 impl Machine {

@@ -5,8 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
-use consentd::{grpc::pb, service::import::ImportOptions, store::Store};
+use consentd::grpc::pb;
 
 use crate::{
     bulk::BulkCheck,
@@ -32,6 +31,8 @@ const WRITERS: usize = 64;
 /// How long an opt-out may take to show on the other server before the
 /// sample counts as lost.
 const PROPAGATION_LIMIT: Duration = Duration::from_secs(10);
+/// Between one opt-out's visibility and the next write.
+const PROPAGATION_PACE: Duration = Duration::from_millis(20);
 
 /// The subject a worker asks about on its k-th call: spread over all of
 /// them, so no single row stays hot.
@@ -263,6 +264,9 @@ impl Serving<'_> {
         let run = async {
             let mut summary = Summary::default();
             for id in &ids {
+                // A modest write rate, as opt-outs arrive: B's feed is
+                // idle when each one comes, not draining a backlog.
+                tokio::time::sleep(PROPAGATION_PACE).await;
                 calls::record(writer.clone(), id.clone(), pb::Choice::Refuse).await?;
                 let written = Instant::now();
                 loop {
@@ -287,48 +291,5 @@ impl Serving<'_> {
         let started = Instant::now();
         let summary = self.hooked("propagation", run).await??;
         Ok(summary.finish(started.elapsed().as_secs_f64()))
-    }
-
-    /// The server's resident memory before and after `n` more subjects
-    /// with one choice each (a refusal, loaded as `import-refusals` does),
-    /// once a Check on this server sees the last of them.
-    pub async fn memory(&self) -> anyhow::Result<(u64, u64)> {
-        let n = self.settings.memory_subjects;
-        let before = self.server.rss_bytes()?;
-        let mut csv = String::with_capacity(n as usize * 14);
-        for i in 0..n {
-            csv.push_str(&format!("MEM-{i:08}\n"));
-        }
-        let store = Store::connect(&self.db_url, 4)?;
-        let options = ImportOptions {
-            batch_size: 10_000,
-            jobs: 2,
-        };
-        let spec = crate::import::refusal_spec();
-        consentd::service::import::import_refusals(
-            &store,
-            &spec,
-            csv.as_bytes(),
-            std::io::sink(),
-            options,
-            |_| {},
-        )
-        .await?;
-        let last = format!("MEM-{:08}", n - 1);
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let answer = calls::check(self.connections.consent(0), last.clone()).await?;
-            if answer.reason == pb::Reason::OptedOut as i32 {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the server never saw the imported subjects");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Let allocator arenas and any background load settle.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = self.server.rss_bytes().context("reading RSS")?;
-        Ok((before, after))
     }
 }

@@ -130,6 +130,15 @@ impl ServeProcess {
         Ok(kib * 1024)
     }
 
+    /// The value of an unlabelled metric on `/metrics`.
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let body = http_body(&self.admin_addr, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {name} on /metrics"))
+    }
+
     pub fn stop(mut self) -> anyhow::Result<()> {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
@@ -167,4 +176,18 @@ fn http_status(addr: &str, path: &str) -> anyhow::Result<u16> {
     line.get(9..12)
         .and_then(|code| code.parse().ok())
         .context("not an HTTP status line")
+}
+
+/// The body of a plain GET. HTTP/1.0, so the body comes whole rather than
+/// chunked, and the server closes the connection after it.
+fn http_body(addr: &str, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let (_, body) = raw
+        .split_once("\r\n\r\n")
+        .context("no end of the HTTP head")?;
+    Ok(body.to_string())
 }

@@ -16,8 +16,9 @@ pub struct Settings {
     /// CONSENTD_BENCH_SUBJECTS: registered subjects the checks ask about
     /// (20,000), half of them with a refusal.
     pub subjects: u64,
-    /// CONSENTD_BENCH_MEMORY_SUBJECTS: subjects added for the memory
-    /// figure (1,000,000).
+    /// CONSENTD_BENCH_MEMORY_SUBJECTS: subjects, one refusal each, loaded
+    /// by SQL into a database of their own for the memory figure
+    /// (1,000,000).
     pub memory_subjects: u64,
     /// CONSENTD_BENCH_IMPORT_ROWS: lines of the import comparison
     /// (200,000: a ratio of rates needs no more, and the import bench runs

@@ -52,6 +52,9 @@ async fn first_load(
                 let mut held = inner.tables.write().unwrap_or_else(|p| p.into_inner());
                 *held = tables;
                 inner.applied.send_replace(head);
+                // The load is applied up to `head`: with no event after it,
+                // this is the position memory answers at.
+                metrics::gauge!(crate::metrics::STATE_APPLIED).set(head as f64);
                 metrics::gauge!(crate::metrics::STATE_SUBJECTS).set(held.subjects() as f64);
                 metrics::gauge!(crate::metrics::STATE_BYTES).set(held.allocated_bytes() as f64);
                 tracing::info!(

@@ -116,6 +116,11 @@ pub struct Tables {
     ages: HashMap<u32, Vec<Age>>,
     /// Suppression-list hashes of erased ids.
     erased: HashSet<Box<[u8]>>,
+    /// Registrations of an id still held by an earlier registration. A
+    /// registration that waited on the erasure of its id drew its number
+    /// first, so the feed carries it before that erasure: it is added when
+    /// the erasure ends the earlier one. Empty but for such a race.
+    reborn: Vec<(i64, Box<str>)>,
     pub purposes: Interner,
     pub fields: Interner,
 }
@@ -131,6 +136,7 @@ impl Default for Tables {
             free: NIL,
             ages: HashMap::new(),
             erased: HashSet::new(),
+            reborn: Vec::new(),
             purposes: Interner::default(),
             fields: Interner::default(),
         }
@@ -178,9 +184,15 @@ impl Tables {
     }
 
     /// Adds a registration. Registrations arrive in sequence order; one
-    /// already held (by id) is left as it is.
+    /// already held (by id) is left as it is. A new registration of an id
+    /// held under another number waits for the erasure that ends it.
     pub fn register(&mut self, sequence: i64, id: &str) -> u32 {
         if let Some(slot) = self.find(id) {
+            if self.slots[slot as usize].sequence != sequence
+                && !self.reborn.iter().any(|(s, _)| *s == sequence)
+            {
+                self.reborn.push((sequence, id.into()));
+            }
             return slot;
         }
         let id_at = u32::try_from(self.ids.len()).expect("under 4 GiB of ids");
@@ -370,6 +382,10 @@ impl Tables {
         let at = self.slots[slot as usize].id_at;
         let bytes = id_in(&self.ids, at);
         let hash = self.hasher.hash_one(bytes);
+        let reborn = self
+            .reborn
+            .iter()
+            .position(|(_, id)| id.as_bytes() == bytes);
         // Ids are stored from valid text, so this never fails.
         if let Ok(id) = std::str::from_utf8(bytes) {
             self.erased.insert(erasure_hash(id).into_boxed_slice());
@@ -384,6 +400,10 @@ impl Tables {
         }
         self.ages.remove(&slot);
         self.slots[slot as usize].id_at = NIL;
+        if let Some(at) = reborn {
+            let (sequence, id) = self.reborn.swap_remove(at);
+            self.register(sequence, &id);
+        }
         true
     }
 

@@ -53,6 +53,8 @@ mod rights;
 mod rolling;
 mod server;
 mod standby;
+mod standby_tokens;
+mod state;
 mod telemetry;
 mod tls;
 mod tokens;

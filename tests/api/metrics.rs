@@ -237,3 +237,48 @@ async fn metrics_count_decisions_latency_unsubscribes_and_the_pool() {
     drop(client);
     terminate_and_wait(served.child, &served.logs).await;
 }
+
+/// A server started on a database that already holds subjects reports the
+/// state it loaded: `consentd_state_applied_sequence` is the position its
+/// memory answers at (what a client may wait for before trusting
+/// `minimize_latency`), so it must cover the load, not only later events.
+#[tokio::test]
+async fn a_server_started_on_existing_data_reports_the_state_it_loaded() {
+    let db = fresh_database().await;
+    let client = consentd::store::admin_connect(&db.db_url).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO subjects (subject_id, kind, notice_version, channel)
+             VALUES ('C-1', 'individual', 'v', 'api'), ('C-2', 'individual', 'v', 'api');
+             INSERT INTO consent_records (subject_id, record_id, purpose, choice, channel,
+                                          notice_version, actor)
+             VALUES ('C-1', gen_random_uuid(), 'promotional_mail', 'refuse', 'api', 'v', 'sql')",
+        )
+        .await
+        .unwrap();
+    let head: i64 = client
+        .query_one(
+            "SELECT greatest((SELECT max(sequence) FROM consent_records),
+                             (SELECT max(sequence) FROM subjects))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    // Ready once loaded; nothing is written after it starts.
+    let served = spawn_serve_with(&["--database-url", &db.db_url], &[]);
+    let admin: std::net::SocketAddr = served.admin_addr.parse().unwrap();
+    let (status, _) = http_get(admin, "/readyz").await;
+    assert_eq!(status, 200);
+    let (_, body) = http_get(admin, "/metrics").await;
+    let m = samples(&body);
+    assert_eq!(get(&m, "consentd_state_subjects", &[]), Some(2.0), "{body}");
+    let applied = get(&m, "consentd_state_applied_sequence", &[]).unwrap_or(0.0);
+    assert!(
+        applied >= head as f64,
+        "applied {applied} < {head}:\n{body}"
+    );
+    assert!(get(&m, "consentd_state_bytes", &[]).unwrap_or(0.0) > 0.0);
+    terminate_and_wait(served.child, &served.logs).await;
+}

@@ -34,10 +34,10 @@ const RAW_INSERT: &str = "INSERT INTO consent_records (subject_id, record_id, pu
 /// A primary, a database on it, its standby, server A on the primary and
 /// server B reading the standby. B polls only once an hour, so what it sees
 /// it learnt from a wake-up.
-struct Pair {
-    a: TestApp,
-    b: TestApp,
-    standby: PrivateStandby,
+pub struct Pair {
+    pub a: TestApp,
+    pub b: TestApp,
+    pub standby: PrivateStandby,
     _cluster: PrivateCluster,
 }
 
@@ -49,7 +49,7 @@ fn same(database: &FreshDatabase) -> FreshDatabase {
     }
 }
 
-async fn pair(name: &str) -> Pair {
+pub async fn pair(name: &str) -> Pair {
     let cluster = PrivateCluster::start(Durability::Durable).await;
     let database = cluster.database(name).await;
     let standby = cluster.standby().await;

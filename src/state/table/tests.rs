@@ -79,6 +79,30 @@ fn an_erasure_finds_its_subject_by_registration_and_leaves_only_the_hash() {
     assert_eq!(t.latest(again, mail, None), None);
 }
 
+/// A registration that waited on the erasure of its id comes on the feed
+/// before that erasure; the erasure ends the old one and the new one stays.
+#[test]
+fn a_new_registration_before_the_erasure_of_the_old_one_is_held_after_it() {
+    let mut t = Tables::default();
+    let old = t.register(5, "C-1");
+    t.choose(old, "mail", None, Choice::Refuse, uuid(1));
+    t.register(7, "C-2");
+    assert_eq!(t.register(8, "C-1"), old, "held until the erasure");
+    assert!(t.erase(5, hash));
+    let new = t.find("C-1").expect("the new registration");
+    assert_eq!(t.slot_of_registration(8), Some(new));
+    assert_eq!(
+        t.slot_of_registration(7),
+        t.find("C-2"),
+        "the others stay found"
+    );
+    let mail = t.purposes.get("mail").unwrap();
+    assert_eq!(t.latest(new, mail, None), None, "no choice of the old life");
+    // A repeat of the held registration is no new one.
+    t.register(8, "C-1");
+    assert!(t.reborn.is_empty());
+}
+
 #[test]
 fn a_registration_out_of_order_keeps_slots_sorted_and_found() {
     let mut t = Tables::default();
