@@ -206,16 +206,18 @@ impl Writer {
     }
 
     /// Occupies every batch writer with a record for a `LOCK-n` subject
-    /// whose row `locks` holds, one writer at a time, until a record
-    /// queues instead of being taken. Returns the calls the writers took,
-    /// and the one that queued.
+    /// whose row `locks` holds, one writer at a time (each is seen waiting
+    /// on its lock before the next record goes), then sends one more
+    /// record, which must queue. Returns the calls the writers took, and
+    /// the one that queued.
     async fn occupy_writers(
         &self,
         locks: &tokio_postgres::Transaction<'_>,
         db: &tokio_postgres::Client,
     ) -> (Vec<Call>, Call) {
+        let writers = consentd::service::record_writer::LIMITS.writers;
         let mut taken = Vec::new();
-        for n in 1..=4 {
+        for n in 1..=writers + 1 {
             let subject = format!("LOCK-{n}");
             locks
                 .execute(
@@ -225,21 +227,19 @@ impl Writer {
                 .await
                 .unwrap();
             let call = self.record(record_request(&subject, PURPOSE, "", pb::Choice::Refuse));
-            // Either a writer took it and waits on the lock, or every
-            // writer is busy and it waits in the queue.
-            let queued = until(|| async move {
-                if self.queued().await >= 1.0 {
-                    return Some(true);
-                }
-                (lock_waiters(db).await.len() == n).then_some(false)
-            })
-            .await;
-            if queued {
+            if n > writers {
+                // Every writer waits on a lock: this one can only queue.
+                until(|| async move {
+                    (self.queued().await >= 1.0 && lock_waiters(db).await.len() == writers)
+                        .then_some(())
+                })
+                .await;
                 return (taken, call);
             }
+            until(|| async move { (lock_waiters(db).await.len() == n).then_some(()) }).await;
             taken.push(call);
         }
-        panic!("more than 3 batch writers?");
+        unreachable!("the loop returns once every writer is busy")
     }
 }
 
