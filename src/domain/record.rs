@@ -35,8 +35,6 @@ pub struct Subject {
     pub channel: Channel,
     pub registered_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// The registration's place in the change feed.
-    pub sequence: i64,
 }
 
 /// A registration as a caller submits it.

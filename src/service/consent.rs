@@ -24,9 +24,7 @@ use crate::{
 
 /// How long a check that carries a consistency token waits for this
 /// server's memory to apply it before reading through to the database.
-/// Replication and the feed normally take milliseconds; a longer wait would
-/// only hold the caller when something is wrong.
-pub const TOKEN_WAIT: Duration = Duration::from_millis(250);
+pub const TOKEN_WAIT: Duration = crate::state::WAIT;
 
 /// The most items one BatchCheck may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -148,9 +146,7 @@ impl ConsentService {
             .store
             .register_subject(reg, actor, &self.refs.hash(&reg.subject_id))
             .await?;
-        self.state
-            .settle(registered.token.sequence(), TOKEN_WAIT)
-            .await;
+        self.state.settle(registered.token).await;
         Ok(registered)
     }
 
@@ -171,13 +167,10 @@ impl ConsentService {
         // transaction; answered once that has committed and this server's
         // memory has applied it.
         let record = self.records.submit(new.clone()).await?;
-        self.state.settle(record.sequence, TOKEN_WAIT).await;
+        self.state
+            .settle(ConsistencyToken::at(record.sequence))
+            .await;
         Ok(record)
-    }
-
-    /// The server's decision state, for the other write paths to settle on.
-    pub fn state(&self) -> &DecisionState {
-        &self.state
     }
 
     /// One decision, and the position it was decided at.

@@ -18,8 +18,8 @@ use crate::{
         DisclosureDecision, DisclosureFacts, DisclosureRequest, FieldOutcome, Ground, Policy,
         Reason, Recipient, decide_disclosure,
     },
-    service::{consent::TOKEN_WAIT, vault::DataKeys},
-    state::DecisionState,
+    service::vault::DataKeys,
+    state::{DecisionState, Settle},
     store::{Appended, DisclosureEvent, DisclosureFilter, DisclosurePage, NewDisclosure, Store},
 };
 
@@ -85,7 +85,7 @@ pub struct DisclosureService {
     store: Store,
     policy: Arc<Policy>,
     keys: Arc<DataKeys>,
-    state: Option<DecisionState>,
+    settle: Settle,
 }
 
 impl DisclosureService {
@@ -94,7 +94,7 @@ impl DisclosureService {
             store,
             policy,
             keys,
-            state: None,
+            settle: Settle::default(),
         }
     }
 
@@ -116,21 +116,15 @@ impl DisclosureService {
         }
         let sealed = self.keys.seal(&new.subject_id, &new.field, &new.value)?;
         let stored = self.store.put_personal_data(new, &sealed).await?;
-        self.settle(stored.1).await;
+        self.settle.after(stored.1).await;
         Ok(stored)
     }
 
     /// Each write waits until `state` has applied it, so a check on this
     /// server sees it at once.
     pub fn settling(mut self, state: DecisionState) -> Self {
-        self.state = Some(state);
+        self.settle = Settle::on(state);
         self
-    }
-
-    async fn settle(&self, token: ConsistencyToken) {
-        if let Some(state) = &self.state {
-            state.settle(token.sequence(), TOKEN_WAIT).await;
-        }
     }
 
     /// Notes that the value was confirmed with the person (R3). Returns when,
@@ -152,7 +146,7 @@ impl DisclosureService {
                 resource_type: "consent.v1.PersonalData",
                 name: format!("{subject_id}/{field}"),
             })?;
-        self.settle(verified.1).await;
+        self.settle.after(verified.1).await;
         Ok(verified)
     }
 

@@ -4,8 +4,7 @@ use crate::{
     domain::{Actor, SubjectId},
     error::Result,
     keys::{SubjectKey, hex},
-    service::consent::TOKEN_WAIT,
-    state::DecisionState,
+    state::{DecisionState, Settle},
     store::{Erased, Store},
 };
 
@@ -42,7 +41,7 @@ impl ErasureRefs {
 pub struct Eraser {
     store: Store,
     refs: ErasureRefs,
-    state: Option<DecisionState>,
+    settle: Settle,
 }
 
 impl Eraser {
@@ -50,14 +49,14 @@ impl Eraser {
         Self {
             store,
             refs,
-            state: None,
+            settle: Settle::default(),
         }
     }
 
     /// Each erasure waits until `state` has applied it, so a check on this
     /// server sees it at once.
     pub fn settling(mut self, state: DecisionState) -> Self {
-        self.state = Some(state);
+        self.settle = Settle::on(state);
         self
     }
 
@@ -74,9 +73,7 @@ impl Eraser {
         if !erased.already {
             tracing::info!(pseudonym = %erased.pseudonym, "subject erased");
         }
-        if let Some(state) = &self.state {
-            state.settle(erased.token.sequence(), TOKEN_WAIT).await;
-        }
+        self.settle.after(erased.token).await;
         Ok(erased)
     }
 }

@@ -22,11 +22,10 @@ use crate::{
     },
     service::{
         concern::{ConcernService, ConcernView},
-        consent::TOKEN_WAIT,
         export::{Exporter, SubjectExport},
         unsubscribe::{MAX_CAMPAIGN_CHARS, UnsubscribeKeys},
     },
-    state::DecisionState,
+    state::{DecisionState, Settle},
     store::{MAX_CONTACT_CHARS, MAX_TEXT_CHARS, Store},
 };
 
@@ -142,7 +141,7 @@ pub struct Preferences {
     base_url: String,
     link_days: u32,
     clock: Clock,
-    state: Option<DecisionState>,
+    settle: Settle,
 }
 
 impl Preferences {
@@ -163,27 +162,23 @@ impl Preferences {
             base_url: base_url.trim_end_matches('/').to_string(),
             link_days,
             clock: Arc::new(Utc::now),
-            state: None,
+            settle: Settle::default(),
         }
     }
 
     /// Each change waits until `state` has applied it, so a check on this
     /// server sees it at once.
     pub fn settling(mut self, state: DecisionState) -> Self {
-        self.state = Some(state);
+        self.settle = Settle::on(state);
         self
-    }
-
-    async fn settle(&self, record: &ConsentRecord) {
-        if let Some(state) = &self.state {
-            state.settle(record.sequence, TOKEN_WAIT).await;
-        }
     }
 
     /// Appends unless it is already the current choice; whether it was.
     async fn append_unless_current(&self, new: &NewConsentRecord) -> Result<bool> {
         let (record, created) = self.store.append_unless_current(new).await?;
-        self.settle(&record).await;
+        self.settle
+            .after(ConsistencyToken::at(record.sequence))
+            .await;
         Ok(created)
     }
 
@@ -444,8 +439,8 @@ impl Preferences {
                 }
             }
         }
-        if let (Some(state), Some(token)) = (&self.state, saved.token) {
-            state.settle(token.sequence(), TOKEN_WAIT).await;
+        if let Some(token) = saved.token {
+            self.settle.after(token).await;
         }
         Ok(saved)
     }

@@ -16,8 +16,7 @@ use crate::{
     },
     error::{Error, Result},
     policy::{Policy, Purpose},
-    service::consent::TOKEN_WAIT,
-    state::DecisionState,
+    state::{DecisionState, Settle},
     store::Store,
 };
 
@@ -29,7 +28,7 @@ pub struct Unsubscribes {
     keys: Arc<UnsubscribeKeys>,
     /// Where the HTTP side is reached from outside, without a trailing `/`.
     base_url: String,
-    state: Option<DecisionState>,
+    settle: Settle,
 }
 
 /// What CreateUnsubscribeLinks asks for, validated.
@@ -91,14 +90,14 @@ impl Unsubscribes {
             policy,
             keys,
             base_url: base_url.trim_end_matches('/').to_string(),
-            state: None,
+            settle: Settle::default(),
         }
     }
 
     /// Each refusal waits until `state` has applied it, so a check on this
     /// server sees it at once.
     pub fn settling(mut self, state: DecisionState) -> Self {
-        self.state = Some(state);
+        self.settle = Settle::on(state);
         self
     }
 
@@ -188,9 +187,9 @@ impl Unsubscribes {
                 recipient: None,
             })
             .await?;
-        if let Some(state) = &self.state {
-            state.settle(refusal.sequence, TOKEN_WAIT).await;
-        }
+        self.settle
+            .after(ConsistencyToken::at(refusal.sequence))
+            .await;
         if created {
             metrics::counter!(crate::metrics::UNSUBSCRIBES, "purpose" => target.claims.purpose.to_string())
                 .increment(1);

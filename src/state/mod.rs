@@ -26,8 +26,14 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// How long a write, or a check that carries a consistency token, waits
+/// for this server's memory to apply a position. Replication and the feed
+/// normally take milliseconds; a longer wait would only hold the caller
+/// when something is wrong.
+pub const WAIT: Duration = Duration::from_millis(250);
+
 use crate::{
-    domain::{FeedEvent, FieldName, PurposeCode, SubjectId},
+    domain::{ConsistencyToken, FeedEvent, FieldName, PurposeCode, SubjectId},
     policy::{Decision, Policy, Standing, decide_known},
     service::{erasure::ErasureRefs, feed::FeedHub},
     store::Store,
@@ -195,19 +201,32 @@ impl DecisionState {
         Some((decisions, at))
     }
 
-    /// After a write through this server: waits (at most `within`) until
+    /// After a write through this server: waits (at most [`WAIT`]) until
     /// the memory has applied it, so a check on this same server sees its
     /// own writes without a token. Returns at once while still loading:
     /// decisions then read the database anyway.
-    pub async fn settle(&self, sequence: i64, within: Duration) {
-        if self.is_ready() && !self.wait_applied(sequence, within).await {
+    pub async fn settle(&self, written: ConsistencyToken) {
+        let sequence = written.sequence();
+        if self.is_ready() && !self.wait_applied(sequence, WAIT).await {
             tracing::debug!(sequence, "a write was not applied in memory in time");
         }
     }
+}
 
-    /// What the tables have allocated, for the memory metric and bench.
-    pub fn allocated_bytes(&self) -> usize {
-        let tables = self.inner.tables.read().unwrap_or_else(|p| p.into_inner());
-        tables.allocated_bytes()
+/// What a write path holds to settle its writes on the server's state:
+/// nothing (a path built outside a server, as in tests) or the state.
+#[derive(Clone, Default)]
+pub struct Settle(Option<DecisionState>);
+
+impl Settle {
+    pub fn on(state: DecisionState) -> Self {
+        Self(Some(state))
+    }
+
+    /// See [`DecisionState::settle`].
+    pub async fn after(&self, written: ConsistencyToken) {
+        if let Some(state) = &self.0 {
+            state.settle(written).await;
+        }
     }
 }

@@ -440,8 +440,7 @@ async fn subject_in(
         .query_opt(
             &client
                 .prepare_cached(
-                    "SELECT subject_id, kind, notice_version, channel, registered_at, updated_at,
-                    sequence
+                    "SELECT subject_id, kind, notice_version, channel, registered_at, updated_at
                FROM subjects WHERE subject_id = $1",
                 )
                 .await?,
@@ -462,7 +461,6 @@ fn subject_from_row(row: &Row) -> Result<Subject> {
         channel: stored_enum(Channel::from_stored(row.get(3)), "channel")?,
         registered_at: row.get(4),
         updated_at: row.get(5),
-        sequence: row.get(6),
     })
 }
 
