@@ -415,8 +415,15 @@ async fn memory_answers_every_question_as_the_database_does_after_random_sequent
 }
 
 async fn every_question_answered_alike(tasks: u64) {
+    // One writer makes the walk a function of its seed alone: fixed seeds
+    // then reach every answer below on every run. Concurrent walks vary
+    // with timing anyway, so they take fresh seeds.
+    let seeds = match (tasks, std::env::var("CONSENTD_STATE_SEED")) {
+        (1, Err(_)) => vec![1, 2, 3],
+        _ => seeds(),
+    };
     let mut seen = Vec::new();
-    for seed in seeds() {
+    for seed in seeds {
         seen.extend(memory_matches_the_database(seed, tasks).await);
     }
     // Not vacuous: the walks reached the answers each part of the state
