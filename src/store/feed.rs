@@ -48,20 +48,46 @@ pub struct FeedRead {
     pub replayed: Option<PgLsn>,
 }
 
-/// The transactions in flight in the current snapshot, fixing the snapshot
-/// when it is the first statement of a transaction. Transaction ids are
-/// cluster-wide, so the snapshot also lists other databases' transactions,
-/// which can never fill a gap here: a long one elsewhere on the same server
-/// must not stall this feed. Only those known to be elsewhere are left out;
-/// one whose database is not visible to this role is kept, which can only
-/// delay.
-const IN_PROGRESS: &str = "SELECT array(
+/// The transactions that may still commit a sequence number below what the
+/// current snapshot shows, as `xid8` text; the snapshot is fixed when this
+/// is the first statement of a transaction.
+///
+/// The snapshot's own list (`pg_snapshot_xip`) is not enough: it names only
+/// transactions below its `xmax`, which is one past the newest transaction
+/// to have *finished*, not the newest to have started. A writer that took
+/// its id after the last one to finish, drew a number, and is still open is
+/// in neither list, yet a later number drawn by an older transaction can
+/// already be visible. (The feed once skipped such a registration for good.)
+/// So every transaction that holds an id in this database now, read from
+/// the backends after the snapshot was taken, is added; their 32-bit ids are
+/// widened against the snapshot's `xmax`, which they are near.
+///
+/// Transaction ids are cluster-wide, so the snapshot also lists other
+/// databases' transactions, which can never fill a gap here: a long one
+/// elsewhere on the same server must not stall this feed. Only those known
+/// to be elsewhere are left out; one whose database is not visible to this
+/// role is kept, which can only delay.
+macro_rules! in_flight {
+    () => {
+        "array(
    SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x
     WHERE x::xid NOT IN (
       SELECT backend_xid FROM pg_stat_activity
        WHERE backend_xid IS NOT NULL
-         AND datname IS DISTINCT FROM current_database())),
-   pg_last_wal_replay_lsn()";
+         AND datname IS DISTINCT FROM current_database())
+   UNION
+   SELECT (s.xmax + (a.backend_xid::text::bigint - s.xmax % 4294967296 + 6442450944)
+                    % 4294967296 - 2147483648)::text
+     FROM pg_stat_activity AS a,
+          (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) AS s
+    WHERE a.backend_xid IS NOT NULL
+      AND a.datname = current_database())"
+    };
+}
+pub(super) use in_flight;
+
+/// [`in_flight`], and a standby's replay position.
+const IN_PROGRESS: &str = concat!("SELECT ", in_flight!(), ", pg_last_wal_replay_lsn()");
 
 impl Store {
     /// Up to `limit` events after sequence `after`, and the snapshot's

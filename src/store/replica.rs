@@ -18,13 +18,8 @@ use super::{ConnectionSettings, Database, ServingRole, Store, redact::redact};
 use crate::error::Result;
 
 /// The transactions in flight on this server, other databases' left out
-/// (see `feed::IN_PROGRESS`, which this shares its reasoning with).
-const IN_PROGRESS: &str = "SELECT array(
-   SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-    WHERE x::xid NOT IN (
-      SELECT backend_xid FROM pg_stat_activity
-       WHERE backend_xid IS NOT NULL
-         AND datname IS DISTINCT FROM current_database()))";
+/// (see `feed::in_flight`).
+const IN_PROGRESS: &str = concat!("SELECT ", super::feed::in_flight!());
 
 /// How far behind the primary a standby may be at start: it must have the
 /// serving role's grants, and one this far behind is not replicating.

@@ -3,14 +3,19 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use consentd::{
+    domain::ConsistencyToken,
     grpc::pb::{self, Choice},
-    store,
+    store::{self, embedded::Durability},
 };
 use tokio_stream::StreamExt as _;
 use tonic::Streaming;
 
-use crate::helpers::{
-    TestApp, fresh_database, record_request, spawn_app, spawn_app_with, violated_fields,
+use crate::{
+    cluster::PrivateCluster,
+    helpers::{
+        TestApp, at_least_as_fresh, fresh_database, record_request, spawn_app, spawn_app_on,
+        spawn_app_with, violated_fields,
+    },
 };
 
 async fn watch(
@@ -319,6 +324,93 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
     resumer_cursor = next(&mut resumed, SOON).await.sequence;
     assert_eq!(resumer_cursor, slow_sequence);
     assert_eq!(next(&mut resumed, SOON).await.sequence, fast.sequence);
+}
+
+/// A record inserted by hand for subject `$1`, in a transaction that took
+/// its id first (as every server write path does before it draws a number).
+const RAW_INSERT_FOR: &str =
+    "INSERT INTO consent_records (subject_id, record_id, purpose, field, choice, channel,
+        notice_version, evidence, actor)
+     VALUES ($1, gen_random_uuid(), 'promotional_mail', '', 'refuse', 'api', 'v', '', 'sql')
+     RETURNING sequence";
+
+/// A snapshot lists as in flight only transactions older than the newest
+/// one to have finished (its `xmax`). Here the late writer takes its id
+/// after the early one, draws the lower number, and stays open while the
+/// early one commits the higher number: the late writer is in no snapshot's
+/// list, so a feed that trusted the list skipped its record for good, on
+/// WatchChanges and in every server's memory. On a private cluster, so that
+/// no other test's commit moves `xmax` past the late writer meanwhile.
+#[tokio::test]
+async fn a_late_commit_newer_than_every_finished_transaction_is_not_skipped() {
+    let cluster = PrivateCluster::start(Durability::Durable).await;
+    let app = spawn_app_on(cluster.database("feed_xmax").await, |_| {}).await;
+    app.register("C-late").await;
+    app.register("C-early").await;
+    let mut stream = watch(&app, 0, &[]).await;
+
+    let mut early_db = app.connect_db().await;
+    let mut late_db = app.connect_db().await;
+    let early = early_db.transaction().await.unwrap();
+    let late = late_db.transaction().await.unwrap();
+    let xid = |row: tokio_postgres::Row| row.get::<_, String>(0).parse::<u64>().unwrap();
+    let early_xid = xid(early
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .unwrap());
+    let late_xid = xid(late
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .unwrap());
+    assert!(late_xid > early_xid);
+    let late_sequence: i64 = (late.query_one(RAW_INSERT_FOR, &[&"C-late"]).await)
+        .unwrap()
+        .get(0);
+    let early_sequence: i64 = (early.query_one(RAW_INSERT_FOR, &[&"C-early"]).await)
+        .unwrap()
+        .get(0);
+    assert!(early_sequence > late_sequence);
+    early.commit().await.unwrap();
+    let listed: i64 = (app.db)
+        .query_one(
+            "SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) AS x WHERE x::text = $1",
+            &[&late_xid.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        listed, 0,
+        "the late writer must be missing from snapshots for this test to test anything"
+    );
+    // No NOTIFY here: it would take a transaction id, and its commit would
+    // move `xmax` past the late writer. The feed's poll finds the record,
+    // and a feed that skips the gap has the time to do it.
+    until_a_stream_waits_at_the_gap(&app).await;
+
+    late.commit().await.unwrap();
+    app.db
+        .batch_execute("NOTIFY consent_changes")
+        .await
+        .unwrap();
+    let first = next(&mut stream, SOON).await;
+    let second = next(&mut stream, SOON).await;
+    assert_eq!(
+        (first.sequence, second.sequence),
+        (late_sequence, early_sequence)
+    );
+    // The server's memory follows the same feed: at the early record's
+    // position it has the late refusal too.
+    let token = ConsistencyToken::at(early_sequence).encode();
+    let answer = (app)
+        .check_with(
+            "C-late",
+            "promotional_mail",
+            "email",
+            at_least_as_fresh(&token),
+        )
+        .await;
+    assert_eq!(answer.reason(), pb::Reason::OptedOut);
 }
 
 #[tokio::test]

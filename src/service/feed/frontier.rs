@@ -5,9 +5,11 @@
 //! therefore never emits past a gap until the gap is settled: either its
 //! event becomes visible, or every transaction that could hold it has
 //! finished. A transaction that could hold a gap below the highest visible
-//! sequence must have been in flight in the snapshot that showed the gap
-//! (writers take a transaction id before their sequence number), so waiting
-//! for that snapshot's in-flight transactions is enough.
+//! sequence already had its id when the snapshot that showed the gap was
+//! taken (writers take a transaction id before their sequence number), so
+//! waiting for the transactions that held ids then is enough. Those are
+//! more than the snapshot's own list, which stops at the newest finished
+//! transaction: see `store::feed::in_flight`.
 
 /// Where a stream stands: the last sequence sent, and how far gaps are
 /// known to be permanent.
