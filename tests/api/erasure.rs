@@ -375,3 +375,113 @@ async fn erasing_an_unknown_or_malformed_subject_is_refused_and_writes_nothing()
     );
     assert_eq!(every_row(&app).await, rows);
 }
+
+/// Returns once `n` backends of the app's database wait on a lock.
+async fn until_waiting_on_locks(app: &TestApp, n: i64) {
+    let waiting = async {
+        loop {
+            let waiting: i64 = (app.db)
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("{n} backends never waited on locks"));
+}
+
+/// An erasure of `subject` under way in its own task.
+fn erasing(
+    channel: tonic::transport::Channel,
+    subject: &'static str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::EraseSubjectResponse>, tonic::Status>> {
+    tokio::spawn(async move {
+        let request = pb::EraseSubjectRequest {
+            subject_id: subject.into(),
+            request_id: String::new(),
+        };
+        (SubjectRightsServiceClient::new(channel))
+            .erase_subject(as_actor("privacy-officer", request))
+            .await
+    })
+}
+
+fn put_email(subject: &str, value: &str) -> pb::PutPersonalDataRequest {
+    crate::disclosure::put_request(subject, "email", value, &["customer_support"])
+}
+
+/// A value stored while an erasure of its subject runs must not survive it
+/// under the pseudonym: the two take turns on the subject's row, whichever
+/// comes first. Each is held mid-way on a row lock the test takes, so both
+/// orders really overlap.
+#[tokio::test]
+async fn a_value_stored_during_an_erasure_does_not_survive_it() {
+    let app = spawn_app().await;
+    let mut data = DisclosureServiceClient::new(app.channel.clone());
+    let row_lock =
+        "SELECT 1 FROM personal_data WHERE subject_id = $1 AND field = 'email' FOR UPDATE";
+
+    // The store first: it holds the subject while it waits to replace the
+    // stored row; the erasure then waits for it, and takes the new value too.
+    app.register("C-put-first").await;
+    (data
+        .put_personal_data(put_email("C-put-first", "old-first@example.com"))
+        .await)
+        .unwrap();
+    let mut holder = app.connect_db().await;
+    let held = holder.transaction().await.unwrap();
+    held.query_one(row_lock, &[&"C-put-first"]).await.unwrap();
+    let mut put_client = data.clone();
+    let put = tokio::spawn(async move {
+        (put_client.put_personal_data(put_email("C-put-first", "new-first@example.com"))).await
+    });
+    until_waiting_on_locks(&app, 1).await;
+    let erasure = erasing(app.channel.clone(), "C-put-first");
+    until_waiting_on_locks(&app, 2).await;
+    held.rollback().await.unwrap();
+    put.await
+        .unwrap()
+        .expect("the store, first in line, succeeds");
+    erasure
+        .await
+        .unwrap()
+        .expect("the erasure succeeds after it");
+    assert_eq!(app.count("personal_data").await, 0, "no value survives");
+
+    // The erasure first: it holds the subject while it waits to delete the
+    // stored row; the store then waits for it, and finds no subject.
+    app.register("C-erase-first").await;
+    (data
+        .put_personal_data(put_email("C-erase-first", "old-second@example.com"))
+        .await)
+        .unwrap();
+    let held = holder.transaction().await.unwrap();
+    held.query_one(row_lock, &[&"C-erase-first"]).await.unwrap();
+    let erasure = erasing(app.channel.clone(), "C-erase-first");
+    until_waiting_on_locks(&app, 1).await;
+    let put = tokio::spawn(async move {
+        (data.put_personal_data(put_email("C-erase-first", "new-second@example.com"))).await
+    });
+    until_waiting_on_locks(&app, 2).await;
+    held.rollback().await.unwrap();
+    erasure
+        .await
+        .unwrap()
+        .expect("the erasure, first in line, succeeds");
+    let refused = put
+        .await
+        .unwrap()
+        .expect_err("the store after it is refused");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert_eq!(app.count("personal_data").await, 0, "no value survives");
+}
