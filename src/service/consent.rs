@@ -19,7 +19,7 @@ use crate::{
         record_writer::RecordWriter,
     },
     state::DecisionState,
-    store::{HistoryPage, Registered, Store},
+    store::{DecisionInputs, HistoryPage, Registered, Store},
 };
 
 /// How long a check that carries a consistency token waits for this
@@ -283,60 +283,44 @@ impl ConsentService {
         Ok((decisions, at))
     }
 
-    /// [`Self::decide_each`] read through to the database.
+    /// [`Self::decide_each`] read through to the database, in one round
+    /// trip: the suppression-list hashes go along for every id, since which
+    /// ids are unregistered is known only from the same read.
     async fn decide_from_database<'q>(
         &self,
         ids: &[&SubjectId],
         asked: impl Fn(usize) -> (&'q PurposeCode, &'q FieldName),
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Decision>> {
-        let mut states = self.store.current_state_for(ids).await?;
-        self.mark_erased(ids, &mut states).await?;
-        // R3: the stored fields' ages, never their values.
-        let data = self.store.field_data_for(ids).await?;
+        let hashes: Vec<Vec<u8>> = ids.iter().map(|id| self.refs.hash(id)).collect();
+        let DecisionInputs {
+            mut states,
+            data,
+            erased,
+        } = self.store.decision_inputs(ids, &hashes).await?;
+        // An unregistered id on the suppression list is erased, so `decide`
+        // answers REASON_SUBJECT_ERASED for it.
+        for (id, hash) in ids.iter().zip(&hashes) {
+            if !states.contains_key(*id) && erased.contains(hash) {
+                let state = SubjectState {
+                    erased: true,
+                    ..Default::default()
+                };
+                states.insert((*id).clone(), state);
+            }
+        }
         Ok(ids
             .iter()
             .enumerate()
             .map(|(i, id)| {
                 let (purpose, field) = asked(i);
+                // R3: the stored fields' ages, never their values.
                 let stored = data
                     .get(*id)
                     .and_then(|fields| fields.iter().find(|d| &d.field == field));
                 decide_with_data(&self.policy, states.get(*id), purpose, field, stored, now)
             })
             .collect())
-    }
-
-    /// Adds an erased state for each unregistered id on the suppression
-    /// list, so `decide` answers REASON_SUBJECT_ERASED for it. Costs a query
-    /// only when some ids are not registered.
-    async fn mark_erased(
-        &self,
-        ids: &[&SubjectId],
-        states: &mut std::collections::HashMap<SubjectId, SubjectState>,
-    ) -> Result<()> {
-        let unknown: Vec<&SubjectId> = ids
-            .iter()
-            .copied()
-            .filter(|id| !states.contains_key(*id))
-            .collect();
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        let hashes: Vec<Vec<u8>> = unknown.iter().map(|id| self.refs.hash(id)).collect();
-        let erased = self.store.erased_among(&hashes).await?;
-        for (id, hash) in unknown.into_iter().zip(hashes) {
-            if erased.contains(&hash) {
-                states.insert(
-                    id.clone(),
-                    SubjectState {
-                        erased: true,
-                        ..Default::default()
-                    },
-                );
-            }
-        }
-        Ok(())
     }
 
     pub async fn consent_state(&self, subject_id: &SubjectId) -> Result<ConsentOverview> {

@@ -9,7 +9,9 @@ use uuid::Uuid;
 use super::{
     Store,
     idempotency::{self, Claim, RequestDigest},
-    rows::{RECORD_COLUMNS, optional_field, record_from_row, stored, stored_enum},
+    rows::{
+        RECORD_COLUMNS, optional_field, record_from_row, state_choice_from, stored, stored_enum,
+    },
 };
 use crate::{
     domain::{
@@ -270,19 +272,8 @@ impl Store {
         for row in rows {
             let subject = stored(SubjectId::parse(row.get::<_, String>(0)), "subject_id")?;
             let state = states.entry(subject).or_default();
-            let Some(purpose) = row.get::<_, Option<String>>(1) else {
-                continue; // registered, no choices yet
-            };
-            let field: String = row.get(2);
-            state.choices.push(StoredChoice {
-                purpose: stored(PurposeCode::parse(purpose), "purpose")?,
-                field: optional_field(field)?,
-                choice: stored_enum(Choice::from_stored(row.get(3)), "choice")?,
-                record_id: row.get(4),
-                sequence: row.get(5),
-                recorded_at: row.get(6),
-                recipient: None,
-            });
+            // None: registered, no choices yet.
+            state.choices.extend(state_choice_from(&row, 1)?);
         }
         Ok(states)
     }

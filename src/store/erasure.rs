@@ -84,28 +84,6 @@ impl Store {
             None => Err(Error::subject_not_found(subject_id)),
         }
     }
-
-    /// Which of these suppression-list hashes are on the list.
-    #[tracing::instrument(name = "store.erased_among", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "erased_among"))]
-    pub async fn erased_among(&self, hashes: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        if hashes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let client = self.client().await?;
-        Ok(client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT subject_hash FROM erased_subjects WHERE subject_hash = ANY($1)",
-                    )
-                    .await?,
-                &[&hashes],
-            )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect())
-    }
 }
 
 /// The feed position of the erasure that drew `pseudonym` (each erasure

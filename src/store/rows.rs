@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 use crate::{
     domain::{
         Actor, Channel, Choice, ConsentRecord, Evidence, FieldData, FieldName, NewConsentRecord,
-        NoticeVersion, PurposeCode, RecipientId, RequestId, SubjectId,
+        NoticeVersion, PurposeCode, RecipientId, RequestId, StoredChoice, SubjectId,
     },
     error::{Error, Result},
 };
@@ -89,4 +89,22 @@ pub(super) fn field_data_from(row: &Row, first: usize) -> Result<FieldData> {
         collected_at: row.get(first + 2),
         verified_at: row.get(first + 3),
     })
+}
+
+/// A current choice from `purpose, field, choice, record_id, sequence,
+/// recorded_at` of `consent_state`, starting at column `first`; `None` for
+/// a subject with no choice (the columns of an outer join's missing row).
+pub(super) fn state_choice_from(row: &Row, first: usize) -> Result<Option<StoredChoice>> {
+    let Some(purpose) = row.get::<_, Option<String>>(first) else {
+        return Ok(None);
+    };
+    Ok(Some(StoredChoice {
+        purpose: stored(PurposeCode::parse(purpose), "purpose")?,
+        field: optional_field(row.get(first + 1))?,
+        choice: stored_enum(Choice::from_stored(row.get(first + 2)), "choice")?,
+        record_id: row.get(first + 3),
+        sequence: row.get(first + 4),
+        recorded_at: row.get(first + 5),
+        recipient: None,
+    }))
 }
