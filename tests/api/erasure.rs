@@ -376,30 +376,6 @@ async fn erasing_an_unknown_or_malformed_subject_is_refused_and_writes_nothing()
     assert_eq!(every_row(&app).await, rows);
 }
 
-/// Returns once `n` backends of the app's database wait on a lock.
-async fn until_waiting_on_locks(app: &TestApp, n: i64) {
-    let waiting = async {
-        loop {
-            let waiting: i64 = (app.db)
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting >= n {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
-        .await
-        .unwrap_or_else(|_| panic!("{n} backends never waited on locks"));
-}
-
 /// An erasure of `subject` under way in its own task.
 fn erasing(
     channel: tonic::transport::Channel,
@@ -445,9 +421,9 @@ async fn a_value_stored_during_an_erasure_does_not_survive_it() {
     let put = tokio::spawn(async move {
         (put_client.put_personal_data(put_email("C-put-first", "new-first@example.com"))).await
     });
-    until_waiting_on_locks(&app, 1).await;
+    app.until_waiting_on_locks(1).await;
     let erasure = erasing(app.channel.clone(), "C-put-first");
-    until_waiting_on_locks(&app, 2).await;
+    app.until_waiting_on_locks(2).await;
     held.rollback().await.unwrap();
     put.await
         .unwrap()
@@ -468,11 +444,11 @@ async fn a_value_stored_during_an_erasure_does_not_survive_it() {
     let held = holder.transaction().await.unwrap();
     held.query_one(row_lock, &[&"C-erase-first"]).await.unwrap();
     let erasure = erasing(app.channel.clone(), "C-erase-first");
-    until_waiting_on_locks(&app, 1).await;
+    app.until_waiting_on_locks(1).await;
     let put = tokio::spawn(async move {
         (data.put_personal_data(put_email("C-erase-first", "new-second@example.com"))).await
     });
-    until_waiting_on_locks(&app, 2).await;
+    app.until_waiting_on_locks(2).await;
     held.rollback().await.unwrap();
     erasure
         .await

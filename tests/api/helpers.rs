@@ -387,6 +387,32 @@ impl TestApp {
         &self._database.db_url
     }
 
+    /// Backends of the test's database waiting on a lock.
+    pub async fn waiting_on_locks(&self) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Returns once at least `n` backends of the test's database wait on a
+    /// lock; a hang guard, not a timing, panics after 30 s.
+    pub async fn until_waiting_on_locks(&self, n: i64) {
+        let waiting = async {
+            while self.waiting_on_locks().await < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("{n} backends never waited on locks"));
+    }
+
     /// A second connection to the test's database, for transactions the
     /// test controls.
     pub async fn connect_db(&self) -> tokio_postgres::Client {

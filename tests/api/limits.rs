@@ -21,24 +21,11 @@ use crate::{
     raw_h2::{self, RawConnection},
 };
 
-/// Backends of the test's database waiting on a lock.
-async fn waiting_on_locks(app: &TestApp) -> i64 {
-    app.db
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// Polls until `count` backends wait on a lock, for at most 10 s.
 async fn until_waiting(app: &TestApp, count: i64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if waiting_on_locks(app).await == count {
+        if app.waiting_on_locks().await == count {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
