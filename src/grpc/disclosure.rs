@@ -15,9 +15,9 @@ use super::{
 };
 use crate::{
     domain::{
-        self, Actor, Channel, FieldName, Justification, LegalBasis, ListLimit, NewPersonalData,
-        NoticeVersion, PersonalValue, PurposeCode, RecipientId, Reference, RequestId, SubjectId,
-        Violations,
+        self, Actor, Channel, Disclosure, FieldName, Justification, LegalBasis, ListLimit,
+        NewPersonalData, NoticeVersion, PersonalValue, PurposeCode, RecipientId, Reference,
+        RequestId, SubjectId, Violations,
     },
     error::Error,
     policy::{DisclosureParts, DisclosureRequest, Ground, Policy, Reason, Recipient},
@@ -159,8 +159,10 @@ impl Rpc for DisclosureGrpc {
         request: Request<pb::ApproveDisclosureRequest>,
     ) -> Result<Response<pb::ApproveDisclosureResponse>, Status> {
         observe(SERVICE, "ApproveDisclosure", request, |r| async move {
+            let permit = Permit::of(&r)?;
             let (actor, id) = actor_and_disclosure(&r, &r.get_ref().disclosure_id)?;
-            let answer = self.service.approve_disclosure(id, &actor).await?;
+            let may = |d: &Disclosure| may_touch(&permit, d);
+            let answer = self.service.approve_disclosure(id, &actor, may).await?;
             self.observe_answer(&answer);
             // An approval answers exactly like the request it completes.
             let pb::RequestDisclosureResponse {
@@ -184,8 +186,10 @@ impl Rpc for DisclosureGrpc {
         request: Request<pb::ReviewDisclosureRequest>,
     ) -> Result<Response<pb::ReviewDisclosureResponse>, Status> {
         observe(SERVICE, "ReviewDisclosure", request, |r| async move {
+            let permit = Permit::of(&r)?;
             let (actor, id) = actor_and_disclosure(&r, &r.get_ref().disclosure_id)?;
-            let disclosure = self.service.review_disclosure(id, &actor).await?;
+            let may = |d: &Disclosure| may_touch(&permit, d);
+            let disclosure = self.service.review_disclosure(id, &actor, may).await?;
             Ok(Response::new(pb::ReviewDisclosureResponse {
                 disclosure: Some(disclosure_to_pb(disclosure)),
             }))
@@ -225,8 +229,10 @@ impl Rpc for DisclosureGrpc {
         request: Request<pb::GetDisclosureRequest>,
     ) -> Result<Response<pb::GetDisclosureResponse>, Status> {
         observe(SERVICE, "GetDisclosure", request, |r| async move {
+            let permit = Permit::of(&r)?;
             let id = parse_get(r.get_ref())?;
             let disclosure = self.service.get_disclosure(id).await?;
+            may_touch(&permit, &disclosure)?;
             Ok(Response::new(pb::GetDisclosureResponse {
                 disclosure: Some(disclosure_to_pb(disclosure)),
             }))
@@ -442,6 +448,18 @@ pub(super) fn parse_list(r: pb::ListDisclosuresRequest) -> Result<List, Error> {
         })
     })();
     done(v, parsed)
+}
+
+/// Whether the caller may act on (approve, review, read) a disclosure
+/// already requested: it must hold what a request of it would need, its
+/// purpose or legal basis and its recipient. Otherwise anyone let call
+/// ApproveDisclosure could release to any recipient on any basis.
+fn may_touch(permit: &Permit, d: &Disclosure) -> Result<(), Error> {
+    permit.allow(
+        d.purpose.as_slice(),
+        std::slice::from_ref(&d.recipient_id),
+        d.legal_basis.as_slice(),
+    )
 }
 
 /// The caller and the disclosure a follow-up call (approve, review) names.

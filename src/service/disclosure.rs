@@ -278,12 +278,17 @@ impl DisclosureService {
 
     /// Releases a pending legal-basis disclosure. A second person must
     /// approve (R7): the requester is refused with PERMISSION_DENIED.
+    /// `may` says whether the approver may touch this disclosure at all
+    /// (its recipient and legal basis); it is asked before anything else,
+    /// so a caller that may not learns nothing of it.
     pub async fn approve_disclosure(
         &self,
         disclosure_id: Uuid,
         actor: &Actor,
+        may: impl FnOnce(&Disclosure) -> Result<()>,
     ) -> Result<DisclosureAnswer> {
         let disclosure = self.get_disclosure(disclosure_id).await?;
+        may(&disclosure)?;
         if disclosure.status != DisclosureStatus::PendingApproval {
             return Err(not_pending(&disclosure));
         }
@@ -304,13 +309,16 @@ impl DisclosureService {
     }
 
     /// Closes the review of an emergency release. The reviewer must not be
-    /// the requester, for the same reason as an approval.
+    /// the requester, for the same reason as an approval; `may` as for
+    /// [`Self::approve_disclosure`].
     pub async fn review_disclosure(
         &self,
         disclosure_id: Uuid,
         actor: &Actor,
+        may: impl FnOnce(&Disclosure) -> Result<()>,
     ) -> Result<Disclosure> {
         let disclosure = self.get_disclosure(disclosure_id).await?;
+        may(&disclosure)?;
         let no_review = || Error::FailedPrecondition {
             violation_type: "REVIEW",
             subject: format!("disclosures/{disclosure_id}"),

@@ -76,12 +76,18 @@ pub fn token(caller: &str) -> &'static str {
 
 /// The test callers file: [`PERMISSIONS`] with each caller's token hash.
 pub fn callers_toml() -> String {
+    with_token_hashes(PERMISSIONS, token)
+}
+
+/// A callers file: `permissions` with a `token_sha256` line after each
+/// caller's id, the hash of `token_of(id)`.
+pub fn with_token_hashes(permissions: &str, token_of: impl Fn(&str) -> &'static str) -> String {
     let mut out = String::new();
-    for line in PERMISSIONS.lines() {
+    for line in permissions.lines() {
         out.push_str(line);
         out.push('\n');
         if let Some(id) = line.strip_prefix("id = ") {
-            let hash: [u8; 32] = Sha256::digest(token(id.trim_matches('"'))).into();
+            let hash: [u8; 32] = Sha256::digest(token_of(id.trim_matches('"'))).into();
             let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
             out.push_str(&format!("token_sha256 = \"{hex}\"\n"));
         }

@@ -22,6 +22,7 @@ mod database;
 mod deploy;
 mod disclosure;
 mod disclosure_bad_input;
+mod disclosure_callers;
 mod disclosure_holes;
 mod erasure;
 mod erasure_traces;
