@@ -126,6 +126,19 @@ impl Error {
 }
 
 impl Error {
+    /// Which of the server's limits refused the call, for the
+    /// `consentd_calls_limited_total` counter; `None` for any other error.
+    pub fn limit_reason(&self) -> Option<&'static str> {
+        match self {
+            Error::Overloaded => Some("overloaded"),
+            Error::RateLimited { .. } => Some("rate_limited"),
+            Error::DeadlineExceeded => Some("deadline_exceeded"),
+            Error::MessageTooLarge { .. } => Some("message_too_large"),
+            Error::TooManyStreams { .. } => Some("too_many_streams"),
+            _ => None,
+        }
+    }
+
     /// Whether the database could not be reached, so that the same call can
     /// succeed once it answers again. A write that failed this way may
     /// still have committed; a retry with the same `request_id` finds it.

@@ -25,6 +25,7 @@ pub const REVIEWS_OVERDUE: &str = "consentd_disclosure_reviews_overdue";
 pub const STATE_SUBJECTS: &str = "consentd_state_subjects";
 pub const STATE_APPLIED: &str = "consentd_state_applied_sequence";
 pub const STATE_BYTES: &str = "consentd_state_bytes";
+pub const CALLS_LIMITED: &str = "consentd_calls_limited_total";
 
 #[derive(Clone, Copy)]
 pub enum Kind {
@@ -132,6 +133,11 @@ pub const ALL: &[Metric] = &[
         Kind::Gauge,
         "Bytes the in-memory decision state's tables have allocated.",
     ),
+    metric(
+        CALLS_LIMITED,
+        Kind::Counter,
+        "Calls refused by a limit rather than served: overloaded (shed), rate_limited, deadline_exceeded, message_too_large, too_many_streams.",
+    ),
 ];
 
 /// The process-wide recorder. Installed once; every server in the process
@@ -188,7 +194,7 @@ mod tests {
             .filter(|line| line.starts_with("pub const ") && line.contains("\"consentd_"))
             .filter_map(|line| line.split('"').nth(1))
             .collect();
-        assert_eq!(declared.len(), 16, "{declared:?}");
+        assert_eq!(declared.len(), 17, "{declared:?}");
         for name in declared {
             let metric = ALL.iter().find(|m| m.name == name);
             assert!(metric.is_some(), "{name} has no help text");

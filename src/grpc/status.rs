@@ -45,6 +45,9 @@ fn listed(violations: &[crate::domain::FieldViolation]) -> usize {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         error.log();
+        if let Some(reason) = error.limit_reason() {
+            metrics::counter!(crate::metrics::CALLS_LIMITED, "reason" => reason).increment(1);
+        }
         let unavailable = error.is_unavailable();
         match error {
             Error::InvalidArgument(mut violations) => {

@@ -282,3 +282,90 @@ async fn a_server_started_on_existing_data_reports_the_state_it_loaded() {
     assert!(get(&m, "consentd_state_bytes", &[]).unwrap_or(0.0) > 0.0);
     terminate_and_wait(served.child, &served.logs).await;
 }
+
+/// Calls a limit refused are counted by which limit: a real process with
+/// a rate of 1/s (burst 2) and room for one call at a time.
+#[tokio::test]
+async fn calls_refused_by_a_limit_are_counted_by_reason() {
+    let db = fresh_database().await;
+    let served = spawn_serve_with(
+        &[
+            "--database-url",
+            &db.db_url,
+            "--rate-limit-per-caller",
+            "1",
+            "--rate-limit-burst",
+            "2",
+            "--max-concurrent-calls",
+            "1",
+        ],
+        &[],
+    );
+    let admin: std::net::SocketAddr = served.admin_addr.parse().unwrap();
+    let client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    let check = || pb::CheckRequest {
+        subject_id: "C-1".into(),
+        purpose: "promotional_mail".into(),
+        field: "email".into(),
+        consistency: None,
+    };
+
+    // Shed: one registration holds the only place while the test holds a
+    // lock it needs; the next call is refused at once.
+    let db_client = consentd::store::admin_connect(&db.db_url).await.unwrap();
+    db_client
+        .batch_execute("BEGIN; LOCK TABLE subjects IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut holder = client.clone();
+    let held = tokio::spawn(async move {
+        let registration = crate::helpers::registration("C-held");
+        holder.register_subject(registration).await
+    });
+    let waiting = async {
+        loop {
+            let n: i64 = db_client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("the held call reaches the lock");
+    let shed = client.clone().check(check()).await.unwrap_err();
+    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
+    db_client.batch_execute("COMMIT").await.unwrap();
+    held.await.unwrap().expect("the held call completes");
+
+    // Rate limited: the held call and the shed one took the burst.
+    let mut refused = 0;
+    for _ in 0..5 {
+        match client.clone().check(check()).await {
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "over a rate of 1/s");
+
+    let (_, body) = http_get(admin, "/metrics").await;
+    let m = samples(&body);
+    let limited = |reason| get(&m, "consentd_calls_limited_total", &[("reason", reason)]);
+    assert_eq!(limited("overloaded"), Some(1.0), "{body}");
+    assert_eq!(limited("rate_limited"), Some(refused as f64), "{body}");
+    terminate_and_wait(served.child, &served.logs).await;
+}
