@@ -44,11 +44,21 @@ AS $$
 DECLARE
     numbers regclass := pg_get_serial_sequence('consent_records', 'sequence');
     claimed uuid[];
+    writable text[];
     locked text[];
+    go boolean[];
     keys uuid[];
+    head_keys uuid[];
+    lengths bigint[];
+    heads bytea[];
 BEGIN
     -- A transaction id before any sequence number: see the change feed.
     PERFORM pg_current_xact_id();
+
+    -- Every lookup below is one primary-key probe per record (a scalar
+    -- subquery, or a LATERAL one kept apart by OFFSET 0): joined, a table
+    -- without statistics, or a cost model that expects disk reads, turns
+    -- 128 probes into a scan of the whole table per statement.
 
     -- 1. The request ids, in their order (two batches claiming the same
     -- keys take turns, never deadlock). Of several records with one key,
@@ -56,44 +66,75 @@ BEGIN
     -- result (the record id) is known before the insert.
     WITH c AS (
         INSERT INTO idempotency_keys AS k (request_id, digest, subject_key, result_ref)
-        SELECT DISTINCT ON (b.request_id) b.request_id, b.digest, s.subject_key, b.record_id::text
-          FROM unnest(p_request_ids, p_digests, p_record_ids, p_subjects)
-               WITH ORDINALITY AS b (request_id, digest, record_id, subject_id, pos)
-          JOIN subjects s ON s.subject_id = b.subject_id
-         WHERE b.request_id IS NOT NULL
+        SELECT DISTINCT ON (b.request_id) b.request_id, b.digest, b.subject_key, b.record_id::text
+          FROM (SELECT u.*, (SELECT s.subject_key FROM subjects s
+                              WHERE s.subject_id = u.subject_id) AS subject_key
+                  FROM unnest(p_request_ids, p_digests, p_record_ids, p_subjects)
+                       WITH ORDINALITY AS u (request_id, digest, record_id, subject_id, pos)
+                 WHERE u.request_id IS NOT NULL
+                 -- Keeps the filter below from copying the probe.
+                OFFSET 0) b
+         WHERE b.subject_key IS NOT NULL
          ORDER BY b.request_id, b.pos
         ON CONFLICT (request_id) DO NOTHING
         RETURNING k.result_ref)
     SELECT array_agg(c.result_ref::uuid) INTO claimed FROM c;
 
-    -- 2. The subjects with a record to write (a replay writes nothing), locked in the order of their
-    -- ids, as every writer of a record locks its subject first (an erasure
-    -- waits for them; records of one subject commit in sequence order).
-    WITH l AS (
-        SELECT s.subject_id, s.subject_key FROM subjects s
-         WHERE s.subject_id IN (
-                   SELECT b.subject_id
-                     FROM unnest(p_subjects, p_request_ids, p_record_ids)
-                          AS b (subject_id, request_id, record_id)
-                    WHERE b.request_id IS NULL OR b.record_id = ANY (claimed))
-         ORDER BY s.subject_id
-           FOR NO KEY UPDATE)
-    SELECT array_agg(l.subject_id), array_agg(l.subject_key) INTO locked, keys FROM l;
+    -- 2. The subjects with a record to write (a replay writes nothing),
+    -- locked in the order of their ids, as every writer of a record locks
+    -- its subject first (an erasure waits for them; records of one subject
+    -- commit in sequence order).
+    -- (Joins with the claimed ids rather than `= ANY (claimed)`, which
+    -- compares every record with every claim.)
+    writable := ARRAY(
+        SELECT DISTINCT b.subject_id
+          FROM unnest(p_subjects, p_request_ids, p_record_ids) AS b (subject_id, request_id, record_id)
+          LEFT JOIN unnest(claimed) AS c (record_id) USING (record_id)
+         WHERE b.request_id IS NULL OR c.record_id IS NOT NULL
+         ORDER BY b.subject_id);
+    SELECT array_agg(l.subject_id ORDER BY w.at), array_agg(l.subject_key ORDER BY w.at)
+      INTO locked, keys
+      FROM unnest(writable) WITH ORDINALITY AS w (subject_id, at),
+           LATERAL (SELECT s.subject_id, s.subject_key FROM subjects s
+                     WHERE s.subject_id = w.subject_id
+                    OFFSET 0 FOR NO KEY UPDATE) l;
+
+    -- Which records are written, by position: a locked subject, and a
+    -- request id this batch claimed (or none).
+    go := ARRAY(
+        SELECT l.subject_id IS NOT NULL AND (b.request_id IS NULL OR c.record_id IS NOT NULL)
+          FROM unnest(p_subjects, p_request_ids, p_record_ids)
+               WITH ORDINALITY AS b (subject_id, request_id, record_id, pos)
+          LEFT JOIN unnest(claimed) AS c (record_id) USING (record_id)
+          LEFT JOIN unnest(locked) AS l (subject_id) USING (subject_id)
+         ORDER BY b.pos);
 
     -- A subject renamed by an erasure while its key was claimed is not
     -- written: its claim goes too, or a retry would replay a record that
-    -- does not exist.
-    DELETE FROM idempotency_keys k
-     USING unnest(p_request_ids, p_record_ids, p_subjects) AS b (request_id, record_id, subject_id)
-     WHERE k.request_id = b.request_id AND k.result_ref = b.record_id::text
-       AND b.record_id = ANY (claimed) AND NOT b.subject_id = ANY (coalesce(locked, '{}'));
+    -- does not exist. (Its result is this batch's fresh record id.)
+    IF cardinality(writable) > coalesce(cardinality(locked), 0) THEN
+        DELETE FROM idempotency_keys k
+         USING unnest(p_request_ids, p_record_ids) WITH ORDINALITY AS b (request_id, record_id, pos)
+         WHERE k.request_id = b.request_id AND k.result_ref = b.record_id::text AND NOT go[b.pos];
+    END IF;
 
-    -- 3. Their chain heads, made on a subject's first append and locked in
-    -- the order of their keys. ON CONFLICT DO UPDATE locks the row it
-    -- conflicts with even where its WHERE leaves the row unchanged.
-    INSERT INTO ledger_heads AS h (subject_key, length, head)
-    SELECT k, 0, ledger_genesis(k) FROM unnest(keys) AS k ORDER BY k
-    ON CONFLICT (subject_key) DO UPDATE SET length = h.length WHERE false;
+    -- 3. Their chain heads, made on a subject's first append, then locked
+    -- and read in the order of their keys. Most subjects have a head
+    -- already: the insert runs only when one is missing. (It runs before
+    -- any head is locked: inserting while holding locks could deadlock
+    -- with a batch that waits for them while holding a head just made.)
+    IF EXISTS (SELECT 1 FROM unnest(keys) AS k
+                WHERE NOT EXISTS (SELECT 1 FROM ledger_heads x WHERE x.subject_key = k)) THEN
+        INSERT INTO ledger_heads (subject_key, length, head)
+        SELECT k, 0, ledger_genesis(k) FROM unnest(keys) AS k ORDER BY k
+        ON CONFLICT (subject_key) DO NOTHING;
+    END IF;
+    SELECT array_agg(h.subject_key ORDER BY h.subject_key), array_agg(h.length ORDER BY h.subject_key),
+           array_agg(h.head ORDER BY h.subject_key)
+      INTO head_keys, lengths, heads
+      FROM (SELECT k FROM unnest(keys) AS k ORDER BY k) AS u,
+           LATERAL (SELECT x.subject_key, x.length, x.head FROM ledger_heads x
+                     WHERE x.subject_key = u.k OFFSET 0 FOR UPDATE) h;
 
     -- 4. Every record to write: a registered subject, and a request id it
     -- claimed (or none). Sequence numbers in the order given; each
@@ -108,26 +149,27 @@ BEGIN
                WITH ORDINALITY AS b (subject_id, record_id, purpose, field, choice, channel,
                                      notice_version, evidence, actor, request_id, recipient, pos)
           JOIN unnest(locked, keys) AS s (subject_id, subject_key) USING (subject_id)
-         WHERE b.request_id IS NULL OR b.record_id = ANY (claimed)
+         WHERE go[b.pos]
     ), drawn AS MATERIALIZED (
-        SELECT t.*, nextval(numbers) AS sequence,
-               clock_timestamp() AS recorded_at
+        SELECT t.*, nextval(numbers) AS sequence, clock_timestamp() AS recorded_at,
+               sha256(ledger_text(t.evidence) || ledger_text(t.request_id)) AS text_digest
           FROM todo t ORDER BY t.pos
     ), encoded AS MATERIALIZED (
         -- ledger_consent_record_encoding's fields after the chain position,
         -- for a v2 row: the request id enters only through text_digest.
-        SELECT d.*, x.text_digest,
+        -- (Materialized columns: an argument that is an expression
+        -- PostgreSQL would evaluate more than once keeps ledger_field from
+        -- being inlined, and it then runs as a query of its own per row.)
+        SELECT d.*,
                ledger_uuid(d.record_id) || ledger_int(d.sequence) || ledger_text(d.purpose)
                || ledger_text(d.field) || ledger_text(d.recipient) || ledger_text(d.choice)
                || ledger_text(d.channel) || ledger_text(d.notice_version)
                || ledger_text(d.actor) || ledger_text(NULL) || ledger_time(d.recorded_at)
-               || ledger_field(x.text_digest) AS rest
-          FROM drawn d,
-               LATERAL (SELECT sha256(ledger_text(d.evidence) || ledger_text(d.request_id))
-                            AS text_digest) x
+               || ledger_field(d.text_digest) AS rest
+          FROM drawn d
     ), chain AS (
         SELECT h.subject_key, 0::bigint AS link, h.length, h.head
-          FROM ledger_heads h WHERE h.subject_key = ANY (keys)
+          FROM unnest(head_keys, lengths, heads) AS h (subject_key, length, head)
         UNION ALL
         SELECT c.subject_key, e.link, c.length + 1,
                ledger_consent_record_hash(c.head, c.length + 1, e.rest)
@@ -145,11 +187,13 @@ BEGIN
          ORDER BY e.sequence
         RETURNING r.*
     ), moved AS (
-        UPDATE ledger_heads h SET length = t.length, head = t.head
-          FROM (SELECT DISTINCT ON (c.subject_key) c.subject_key, c.length, c.head
-                  FROM chain c WHERE c.link > 0
-                 ORDER BY c.subject_key, c.link DESC) t
-         WHERE h.subject_key = t.subject_key
+        -- An upsert rather than an UPDATE ... FROM: its arbiter index makes
+        -- each head one probe. Every head is there, locked in step 3.
+        INSERT INTO ledger_heads AS h (subject_key, length, head)
+        SELECT DISTINCT ON (c.subject_key) c.subject_key, c.length, c.head
+          FROM chain c WHERE c.link > 0
+         ORDER BY c.subject_key, c.link DESC
+        ON CONFLICT (subject_key) DO UPDATE SET length = EXCLUDED.length, head = EXCLUDED.head
     )
     SELECT e.pos, 'created', a.subject_id, a.sequence, a.record_id, a.purpose, a.field, a.choice,
            a.channel, a.notice_version, a.evidence, a.actor, a.request_id, a.recorded_at,
@@ -174,8 +218,7 @@ BEGIN
              ON k.digest = b.digest
             AND r.record_id = CASE WHEN k.result_ref ~ '^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$'
                                    THEN k.result_ref::uuid END
-     WHERE NOT (b.subject_id = ANY (coalesce(locked, '{}'))
-                AND (b.request_id IS NULL OR b.record_id = ANY (coalesce(claimed, '{}'))));
+     WHERE NOT go[b.pos];
 END;
 $$;
 REVOKE EXECUTE ON FUNCTION consentd_record_consents(text[], uuid[], text[], text[], text[], text[],
