@@ -95,13 +95,13 @@ impl Store {
         }
         if !sent.is_empty() {
             let records: Vec<&NewConsentRecord> = sent.iter().map(|&(i, _)| &batch[i]).collect();
-            let digests: Vec<Option<&[u8]>> = sent.iter().map(|(_, d)| d.as_deref()).collect();
+            let digests = sent.iter().map(|(_, d)| d.as_deref()).collect();
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             let rows = tx
                 .query(
                     &tx.prepare_cached(RECORD_BATCH).await?,
-                    &Columns::of(&records).params(&digests),
+                    &Columns::of(&records, digests).params(),
                 )
                 .await?;
             if rows.len() != records.len() {
@@ -164,10 +164,11 @@ struct Columns<'a> {
     actors: Vec<&'a str>,
     request_ids: Vec<Option<&'a str>>,
     recipients: Vec<&'a str>,
+    digests: Vec<Option<&'a [u8]>>,
 }
 
 impl<'a> Columns<'a> {
-    fn of(records: &[&'a NewConsentRecord]) -> Self {
+    fn of(records: &[&'a NewConsentRecord], digests: Vec<Option<&'a [u8]>>) -> Self {
         let column =
             |f: fn(&'a NewConsentRecord) -> &'a str| records.iter().map(|r| f(r)).collect();
         Self {
@@ -185,13 +186,11 @@ impl<'a> Columns<'a> {
                 .map(|r| r.request_id.as_ref().map(|id| id.as_str()))
                 .collect(),
             recipients: column(|r| r.recipient.as_ref().map_or("", |id| id.as_str())),
+            digests,
         }
     }
 
-    fn params<'b>(
-        &'b self,
-        digests: &'b Vec<Option<&'b [u8]>>,
-    ) -> [&'b (dyn tokio_postgres::types::ToSql + Sync); 12] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 12] {
         [
             &self.subjects,
             &self.record_ids,
@@ -204,7 +203,7 @@ impl<'a> Columns<'a> {
             &self.actors,
             &self.request_ids,
             &self.recipients,
-            digests,
+            &self.digests,
         ]
     }
 }
