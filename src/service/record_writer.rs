@@ -18,15 +18,15 @@ pub type RecordWriter = Batcher<NewConsentRecord, ConsentRecord>;
 /// enough to amortise the commit, short enough that a record waits little
 /// behind the others and row locks are held briefly.
 ///
-/// Two batches in flight, although one would cost less: each batch costs
-/// PostgreSQL about 1.5 ms of CPU whatever its size (the function call, the
-/// transaction, the NOTIFY and the feed's read it wakes), and on the serving
-/// bench's 2-core machine one writer made batches of 26 records instead of
-/// 14 and RecordConsent 172 us of PostgreSQL CPU a record instead of 259,
-/// at the same rate. But a lone writer whose batch waits on a lock (a
-/// subject another transaction holds) stops every RecordConsent until the
-/// lock goes; with two, the next batch still gets a connection, or is
-/// answered UNAVAILABLE when none is free.
+/// Two batches in flight. Each batch costs PostgreSQL about 1.5 ms of CPU
+/// whatever its size (the function call, the transaction, the NOTIFY and
+/// the feed's read it wakes), so fewer, larger batches cost less a record;
+/// but in the serving bench the batch size followed the machine's load (14
+/// records with other builds running, 26 with fewer) whether one writer or
+/// two wrote, and a lone writer whose batch waits on a lock (a subject
+/// another transaction holds) stops every RecordConsent until the lock
+/// goes. With two, the next batch still gets a connection, or is answered
+/// UNAVAILABLE when none is free.
 pub const LIMITS: BatchLimits = BatchLimits {
     max_batch: 128,
     writers: 2,
