@@ -19,7 +19,8 @@ pub struct BatchLimits {
     /// The most items one batch carries.
     pub max_batch: usize,
     /// Batches written at the same time. Two let one batch build (and its
-    /// statements run on one core) while the other commits.
+    /// statements run on one core) while the other commits, and keep
+    /// writing when one batch waits on a lock.
     pub writers: usize,
     /// Items waiting beyond which callers wait to queue: backpressure
     /// rather than a queue without bound.

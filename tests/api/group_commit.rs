@@ -11,7 +11,7 @@ use tonic::{Code, transport::Channel};
 use crate::{
     cli::{spawn_serve_with, terminate_and_wait},
     helpers::{fresh_database, http_get, record_request, registration, spawn_app},
-    ledger::verify,
+    ledger::{verify, verify_url},
 };
 
 const PURPOSE: &str = "promotional_mail";
@@ -404,5 +404,69 @@ async fn callers_of_a_batch_that_never_commits_get_an_error_not_a_success() {
         .unwrap()
         .expect("the retry is recorded");
     assert_eq!(retried.record.unwrap().request_id, "first");
+    terminate_and_wait(writer.served.child, &writer.served.logs).await;
+}
+
+/// A record the database refuses outright (here a constraint added for
+/// the test, standing for any failure of one record's insert) fails the
+/// batch's one statement: the batch is written again record by record, so
+/// that record's caller alone gets the error, its batch mates are written,
+/// and nothing of the refused record stays behind.
+#[tokio::test]
+async fn a_record_the_database_refuses_fails_alone_and_its_batch_mates_are_written() {
+    let subjects: Vec<String> = (0..10).map(|i| format!("P-{i:02}")).collect();
+    let writer = Writer::start(&[lock_subjects(), subjects.clone()].concat()).await;
+    let db = writer.db().await;
+    db.batch_execute(
+        "ALTER TABLE consent_records ADD CONSTRAINT no_poison CHECK (evidence <> 'poison') NOT VALID",
+    )
+    .await
+    .unwrap();
+    let mut locks = writer.db().await;
+    let lock_tx = locks.transaction().await.unwrap();
+    let (taken, queued) = writer.occupy_writers(&lock_tx, &db).await;
+    let calls: Vec<(String, Call)> = subjects
+        .iter()
+        .map(|s| {
+            let evidence = if s == "P-05" { "poison" } else { "form-17" };
+            let call = writer.record(request(s, &format!("fails-alone-{s}"), evidence));
+            (s.clone(), call)
+        })
+        .collect();
+    // Every record queues behind the busy writers, so they share a batch.
+    let w = &writer;
+    until(|| async move { (w.queued().await >= 11.0).then_some(()) }).await;
+    lock_tx.commit().await.unwrap();
+    for call in taken.into_iter().chain([queued]) {
+        call.await.unwrap().expect("recorded");
+    }
+    for (subject, call) in calls {
+        let answer = call.await.unwrap();
+        if subject == "P-05" {
+            let status = answer.expect_err("the refused record fails");
+            assert_eq!(status.code(), Code::Internal, "{status:?}");
+        } else {
+            let record = answer.expect("its batch mates are written").record.unwrap();
+            assert_eq!(record.subject_id, subject);
+        }
+    }
+    let row = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM consent_records WHERE subject_id LIKE 'P-%'),
+                    (SELECT count(*) FROM consent_records WHERE subject_id = 'P-05'),
+                    (SELECT count(*) FROM idempotency_keys WHERE request_id LIKE 'fails-alone-%'),
+                    (SELECT count(*) FROM idempotency_keys WHERE request_id = 'fails-alone-P-05')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: [i64; 4] = [row.get(0), row.get(1), row.get(2), row.get(3)];
+    assert_eq!(
+        counts,
+        [9, 0, 9, 0],
+        "records, refused records, keys, refused keys"
+    );
+    let (verified, out, err) = verify_url(&writer.database.db_url).await;
+    assert!(verified, "verify failed:\n{out}\n{err}");
     terminate_and_wait(writer.served.child, &writer.served.logs).await;
 }

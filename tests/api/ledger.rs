@@ -16,8 +16,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_consentd");
 /// Runs `consentd verify` on the test's database: (exit success, stdout,
 /// stderr).
 pub(crate) async fn verify(app: &TestApp) -> (bool, String, String) {
+    verify_url(app.db_url()).await
+}
+
+/// `consentd verify` on the database at `url`: whether it passed, and its
+/// output.
+pub(crate) async fn verify_url(url: &str) -> (bool, String, String) {
     let out = tokio::process::Command::new(BIN)
-        .args(["verify", "--database-url", app.db_url()])
+        .args(["verify", "--database-url", url])
         .output()
         .await
         .unwrap();
