@@ -36,6 +36,7 @@ mod http_limits;
 mod import;
 mod ledger;
 mod limits;
+mod log_backpressure;
 mod metrics;
 mod otlp;
 mod outage;
