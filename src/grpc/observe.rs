@@ -205,9 +205,9 @@ impl Call {
     fn finish(self, code: Code) {
         let Self {
             span,
+            service,
             method,
             started,
-            ..
         } = self;
         span.record("rpc.grpc.status_code", code as i64);
         if is_server_error(code) {
@@ -219,14 +219,32 @@ impl Call {
         // The access log: the span is its parent, so it carries the trace and
         // span ids (without entering the span once more). The status message
         // is left out: it can echo what the caller sent.
-        tracing::info!(
-            parent: &span,
-            method,
-            status = code_name(code),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "rpc finished"
-        );
+        macro_rules! access_log {
+            ($level:expr) => {
+                tracing::event!(
+                    parent: &span,
+                    $level,
+                    method,
+                    status = code_name(code),
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    "rpc finished"
+                )
+            };
+        }
+        if code == Code::Ok && is_decision_read(service, method) {
+            access_log!(tracing::Level::DEBUG);
+        } else {
+            access_log!(tracing::Level::INFO);
+        }
     }
+}
+
+/// The consent checks: most of the traffic, and they change nothing. Their
+/// successful calls log at debug; the latency histogram and
+/// `consentd_decisions_total` count them all the same. At info a line per
+/// check cost a busy server more than the check itself.
+fn is_decision_read(service: &str, method: &str) -> bool {
+    service == "consent.v1.ConsentService" && matches!(method, "Check" | "BatchCheck" | "BulkCheck")
 }
 
 /// The server span when spans are exported: the OpenTelemetry RPC

@@ -42,7 +42,8 @@ async fn a_stalled_log_reader_costs_dropped_lines_not_stalled_calls() {
     let db = fresh_database().await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
         .env("CONSENTD_STATE_DIR", test_state_dir())
-        .env("RUST_LOG", "info")
+        // Successful checks log at debug: this server logs every one.
+        .env("RUST_LOG", "info,consentd::grpc::observe=debug")
         .args(["serve", "--database-url", &db.db_url])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(["--admin-addr", "127.0.0.1:0"])
