@@ -26,6 +26,7 @@ pub const STATE_SUBJECTS: &str = "consentd_state_subjects";
 pub const STATE_APPLIED: &str = "consentd_state_applied_sequence";
 pub const STATE_BYTES: &str = "consentd_state_bytes";
 pub const CALLS_LIMITED: &str = "consentd_calls_limited_total";
+pub const LOG_LINES_DROPPED: &str = "consentd_log_lines_dropped_total";
 
 #[derive(Clone, Copy)]
 pub enum Kind {
@@ -138,6 +139,11 @@ pub const ALL: &[Metric] = &[
         Kind::Counter,
         "Calls refused by a limit rather than served: overloaded (shed), rate_limited, deadline_exceeded, message_too_large, too_many_streams.",
     ),
+    metric(
+        LOG_LINES_DROPPED,
+        Kind::Counter,
+        "Log lines dropped because stderr's reader fell behind by more than the log buffer.",
+    ),
 ];
 
 /// The process-wide recorder. Installed once; every server in the process
@@ -168,7 +174,8 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// The text exposition, with the pool gauges read just now.
+/// The text exposition, with the pool gauges and the dropped log lines read
+/// just now.
 pub fn render(store: &Store) -> String {
     let handle = handle();
     let status = store.pool_status();
@@ -176,6 +183,7 @@ pub fn render(store: &Store) -> String {
     metrics::gauge!(POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
     metrics::gauge!(POOL_CONNECTIONS, "state" => "idle").set(status.available as f64);
     metrics::gauge!(POOL_WAITING).set(status.waiting as f64);
+    metrics::counter!(LOG_LINES_DROPPED).absolute(crate::telemetry::dropped_log_lines());
     handle.run_upkeep();
     handle.render()
 }
@@ -194,7 +202,7 @@ mod tests {
             .filter(|line| line.starts_with("pub const ") && line.contains("\"consentd_"))
             .filter_map(|line| line.split('"').nth(1))
             .collect();
-        assert_eq!(declared.len(), 17, "{declared:?}");
+        assert_eq!(declared.len(), 18, "{declared:?}");
         for name in declared {
             let metric = ALL.iter().find(|m| m.name == name);
             assert!(metric.is_some(), "{name} has no help text");

@@ -3,26 +3,32 @@
 //!
 //! - Logs go to stderr, human-readable or JSON (`--log-format`); RUST_LOG
 //!   filters them (default `info`). Lines inside an RPC carry its trace and
-//!   span ids.
+//!   span ids. A thread of their own writes them ([`log_writer`]), so no
+//!   call waits on stderr.
 //! - Traces are exported over OTLP/gRPC when an endpoint is configured with
 //!   the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`);
 //!   `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` and the other standard
-//!   variables apply. With no endpoint nothing is exported and spans are not
-//!   recorded (they still get ids, for the logs).
+//!   variables apply. With no endpoint nothing is exported and the
+//!   OpenTelemetry layer is not installed at all ([`spans_exported`]); RPC
+//!   spans still get ids, for the logs.
 //!
 //! Nothing here may carry personal data (R8): spans name subjects only by a
 //! keyed pseudonym (`SubjectRefs`), and the database driver's verbose levels
 //! stay off whatever RUST_LOG says ([`QUIET_TARGETS`]).
 
-use std::io::IsTerminal as _;
+mod log_writer;
+
+use std::{
+    io::IsTerminal as _,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::{
-    Resource,
-    propagation::TraceContextPropagator,
-    trace::{Sampler, SdkTracerProvider},
-};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{
     EnvFilter, Layer as _,
     filter::{LevelFilter, Targets},
@@ -65,18 +71,50 @@ fn quiet_targets() -> Targets {
         .with_targets(QUIET_TARGETS)
 }
 
-/// Keeps the tracer provider alive; `shutdown` flushes pending spans.
+/// How many bytes of formatted log lines may wait for the log writer
+/// thread; past that, lines are dropped and counted. About 4,000 access log
+/// lines: tens of milliseconds of a busy server's output.
+const LOG_BUFFER_BYTES: usize = 1 << 20;
+
+/// The installed subscriber's log writer, for [`dropped_log_lines`].
+static LOG_WRITER: OnceLock<log_writer::LogWriter<std::io::Stderr>> = OnceLock::new();
+
+/// Whether the installed subscriber exports spans (and so has the
+/// OpenTelemetry layer).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported: only then do RPC spans carry the
+/// OpenTelemetry attributes and go through the OpenTelemetry layer.
+pub fn spans_exported() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Log lines dropped since start because stderr's reader fell behind by
+/// more than the log buffer (see [`log_writer`]).
+pub fn dropped_log_lines() -> u64 {
+    LOG_WRITER
+        .get()
+        .map_or(0, log_writer::LogWriter::dropped_lines)
+}
+
+/// Keeps the tracer provider and the log writer alive; `shutdown` flushes
+/// pending spans and log lines.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    logs: Option<log_writer::LogGuard<std::io::Stderr>>,
 }
 
 impl Telemetry {
-    /// Exports what is still buffered. Call before the process exits.
+    /// Exports what is still buffered and writes out the pending log lines.
+    /// Call before the process exits.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider
             && let Err(e) = provider.shutdown()
         {
             eprintln!("warning: flushing traces failed: {e}");
+        }
+        if let Some(logs) = self.logs {
+            logs.close();
         }
     }
 }
@@ -95,36 +133,47 @@ pub fn init(default_filter: &str, format: LogFormat) -> anyhow::Result<Telemetry
     // be ignored and every RPC would start a new trace.
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name("consentd");
-    }
-    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
-    if exporting() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .context("cannot build the OTLP trace exporter")?;
-        builder = builder.with_batch_exporter(exporter);
+    let exporter = if exporting() {
+        Some(
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .context("cannot build the OTLP trace exporter")?,
+        )
     } else {
-        builder = builder.with_sampler(Sampler::AlwaysOff);
-    }
-    let provider = builder.build();
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("consentd"));
+        None
+    };
+    // With nothing to export, no OpenTelemetry layer: it would build, enter
+    // and close an unsampled OpenTelemetry span beside every tracing span,
+    // a fifth of a Check's server time.
+    let provider = exporter.map(|exporter| {
+        let mut resource = Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name("consentd");
+        }
+        SdkTracerProvider::builder()
+            .with_resource(resource.build())
+            .with_batch_exporter(exporter)
+            .build()
+    });
+    let otel = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("consentd")));
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = log_writer::spawn(std::io::stderr(), LOG_BUFFER_BYTES);
     let logs = match format {
         LogFormat::Text => fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer.clone())
             .with_ansi(ansi)
             .boxed(),
         LogFormat::Json => fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(writer.clone())
             .boxed(),
     };
     let installed = tracing_subscriber::registry()
@@ -134,14 +183,21 @@ pub fn init(default_filter: &str, format: LogFormat) -> anyhow::Result<Telemetry
         .with(otel)
         .try_init()
         .is_ok();
-    if installed {
-        opentelemetry::global::set_tracer_provider(provider.clone());
-        Ok(Telemetry {
-            provider: Some(provider),
-        })
-    } else {
-        Ok(Telemetry { provider: None })
+    if !installed {
+        return Ok(Telemetry {
+            provider: None,
+            logs: None,
+        });
     }
+    let _ = LOG_WRITER.set(writer);
+    if let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        EXPORTING.store(true, Ordering::Relaxed);
+    }
+    Ok(Telemetry {
+        provider,
+        logs: Some(guard),
+    })
 }
 
 /// The domain tag trace refs derive under.

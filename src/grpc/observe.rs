@@ -14,13 +14,14 @@ use std::{
 };
 
 use opentelemetry::{propagation::Extractor, trace::TraceContextExt as _};
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::auth::admit;
-use crate::metrics::RPC_DURATION;
+use crate::{metrics::RPC_DURATION, telemetry};
 
 struct MetadataExtractor<'a>(&'a MetadataMap);
 
@@ -178,30 +179,14 @@ struct Call {
 
 impl Call {
     fn start<T>(service: &'static str, method: &'static str, request: &Request<T>) -> Self {
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = format!("{service}/{method}"),
-            otel.kind = "server",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
-            rpc.grpc.status_code = Empty,
-            trace_id = Empty,
-            span_id = Empty,
-        );
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&MetadataExtractor(request.metadata()))
         });
-        let _ = span.set_parent(parent);
-        // The ids go into the span's fields too, so every log line inside the
-        // call carries them, exported or not.
-        let context = span.context();
-        let span_context = context.span().span_context().clone();
-        if span_context.is_valid() {
-            span.record("trace_id", tracing::field::display(span_context.trace_id()));
-            span.record("span_id", tracing::field::display(span_context.span_id()));
-        }
+        let span = if telemetry::spans_exported() {
+            exported_span(service, method, parent)
+        } else {
+            logged_span(method, &parent)
+        };
         Self {
             span,
             service,
@@ -220,9 +205,9 @@ impl Call {
     fn finish(self, code: Code) {
         let Self {
             span,
+            service,
             method,
             started,
-            ..
         } = self;
         span.record("rpc.grpc.status_code", code as i64);
         if is_server_error(code) {
@@ -231,16 +216,84 @@ impl Call {
         let elapsed = started.elapsed();
         metrics::histogram!(RPC_DURATION, "method" => method, "status" => code_name(code))
             .record(elapsed.as_secs_f64());
-        // The access log: inside the span, so it carries the trace and span
-        // ids. The status message is left out: it can echo what the caller
-        // sent.
-        span.in_scope(|| {
-            tracing::info!(
-                method,
-                status = code_name(code),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                "rpc finished"
-            )
-        });
+        // The access log: the span is its parent, so it carries the trace and
+        // span ids (without entering the span once more). The status message
+        // is left out: it can echo what the caller sent.
+        macro_rules! access_log {
+            ($level:expr) => {
+                tracing::event!(
+                    parent: &span,
+                    $level,
+                    method,
+                    status = code_name(code),
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    "rpc finished"
+                )
+            };
+        }
+        if code == Code::Ok && is_decision_read(service, method) {
+            access_log!(tracing::Level::DEBUG);
+        } else {
+            access_log!(tracing::Level::INFO);
+        }
     }
+}
+
+/// The consent checks: most of the traffic, and they change nothing. Their
+/// successful calls log at debug; the latency histogram and
+/// `consentd_decisions_total` count them all the same. At info a line per
+/// check cost a busy server more than the check itself.
+fn is_decision_read(service: &str, method: &str) -> bool {
+    service == "consent.v1.ConsentService" && matches!(method, "Check" | "BatchCheck" | "BulkCheck")
+}
+
+/// The server span when spans are exported: the OpenTelemetry RPC
+/// attributes, continuing the caller's trace.
+fn exported_span(
+    service: &'static str,
+    method: &'static str,
+    parent: opentelemetry::Context,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = format!("{service}/{method}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    let _ = span.set_parent(parent);
+    // The ids go into the span's fields too, so every log line inside the
+    // call carries them.
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", tracing::field::display(span_context.trace_id()));
+        span.record("span_id", tracing::field::display(span_context.span_id()));
+    }
+    span
+}
+
+/// The server span when nothing exports it: only what log lines need, the
+/// caller's trace id (or a new one) and an id of its own, given when the
+/// span is made so that no field is formatted twice. The log layer formats
+/// a span's fields once per call, so the fewer the cheaper.
+fn logged_span(method: &'static str, parent: &opentelemetry::Context) -> tracing::Span {
+    let ids = RandomIdGenerator::default();
+    let caller = parent.span().span_context().clone();
+    let trace_id = if caller.is_valid() {
+        caller.trace_id()
+    } else {
+        ids.new_trace_id()
+    };
+    tracing::info_span!(
+        "rpc",
+        rpc.method = method,
+        trace_id = %trace_id,
+        span_id = %ids.new_span_id(),
+    )
 }

@@ -16,10 +16,12 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use hashbrown::HashTable;
 use uuid::Uuid;
 
 use crate::{domain::Choice, policy::DataFacts};
+
+mod index;
+use index::Index;
 
 /// End of a choice list; also the slot of an erased subject's id.
 const NIL: u32 = u32::MAX;
@@ -110,7 +112,7 @@ pub struct Tables {
     ids: Vec<u8>,
     slots: Vec<Slot>,
     /// Slot numbers, by id.
-    index: HashTable<u32>,
+    index: Index,
     nodes: Vec<Node>,
     free: u32,
     ages: HashMap<u32, Vec<Age>>,
@@ -131,7 +133,7 @@ impl Default for Tables {
             hasher: RandomState::new(),
             ids: Vec::new(),
             slots: Vec::new(),
-            index: HashTable::new(),
+            index: Index::default(),
             nodes: Vec::new(),
             free: NIL,
             ages: HashMap::new(),
@@ -411,7 +413,7 @@ impl Tables {
     pub fn allocated_bytes(&self) -> usize {
         self.ids.capacity()
             + self.slots.capacity() * size_of::<Slot>()
-            + self.index.capacity() * (size_of::<u32>() + 1)
+            + self.index.allocated_bytes()
             + self.nodes.capacity() * size_of::<Node>()
             + self.ages.capacity() * (size_of::<u32>() + size_of::<Vec<Age>>() + 1)
             + self.erased.capacity() * (size_of::<Box<[u8]>>() + 32 + 1)

@@ -37,6 +37,7 @@ mod http_limits;
 mod import;
 mod ledger;
 mod limits;
+mod log_backpressure;
 mod metrics;
 mod otlp;
 mod outage;

@@ -364,10 +364,13 @@ async fn spans_continue_the_callers_trace_with_decision_attributes_and_no_person
 }
 
 /// Runs one Check with a `traceparent` against a server logging in `format`
-/// and returns the server's log lines.
+/// and returns the server's log lines. A successful Check logs at debug.
 async fn logs_of_one_check(format: &str) -> Vec<String> {
     let db = fresh_database().await;
-    let served = spawn_serve_with(&["--database-url", &db.db_url, "--log-format", format], &[]);
+    let served = spawn_serve_with(
+        &["--database-url", &db.db_url, "--log-format", format],
+        &[("RUST_LOG", "info,consentd::grpc::observe=debug")],
+    );
     let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
         .await
         .unwrap();
@@ -417,5 +420,59 @@ async fn text_logs_carry_trace_and_span_ids_and_no_subject() {
     assert!(
         lines.iter().all(|l| !l.contains(SUBJECT)),
         "no external id in any log line"
+    );
+}
+
+#[tokio::test]
+async fn at_info_a_successful_check_logs_nothing_and_failures_and_writes_log_a_line() {
+    let db = fresh_database().await;
+    let served = spawn_serve_with(&["--database-url", &db.db_url], &[]);
+    let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
+        .await
+        .unwrap();
+    client
+        .register_subject(crate::helpers::registration(SUBJECT))
+        .await
+        .unwrap();
+    let check = |purpose: &str| pb::CheckRequest {
+        subject_id: SUBJECT.into(),
+        purpose: purpose.into(),
+        field: "email".into(),
+        consistency: None,
+    };
+    client.check(check("promotional_mail")).await.unwrap();
+    client
+        .batch_check(pb::BatchCheckRequest {
+            items: vec![pb::BatchCheckItem {
+                subject_id: SUBJECT.into(),
+                purpose: "promotional_mail".into(),
+                field: "email".into(),
+                correlation_id: String::new(),
+            }],
+            consistency: None,
+        })
+        .await
+        .unwrap();
+    client.check(check("nope")).await.unwrap_err();
+    drop(client);
+    let lines = terminate_and_wait(served.child, &served.logs).await;
+
+    let access: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("rpc finished"))
+        .collect();
+    let with = |method: &str, status: &str| {
+        access
+            .iter()
+            .filter(|l| l.contains(&format!("method=\"{method}\"")))
+            .filter(|l| l.contains(&format!("status=\"{status}\"")))
+            .count()
+    };
+    assert_eq!(with("RegisterSubject", "OK"), 1, "{access:#?}");
+    assert_eq!(with("Check", "InvalidArgument"), 1, "{access:#?}");
+    assert_eq!(
+        access.len(),
+        2,
+        "no line for the successful reads: {access:#?}"
     );
 }
