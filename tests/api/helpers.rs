@@ -389,28 +389,12 @@ impl TestApp {
 
     /// Backends of the test's database waiting on a lock.
     pub async fn waiting_on_locks(&self) -> i64 {
-        self.db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0)
+        waiting_on_locks(&self.db).await
     }
 
-    /// Returns once at least `n` backends of the test's database wait on a
-    /// lock; a hang guard, not a timing, panics after 30 s.
+    /// See [`until_waiting_on_locks`].
     pub async fn until_waiting_on_locks(&self, n: i64) {
-        let waiting = async {
-            while self.waiting_on_locks().await < n {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), waiting)
-            .await
-            .unwrap_or_else(|_| panic!("{n} backends never waited on locks"));
+        until_waiting_on_locks(&self.db, n).await
     }
 
     /// A second connection to the test's database, for transactions the
@@ -474,10 +458,8 @@ impl TestApp {
         self.client
             .clone()
             .check(pb::CheckRequest {
-                subject_id: subject_id.into(),
-                purpose: purpose.into(),
-                field: field.into(),
                 consistency,
+                ..check_request(subject_id, purpose, field)
             })
             .await
             .expect("check")
@@ -666,4 +648,40 @@ pub async fn wait_ready(admin: SocketAddr) {
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let response = http_request(addr, "GET", path, &[], "").await;
     (response.status, response.body)
+}
+
+/// Backends of `db`'s database waiting on a lock.
+pub async fn waiting_on_locks(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Returns once at least `n` backends of `db`'s database wait on a lock; a
+/// hang guard, not a timing, panics after 30 s.
+pub async fn until_waiting_on_locks(db: &tokio_postgres::Client, n: i64) {
+    let waiting = async {
+        while waiting_on_locks(db).await < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("{n} backends never waited on locks"));
+}
+
+/// A Check of `field` of `subject_id` for `purpose`, at the default
+/// consistency.
+pub fn check_request(subject_id: &str, purpose: &str, field: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        subject_id: subject_id.into(),
+        purpose: purpose.into(),
+        field: field.into(),
+        consistency: None,
+    }
 }

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use consentd::grpc::pb::{self, consent_service_client::ConsentServiceClient};
+use consentd::grpc::pb::consent_service_client::ConsentServiceClient;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -16,7 +16,7 @@ use nix::{
 use tokio::task::JoinSet;
 
 use crate::helpers::{
-    fresh_database, http_get, policy_path, registration, test_state_dir, wait_ready,
+    check_request, fresh_database, http_get, policy_path, registration, test_state_dir, wait_ready,
 };
 
 /// Each call logs one access line of some 150 bytes: 12,000 of them are
@@ -79,12 +79,7 @@ async fn a_stalled_log_reader_costs_dropped_lines_not_stalled_calls() {
         callers.spawn(async move {
             for _ in 0..CALLS / IN_FLIGHT {
                 client
-                    .check(pb::CheckRequest {
-                        subject_id: "C-1".into(),
-                        purpose: "promotional_mail".into(),
-                        field: "email".into(),
-                        consistency: None,
-                    })
+                    .check(check_request("C-1", "promotional_mail", "email"))
                     .await
                     .unwrap();
             }

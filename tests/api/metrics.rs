@@ -305,12 +305,7 @@ async fn calls_refused_by_a_limit_are_counted_by_reason() {
     let client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
         .await
         .unwrap();
-    let check = || pb::CheckRequest {
-        subject_id: "C-1".into(),
-        purpose: "promotional_mail".into(),
-        field: "email".into(),
-        consistency: None,
-    };
+    let check = || crate::helpers::check_request("C-1", "promotional_mail", "email");
 
     // Shed: one registration holds the only place while the test holds a
     // lock it needs; the next call is refused at once.
@@ -324,26 +319,7 @@ async fn calls_refused_by_a_limit_are_counted_by_reason() {
         let registration = crate::helpers::registration("C-held");
         holder.register_subject(registration).await
     });
-    let waiting = async {
-        loop {
-            let n: i64 = db_client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if n > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
-        .await
-        .expect("the held call reaches the lock");
+    crate::helpers::until_waiting_on_locks(&db_client, 1).await;
     let shed = client.clone().check(check()).await.unwrap_err();
     assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
     db_client.batch_execute("COMMIT").await.unwrap();
