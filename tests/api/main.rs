@@ -25,6 +25,7 @@ mod disclosure_bad_input;
 mod disclosure_callers;
 mod disclosure_holes;
 mod erasure;
+mod erasure_races;
 mod erasure_traces;
 mod error_paths;
 mod feed;
