@@ -96,3 +96,145 @@ async fn a_value_stored_during_an_erasure_does_not_survive_it() {
     assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
     assert_eq!(app.count("personal_data").await, 0, "no value survives");
 }
+
+/// Runs `consentd_import_refusals` for `ids` as the serving role, on a
+/// connection of its own, in its own task.
+fn importing(
+    db: tokio_postgres::Client,
+    ids: &'static [&'static str],
+) -> tokio::task::JoinHandle<(i64, i64)> {
+    tokio::spawn(async move {
+        db.batch_execute("SET ROLE consentd_serving").await.unwrap();
+        let ids: Vec<&str> = ids.to_vec();
+        let row = db
+            .query_one(
+                "SELECT registered, refused FROM consentd_import_refusals(
+                     $1, 'promotional_mail', '', 'import', 'list.csv', 'import')",
+                &[&ids],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    })
+}
+
+/// The rows of `table` under `subject_id`.
+async fn rows_of(app: &crate::helpers::TestApp, table: &str, subject_id: &str) -> i64 {
+    app.db
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE subject_id = $1"),
+            &[&subject_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The history's and the current state's rows under a pseudonym.
+async fn erased_rows(db: &tokio_postgres::Client) -> (i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM consent_records WHERE subject_id LIKE 'erased-%'),
+                    (SELECT count(*) FROM consent_state WHERE subject_id LIKE 'erased-%')",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// The history and the current state no longer reach the subject through
+/// a foreign key (V14): the import locks each subject it appends to, so an
+/// erasure and an import of the same person take turns. An import first:
+/// the erasure renames its refusal with the rest. An erasure first: the
+/// import finds the id gone and registers it anew, refused.
+#[tokio::test]
+async fn an_import_racing_an_erasure_leaves_nothing_under_the_erased_id() {
+    use pb::{Choice, Decision};
+    let app = spawn_app().await;
+    let mut holder = app.connect_db().await;
+    // The import first: it holds the subject while it waits for the chain
+    // head the test holds; the erasure waits for it.
+    app.register("C-import-first").await;
+    app.record("C-import-first", "partner_offers", "", Choice::Grant)
+        .await;
+    let held = holder.transaction().await.unwrap();
+    held.query_one(
+        "SELECT 1 FROM ledger_heads h JOIN subjects s USING (subject_key)
+          WHERE s.subject_id = 'C-import-first' FOR UPDATE OF h",
+        &[],
+    )
+    .await
+    .unwrap();
+    let import = importing(app.connect_db().await, &["C-import-first"]);
+    app.until_waiting_on_locks(1).await;
+    let erasure = erasing(app.channel.clone(), "C-import-first");
+    app.until_waiting_on_locks(2).await;
+    held.rollback().await.unwrap();
+    assert_eq!(import.await.unwrap(), (0, 1), "the import, first, refuses");
+    erasure
+        .await
+        .unwrap()
+        .expect("the erasure after it succeeds");
+    for table in ["subjects", "consent_records", "consent_state"] {
+        assert_eq!(rows_of(&app, table, "C-import-first").await, 0, "{table}");
+    }
+    assert_eq!(
+        erased_rows(&app.db).await,
+        (2, 2),
+        "the grant and the imported refusal, and both purposes' state, carry the pseudonym"
+    );
+
+    // The erasure first: it holds the subject while it waits for the
+    // current state the test holds; the import waits for it, then finds
+    // the id renamed and registers it anew.
+    app.register("C-erase-first").await;
+    app.record("C-erase-first", "partner_offers", "", Choice::Grant)
+        .await;
+    let held = holder.transaction().await.unwrap();
+    held.query_one(
+        "SELECT 1 FROM consent_state WHERE subject_id = 'C-erase-first' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let erasure = erasing(app.channel.clone(), "C-erase-first");
+    app.until_waiting_on_locks(1).await;
+    let import = importing(app.connect_db().await, &["C-erase-first"]);
+    app.until_waiting_on_locks(2).await;
+    held.rollback().await.unwrap();
+    erasure
+        .await
+        .unwrap()
+        .expect("the erasure, first, succeeds");
+    assert_eq!(
+        import.await.unwrap(),
+        (1, 1),
+        "the import registers the id anew and refuses"
+    );
+    assert_eq!(
+        erased_rows(&app.db).await,
+        (3, 3),
+        "only the erased life's grant joins the pseudonyms"
+    );
+    assert_eq!(rows_of(&app, "consent_records", "C-erase-first").await, 1);
+    let chain: Vec<i64> = app
+        .db
+        .query(
+            "SELECT chain_seq FROM consent_records WHERE subject_id = 'C-erase-first'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(chain, [1], "the new registration's chain starts anew");
+    let fresh = app.position_now().await;
+    let answer = app
+        .check_with("C-erase-first", "promotional_mail", "email", fresh)
+        .await;
+    assert_eq!(answer.decision(), Decision::Deny);
+    let (ok, out, _) = crate::ledger::verify(&app).await;
+    assert!(ok, "{out}");
+}
