@@ -193,3 +193,56 @@ async fn a_session_that_turns_on_the_bulk_switch_itself_is_still_chained_row_by_
     let (ok, out) = verify(&app).await;
     assert!(ok, "{out}");
 }
+
+/// The subjects' feed-number trigger stands aside for the import function
+/// alone (V14): a session that turns the switch on itself still has its
+/// registration numbered by the trigger, whatever number it names, and a
+/// record for an id nobody registered is refused without a foreign key.
+#[tokio::test]
+async fn a_session_that_turns_on_the_bulk_switch_itself_cannot_number_a_registration_or_skip_the_subject()
+ {
+    let app = spawn_app().await;
+    app.register("A-0").await;
+    app.db
+        .batch_execute(
+            "SET ROLE consentd_serving;
+             SET consentd.bulk_append = 'on';
+             INSERT INTO subjects (subject_id, kind, notice_version, channel, sequence)
+             VALUES ('A-1', 'individual', 'v', 'api', 1);
+             RESET consentd.bulk_append;
+             RESET ROLE;",
+        )
+        .await
+        .unwrap();
+    let sequences: Vec<i64> = app
+        .db
+        .query("SELECT sequence FROM subjects ORDER BY subject_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let [before, sequence] = sequences[..] else {
+        panic!("{sequences:?}")
+    };
+    assert!(sequence > before, "{sequence} was drawn, not named");
+
+    let refused = app
+        .db
+        .batch_execute(
+            "SET ROLE consentd_serving;
+             INSERT INTO consent_records (subject_id, record_id, purpose, choice, channel,
+                 notice_version, actor)
+             VALUES ('nobody', gen_random_uuid(), 'promotional_mail', 'refuse', 'api', 'v', 'sql');",
+        )
+        .await
+        .unwrap_err();
+    app.db.batch_execute("RESET ROLE").await.unwrap();
+    let message = refused.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message.is_some_and(|m| m.contains("not registered")),
+        "{refused:?}"
+    );
+    assert_eq!(app.count("consent_records").await, 0);
+    assert_eq!(app.count("ledger_heads").await, 0);
+}
