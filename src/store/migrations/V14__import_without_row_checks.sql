@@ -241,21 +241,23 @@ BEGIN
 
     -- 4. Every record: sequence numbers in the order of the lines, each
     -- chained from its head (the genesis for a subject made in step 1), and
-    -- each head written once, at its new place.
+    -- each head written once, at its new place (made with a plain INSERT
+    -- for a new subject: it has none, and nobody else can make one).
     WITH locked AS (
         SELECT h.subject_key, h.length, h.head
           FROM (SELECT k FROM unnest(old_keys) AS k ORDER BY k) u,
                LATERAL (SELECT x.subject_key, x.length, x.head FROM ledger_heads x
                          WHERE x.subject_key = u.k OFFSET 0 FOR UPDATE) h
     ), todo AS (
-        SELECT f.id, f.subject_key, 0::bigint AS length, ledger_genesis(f.subject_key) AS head
+        SELECT f.id, f.subject_key, 0::bigint AS length, ledger_genesis(f.subject_key) AS head,
+               true AS fresh
           FROM unnest(fresh_ids, fresh_keys) AS f (id, subject_key)
         UNION ALL
-        SELECT o.id, o.subject_key, l.length, l.head
+        SELECT o.id, o.subject_key, l.length, l.head, false
           FROM unnest(old_ids, old_keys) AS o (id, subject_key)
           JOIN locked l USING (subject_key)
     ), drawn AS (
-        SELECT t.id, t.subject_key, t.length + 1 AS chain_seq, t.head,
+        SELECT t.id, t.subject_key, t.length + 1 AS chain_seq, t.head, t.fresh,
                nextval(numbers) AS sequence,
                gen_random_uuid() AS record_id, clock_timestamp() AS recorded_at
           FROM todo t JOIN unnest(ids) WITH ORDINALITY AS b (id, at) USING (id)
@@ -273,11 +275,16 @@ BEGIN
         SELECT id, sequence, record_id, p_purpose, p_field, 'refuse', 'import', p_notice_version,
                p_evidence, p_actor, recorded_at, chain_seq, digest, hash, 2, false
           FROM hashed ORDER BY sequence
+        RETURNING 1
+    ), made_heads AS (
+        INSERT INTO ledger_heads (subject_key, length, head)
+        SELECT x.subject_key, x.chain_seq, x.hash FROM hashed x WHERE x.fresh
+    ), moved_heads AS (
+        INSERT INTO ledger_heads AS h (subject_key, length, head)
+        SELECT x.subject_key, x.chain_seq, x.hash FROM hashed x WHERE NOT x.fresh
+        ON CONFLICT (subject_key) DO UPDATE SET length = EXCLUDED.length, head = EXCLUDED.head
     )
-    INSERT INTO ledger_heads AS h (subject_key, length, head)
-    SELECT x.subject_key, x.chain_seq, x.hash FROM hashed x
-    ON CONFLICT (subject_key) DO UPDATE SET length = EXCLUDED.length, head = EXCLUDED.head;
-    GET DIAGNOSTICS refused = ROW_COUNT;
+    SELECT count(*) INTO refused FROM appended;
 END;
 $$;
 REVOKE EXECUTE ON FUNCTION consentd_import_refusals(text[], text, text, text, text, text) FROM PUBLIC;
