@@ -2,7 +2,11 @@
 //! contract with dashboards (`deploy/grafana/dashboards/consentd.json`) and
 //! alert rules; a test checks the dashboard against what is exposed.
 
+mod handles;
+
 use std::sync::OnceLock;
+
+pub use handles::Handles;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};

@@ -106,6 +106,17 @@ impl Violations {
         }
     }
 
+    /// [`check`](Self::check) with the field's name made only for a
+    /// violation, for a path where formatting it would cost more than the
+    /// parsing.
+    pub fn check_named<T>(
+        &mut self,
+        field: impl FnOnce() -> String,
+        parsed: Result<T, String>,
+    ) -> Option<T> {
+        parsed.map_err(|e| self.push(field(), e)).ok()
+    }
+
     pub fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.0.push(FieldViolation::new(field, description));
     }

@@ -12,6 +12,7 @@ use crate::{
         SubjectState, Violations,
     },
     error::{Error, Result},
+    metrics::Handles,
     policy::{Decision, Outcome, Policy, Reason, decide_with_data},
     service::{
         erasure::ErasureRefs,
@@ -405,14 +406,24 @@ impl<'q> DecisionTally<'q> {
     }
 
     fn record(self) {
+        // Resolved once per label set: formatting the purpose label and
+        // finding its counter in the registry cost more than the decision.
+        static COUNTERS: Handles<(PurposeCode, Outcome, Reason), metrics::Counter> = Handles::new();
         for ((purpose, outcome, reason), n) in self.counts {
-            metrics::counter!(
-                crate::metrics::DECISIONS,
-                "purpose" => purpose.to_string(),
-                "decision" => outcome.as_str(),
-                "reason" => reason.as_str(),
-            )
-            .increment(n);
+            COUNTERS
+                .get(
+                    |(p, o, r)| *o == outcome && *r == reason && p == purpose,
+                    || {
+                        let counter = metrics::counter!(
+                            crate::metrics::DECISIONS,
+                            "purpose" => purpose.to_string(),
+                            "decision" => outcome.as_str(),
+                            "reason" => reason.as_str(),
+                        );
+                        ((purpose.clone(), outcome, reason), counter)
+                    },
+                )
+                .increment(n);
         }
     }
 }
