@@ -162,6 +162,12 @@ impl Error {
     /// their cause (never a value). Errors the caller made are answered,
     /// not logged. Every adapter calls this, so gRPC and HTTP log alike.
     pub fn log(&self) {
+        if matches!(
+            self,
+            Error::Pool(_) | Error::Database(_) | Error::Internal(_)
+        ) {
+            crate::telemetry::span_ids::stamp(&tracing::Span::current());
+        }
         match self {
             Error::Pool(e) => tracing::error!(error = %e, "no database connection"),
             // Only the SQLSTATE and the primary message: a DETAIL line can

@@ -17,6 +17,7 @@
 //! stay off whatever RUST_LOG says ([`QUIET_TARGETS`]).
 
 mod log_writer;
+pub mod span_ids;
 
 use std::{
     io::IsTerminal as _,
@@ -78,6 +79,16 @@ const LOG_BUFFER_BYTES: usize = 1 << 20;
 
 /// The installed subscriber's log writer, for [`dropped_log_lines`].
 static LOG_WRITER: OnceLock<log_writer::LogWriter<std::io::Stderr>> = OnceLock::new();
+
+/// Whether the installed subscriber's filter lets any debug line through.
+/// True until [`init`] installs one that does not: a subscriber installed
+/// some other way may.
+static DEBUG_LOGGED: AtomicBool = AtomicBool::new(true);
+
+/// Whether a debug line can be logged anywhere (see [`DEBUG_LOGGED`]).
+pub fn debug_logged() -> bool {
+    DEBUG_LOGGED.load(Ordering::Relaxed)
+}
 
 /// Whether the installed subscriber exports spans (and so has the
 /// OpenTelemetry layer).
@@ -162,6 +173,12 @@ pub fn init(default_filter: &str, format: LogFormat) -> anyhow::Result<Telemetry
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // The filter's most verbose directive: whether any debug line can be
+    // logged (the layered subscriber's own hint is TRACE, from the quiet
+    // targets' default).
+    let debug_logged = filter
+        .max_level_hint()
+        .is_none_or(|most| most >= LevelFilter::DEBUG);
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = log_writer::spawn(std::io::stderr(), LOG_BUFFER_BYTES);
     let logs = match format {
@@ -190,6 +207,7 @@ pub fn init(default_filter: &str, format: LogFormat) -> anyhow::Result<Telemetry
         });
     }
     let _ = LOG_WRITER.set(writer);
+    DEBUG_LOGGED.store(debug_logged, Ordering::Relaxed);
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
         EXPORTING.store(true, Ordering::Relaxed);

@@ -21,7 +21,10 @@ use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::auth::admit;
-use crate::{metrics::RPC_DURATION, telemetry};
+use crate::{
+    metrics::{Handles, RPC_DURATION},
+    telemetry,
+};
 
 struct MetadataExtractor<'a>(&'a MetadataMap);
 
@@ -185,7 +188,10 @@ impl Call {
         let span = if telemetry::spans_exported() {
             exported_span(service, method, parent)
         } else {
-            logged_span(method, &parent)
+            // A successful decision read logs nothing unless debug is on
+            // somewhere: its ids wait until a line needs them.
+            let defer_ids = is_decision_read(service, method) && !telemetry::debug_logged();
+            logged_span(method, &parent, defer_ids)
         };
         Self {
             span,
@@ -214,7 +220,19 @@ impl Call {
             span.record("otel.status_code", "ERROR");
         }
         let elapsed = started.elapsed();
-        metrics::histogram!(RPC_DURATION, "method" => method, "status" => code_name(code))
+        // Resolved once per method and status rather than in the
+        // recorder's registry on every call.
+        static DURATIONS: Handles<(&str, Code), metrics::Histogram> = Handles::new();
+        DURATIONS
+            .get(
+                |(m, c)| *c == code && *m == method,
+                || {
+                    let histogram = metrics::histogram!(
+                        RPC_DURATION, "method" => method, "status" => code_name(code)
+                    );
+                    ((method, code), histogram)
+                },
+            )
             .record(elapsed.as_secs_f64());
         // The access log: the span is its parent, so it carries the trace and
         // span ids (without entering the span once more). The status message
@@ -234,6 +252,7 @@ impl Call {
         if code == Code::Ok && is_decision_read(service, method) {
             access_log!(tracing::Level::DEBUG);
         } else {
+            telemetry::span_ids::stamp(&span);
             access_log!(tracing::Level::INFO);
         }
     }
@@ -281,8 +300,14 @@ fn exported_span(
 /// The server span when nothing exports it: only what log lines need, the
 /// caller's trace id (or a new one) and an id of its own, given when the
 /// span is made so that no field is formatted twice. The log layer formats
-/// a span's fields once per call, so the fewer the cheaper.
-fn logged_span(method: &'static str, parent: &opentelemetry::Context) -> tracing::Span {
+/// a span's fields once per call, so the fewer the cheaper. With
+/// `defer_ids` the ids are formatted only if a line is logged inside the
+/// span (see [`telemetry::span_ids`]).
+fn logged_span(
+    method: &'static str,
+    parent: &opentelemetry::Context,
+    defer_ids: bool,
+) -> tracing::Span {
     let ids = RandomIdGenerator::default();
     let caller = parent.span().span_context().clone();
     let trace_id = if caller.is_valid() {
@@ -290,10 +315,19 @@ fn logged_span(method: &'static str, parent: &opentelemetry::Context) -> tracing
     } else {
         ids.new_trace_id()
     };
-    tracing::info_span!(
-        "rpc",
-        rpc.method = method,
-        trace_id = %trace_id,
-        span_id = %ids.new_span_id(),
-    )
+    let span_id = ids.new_span_id();
+    if defer_ids {
+        let span = tracing::info_span!(
+            "rpc",
+            rpc.method = method,
+            trace_id = Empty,
+            span_id = Empty
+        );
+        if !telemetry::span_ids::defer(&span, trace_id, span_id) {
+            span.record("trace_id", tracing::field::display(trace_id));
+            span.record("span_id", tracing::field::display(span_id));
+        }
+        return span;
+    }
+    tracing::info_span!("rpc", rpc.method = method, trace_id = %trace_id, span_id = %span_id)
 }

@@ -476,3 +476,86 @@ async fn at_info_a_successful_check_logs_nothing_and_failures_and_writes_log_a_l
         "no line for the successful reads: {access:#?}"
     );
 }
+
+/// At the default level a decision read's span writes its ids only when a
+/// line is logged inside it (src/telemetry/span_ids.rs). A successful
+/// Check logs nothing; a refused one logs its access line, and a Check
+/// whose database read fails logs the error and its access line, each with
+/// the caller's trace id and the span's own id.
+#[tokio::test]
+async fn at_the_default_level_only_a_failed_check_logs_and_its_lines_carry_the_ids() {
+    let trace = |n: u128| format!("{:032x}", 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4700u128 + n);
+    let check = |purpose: &str, consistency| pb::CheckRequest {
+        subject_id: SUBJECT.into(),
+        purpose: purpose.into(),
+        field: "email".into(),
+        consistency,
+    };
+    for format in ["text", "json"] {
+        let db = fresh_database().await;
+        let served = spawn_serve_with(
+            &[
+                "--database-url",
+                &db.db_url,
+                "--log-format",
+                format,
+                "--db-statement-timeout-ms",
+                "300",
+            ],
+            &[],
+        );
+        let mut client = ConsentServiceClient::connect(format!("http://{}", served.grpc_addr))
+            .await
+            .unwrap();
+        let traced =
+            |message, n| with_traceparent(message, &format!("00-{}-{CALLER_SPAN}-01", trace(n)));
+        client
+            .check(traced(check("promotional_mail", None), 1))
+            .await
+            .expect("the Check succeeds");
+        let refused = client
+            .check(traced(check("no_such_purpose", None), 2))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        // The database read behind a fully consistent Check waits on a lock
+        // past the statement timeout.
+        let locker = consentd::store::admin_connect(&db.db_url).await.unwrap();
+        locker
+            .batch_execute("BEGIN; LOCK TABLE consent_state IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let failed = client
+            .check(traced(
+                check("promotional_mail", crate::helpers::fully_consistent()),
+                3,
+            ))
+            .await
+            .unwrap_err();
+        locker.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+        drop(client);
+        let lines = terminate_and_wait(served.child, &served.logs).await;
+        let with = |n| -> Vec<&String> { lines.iter().filter(|l| l.contains(&trace(n))).collect() };
+
+        assert!(with(1).is_empty(), "{format}: {:?}", with(1));
+        let [access] = with(2)[..] else {
+            panic!("{format}: {:?}", with(2))
+        };
+        assert!(access.contains("rpc finished") && access.contains("InvalidArgument"));
+        let [error, access] = with(3)[..] else {
+            panic!("{format}: {:?}", with(3))
+        };
+        assert!(error.contains("database error"), "{format}: {error}");
+        assert!(access.contains("rpc finished") && access.contains("Unavailable"));
+        for line in with(2).into_iter().chain(with(3)) {
+            let span_id = match format {
+                "text" => line.split("span_id=").nth(1).map(|s| &s[..16]),
+                _ => serde_json::from_str::<serde_json::Value>(line).unwrap()["span"]["span_id"]
+                    .as_str()
+                    .map(|_| "present"),
+            };
+            assert!(span_id.is_some_and(|s| s != "0000000000000000"), "{line}");
+        }
+    }
+}
