@@ -292,7 +292,9 @@ pub fn spawn_serve_with(args: &[&str], envs: &[(&str, &str)]) -> Served {
             panic!("serve never said it was serving:\n{}", seen.join("\n"));
         };
         if let Some((_, rest)) = line.split_once("serving gRPC on ") {
-            let words: Vec<&str> = rest.split_whitespace().collect();
+            // In JSON logs the message ends in a quote, then other fields.
+            let message = rest.split('"').next().unwrap_or(rest);
+            let words: Vec<&str> = message.split_whitespace().collect();
             wait_ready_blocking(words[8]);
             return Served {
                 child,
