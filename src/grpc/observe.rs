@@ -301,7 +301,7 @@ fn exported_span(
 /// caller's trace id (or a new one) and an id of its own, given when the
 /// span is made so that no field is formatted twice. The log layer formats
 /// a span's fields once per call, so the fewer the cheaper. With
-/// `defer_ids` the ids are formatted only if a line is logged inside the
+/// `defer_ids` the fields are formatted only if a line is logged inside the
 /// span (see [`telemetry::span_ids`]).
 fn logged_span(
     method: &'static str,
@@ -317,16 +317,14 @@ fn logged_span(
     };
     let span_id = ids.new_span_id();
     if defer_ids {
-        let span = tracing::info_span!(
-            "rpc",
-            rpc.method = method,
-            trace_id = Empty,
-            span_id = Empty
-        );
-        if !telemetry::span_ids::defer(&span, trace_id, span_id) {
-            span.record("trace_id", tracing::field::display(trace_id));
-            span.record("span_id", tracing::field::display(span_id));
-        }
+        let span =
+            tracing::info_span!("rpc", rpc.method = Empty, trace_id = Empty, span_id = Empty);
+        let fields = telemetry::span_ids::Pending {
+            method,
+            trace_id,
+            span_id,
+        };
+        telemetry::span_ids::defer(&span, fields);
         return span;
     }
     tracing::info_span!("rpc", rpc.method = method, trace_id = %trace_id, span_id = %span_id)

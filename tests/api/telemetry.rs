@@ -481,7 +481,7 @@ async fn at_info_a_successful_check_logs_nothing_and_failures_and_writes_log_a_l
 /// line is logged inside it (src/telemetry/span_ids.rs). A successful
 /// Check logs nothing; a refused one logs its access line, and a Check
 /// whose database read fails logs the error and its access line, each with
-/// the caller's trace id and the span's own id.
+/// the span's method, the caller's trace id and the span's own id.
 #[tokio::test]
 async fn at_the_default_level_only_a_failed_check_logs_and_its_lines_carry_the_ids() {
     let trace = |n: u128| format!("{:032x}", 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4700u128 + n);
@@ -491,8 +491,9 @@ async fn at_the_default_level_only_a_failed_check_logs_and_its_lines_carry_the_i
         field: "email".into(),
         consistency,
     };
+    let db = fresh_database().await;
+    let locker = consentd::store::admin_connect(&db.db_url).await.unwrap();
     for format in ["text", "json"] {
-        let db = fresh_database().await;
         let served = spawn_serve_with(
             &[
                 "--database-url",
@@ -520,7 +521,6 @@ async fn at_the_default_level_only_a_failed_check_logs_and_its_lines_carry_the_i
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
         // The database read behind a fully consistent Check waits on a lock
         // past the statement timeout.
-        let locker = consentd::store::admin_connect(&db.db_url).await.unwrap();
         locker
             .batch_execute("BEGIN; LOCK TABLE consent_state IN ACCESS EXCLUSIVE MODE")
             .await
@@ -556,6 +556,10 @@ async fn at_the_default_level_only_a_failed_check_logs_and_its_lines_carry_the_i
                     .map(|_| "present"),
             };
             assert!(span_id.is_some_and(|s| s != "0000000000000000"), "{line}");
+            assert!(
+                line.contains(r#"rpc.method="Check""#) || line.contains(r#""rpc.method":"Check""#),
+                "{line}"
+            );
         }
     }
 }
