@@ -26,7 +26,21 @@ async fn verify(app: &TestApp) -> (bool, String) {
     )
 }
 
-async fn chain_positions(app: &TestApp, subject: &str) -> Vec<i64> {
+/// One batch of `consentd_import_refusals` (promotional mail, every field)
+/// on `db`, as whatever role it is set to: (registered, refused).
+pub(crate) async fn import_refusals(db: &tokio_postgres::Client, ids: &[&str]) -> (i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT registered, refused FROM consentd_import_refusals(
+                 $1, 'promotional_mail', '', 'import', 'list.csv', 'import')",
+            &[&ids],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+pub(crate) async fn chain_positions(app: &TestApp, subject: &str) -> Vec<i64> {
     app.db
         .query(
             "SELECT chain_seq FROM consent_records WHERE subject_id = $1 ORDER BY sequence",
@@ -112,23 +126,14 @@ async fn the_bulk_refusal_function_chains_after_earlier_appends_and_verifies() {
         .batch_execute("SET ROLE consentd_serving")
         .await
         .unwrap();
-    let import = |ids: &'static [&'static str]| {
-        let db = &app.db;
-        async move {
-            let ids: Vec<&str> = ids.to_vec();
-            let row = db
-                .query_one(
-                    "SELECT registered, refused FROM consentd_import_refusals(
-                         $1, 'promotional_mail', '', 'import', 'list.csv', 'import')",
-                    &[&ids],
-                )
-                .await
-                .unwrap();
-            (row.get::<_, i64>(0), row.get::<_, i64>(1))
-        }
-    };
-    assert_eq!(import(&["A-1", "N-1", "N-2", "N-1"]).await, (2, 3));
-    assert_eq!(import(&["A-1", "N-1", "N-2", "N-3"]).await, (1, 1));
+    assert_eq!(
+        import_refusals(&app.db, &["A-1", "N-1", "N-2", "N-1"]).await,
+        (2, 3)
+    );
+    assert_eq!(
+        import_refusals(&app.db, &["A-1", "N-1", "N-2", "N-3"]).await,
+        (1, 1)
+    );
     app.db.batch_execute("RESET ROLE").await.unwrap();
 
     assert_eq!(chain_positions(&app, "A-1").await, [1, 2, 3]);

@@ -105,16 +105,7 @@ fn importing(
 ) -> tokio::task::JoinHandle<(i64, i64)> {
     tokio::spawn(async move {
         db.batch_execute("SET ROLE consentd_serving").await.unwrap();
-        let ids: Vec<&str> = ids.to_vec();
-        let row = db
-            .query_one(
-                "SELECT registered, refused FROM consentd_import_refusals(
-                     $1, 'promotional_mail', '', 'import', 'list.csv', 'import')",
-                &[&ids],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
+        crate::appends::import_refusals(&db, ids).await
     })
 }
 
@@ -217,19 +208,11 @@ async fn an_import_racing_an_erasure_leaves_nothing_under_the_erased_id() {
         (3, 3),
         "only the erased life's grant joins the pseudonyms"
     );
-    assert_eq!(rows_of(&app, "consent_records", "C-erase-first").await, 1);
-    let chain: Vec<i64> = app
-        .db
-        .query(
-            "SELECT chain_seq FROM consent_records WHERE subject_id = 'C-erase-first'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(chain, [1], "the new registration's chain starts anew");
+    assert_eq!(
+        crate::appends::chain_positions(&app, "C-erase-first").await,
+        [1],
+        "one record, and the new registration's chain starts anew"
+    );
     let fresh = app.position_now().await;
     let answer = app
         .check_with("C-erase-first", "promotional_mail", "email", fresh)
