@@ -251,3 +251,37 @@ async fn a_session_that_turns_on_the_bulk_switch_itself_cannot_number_a_registra
     assert_eq!(app.count("consent_records").await, 0);
     assert_eq!(app.count("ledger_heads").await, 0);
 }
+
+/// Without the foreign key (V14), only the owner's bulk path can append a
+/// record for an id nobody registered: the set-wise functions never do, the
+/// row trigger refuses it for everyone else. `consentd verify` names such a
+/// record, so a history that lost its subject does not pass unseen.
+#[tokio::test]
+async fn verify_names_a_record_whose_subject_nobody_registered() {
+    let app = spawn_app().await;
+    app.register("A-1").await;
+    app.record("A-1", "promotional_mail", "", Choice::Refuse)
+        .await;
+    let (ok, out) = verify(&app).await;
+    assert!(ok, "{out}");
+    // As the owner with the bulk switch on: the row trigger stands aside.
+    let orphan = uuid::Uuid::new_v4();
+    app.db
+        .batch_execute(&format!(
+            "BEGIN;
+             SET LOCAL consentd.bulk_append = 'on';
+             INSERT INTO consent_records (subject_id, record_id, purpose, choice, channel,
+                 notice_version, actor, chain_seq, text_digest, hash, ledger_version, text_erased)
+             VALUES ('nobody', '{orphan}', 'promotional_mail', 'refuse', 'api', 'v', 'sql',
+                     1, '\\x00', '\\x00', 2, false);
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    let (ok, out) = verify(&app).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("consent record {orphan}: no subject owns it")),
+        "{out}"
+    );
+}
