@@ -202,6 +202,7 @@ impl Rpc for DisclosureGrpc {
         request: Request<pb::ListDisclosuresRequest>,
     ) -> Result<Response<pb::ListDisclosuresResponse>, Status> {
         observe(SERVICE, "ListDisclosures", request, |r| async move {
+            let permit = Permit::of(&r)?;
             let List {
                 subject_id,
                 overdue_review_only,
@@ -213,8 +214,17 @@ impl Rpc for DisclosureGrpc {
                 .service
                 .list_disclosures(subject_id, overdue_review_only, after, page_size)
                 .await?;
+            // A caller sees only the disclosures it could read one by one
+            // (GetDisclosure): its recipients and legal bases. The page
+            // token still follows the last one read, so a page may come
+            // back short, even empty, with a token to read on.
             Ok(Response::new(pb::ListDisclosuresResponse {
-                disclosures: page.disclosures.into_iter().map(disclosure_to_pb).collect(),
+                disclosures: page
+                    .disclosures
+                    .into_iter()
+                    .filter(|d| may_touch(&permit, d).is_ok())
+                    .map(disclosure_to_pb)
+                    .collect(),
                 next_page_token: page
                     .next_after
                     .map(|id| PageToken::encode(&id.simple().to_string(), &scope))

@@ -1,6 +1,7 @@
 //! Who may act on a disclosure someone else requested: an approver, a
 //! reviewer or a reader must hold its recipient and its legal basis, as a
-//! request of it would need, or it is refused before it learns anything.
+//! request of it would need, or it is refused before it learns anything;
+//! a list shows a caller only those disclosures.
 
 use std::path::PathBuf;
 
@@ -29,7 +30,8 @@ recipients = ["public-security"]
 id = "approver"
 rpcs = ["consent.v1.DisclosureService/ApproveDisclosure",
         "consent.v1.DisclosureService/ReviewDisclosure",
-        "consent.v1.DisclosureService/GetDisclosure"]
+        "consent.v1.DisclosureService/GetDisclosure",
+        "consent.v1.DisclosureService/ListDisclosures"]
 legal_bases = ["LEGAL_PROCESS", "EMERGENCY_SAFETY"]
 recipients = ["public-security"]
 
@@ -37,7 +39,8 @@ recipients = ["public-security"]
 id = "other-basis"
 rpcs = ["consent.v1.DisclosureService/ApproveDisclosure",
         "consent.v1.DisclosureService/ReviewDisclosure",
-        "consent.v1.DisclosureService/GetDisclosure"]
+        "consent.v1.DisclosureService/GetDisclosure",
+        "consent.v1.DisclosureService/ListDisclosures"]
 legal_bases = ["PROTECT_RIGHTS_PROPERTY"]
 recipients = ["public-security"]
 
@@ -45,7 +48,8 @@ recipients = ["public-security"]
 id = "other-recipient"
 rpcs = ["consent.v1.DisclosureService/ApproveDisclosure",
         "consent.v1.DisclosureService/ReviewDisclosure",
-        "consent.v1.DisclosureService/GetDisclosure"]
+        "consent.v1.DisclosureService/GetDisclosure",
+        "consent.v1.DisclosureService/ListDisclosures"]
 legal_bases = ["LEGAL_PROCESS", "EMERGENCY_SAFETY"]
 recipients = ["express-courier"]
 "#;
@@ -195,4 +199,62 @@ async fn only_a_caller_holding_the_recipient_and_legal_basis_may_approve_review_
         .unwrap();
     let reviewed = get(&app, "approver", &id).await.unwrap();
     assert!(!reviewed.reviewed_by.is_empty(), "{reviewed:?}");
+}
+
+/// The disclosures of C-1042 that `caller` is shown, by status, reading
+/// every page.
+async fn listed(app: &TestApp, caller: &str) -> Vec<pb::DisclosureStatus> {
+    let mut client = DisclosureServiceClient::new(app.channel.clone());
+    let (mut seen, mut token) = (Vec::new(), String::new());
+    loop {
+        let request = pb::ListDisclosuresRequest {
+            subject_id: "C-1042".into(),
+            page_size: 1,
+            page_token: token,
+            ..Default::default()
+        };
+        let page = (client.list_disclosures(as_caller(caller, request)).await)
+            .unwrap()
+            .into_inner();
+        seen.extend(page.disclosures.iter().map(|d| d.status()));
+        if page.next_page_token.is_empty() {
+            return seen;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn a_list_shows_a_caller_only_the_disclosures_it_may_read() {
+    let app = spawn_app_with(|args| args.callers = Some(callers_file())).await;
+    let mut disclosures = DisclosureServiceClient::new(app.channel.clone());
+    (app.client.clone())
+        .register_subject(as_caller("crm", registration("C-1042")))
+        .await
+        .unwrap();
+    let name = put_request("C-1042", "name", "Li Lei", &["order_delivery"]);
+    disclosures
+        .put_personal_data(as_caller("crm", name))
+        .await
+        .unwrap();
+    for basis in [
+        pb::LegalBasis::LegalProcess,
+        pb::LegalBasis::EmergencySafety,
+    ] {
+        disclosures
+            .request_disclosure(as_caller("requester", legal_request(basis)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        listed(&app, "approver").await,
+        [
+            pb::DisclosureStatus::PendingApproval,
+            pb::DisclosureStatus::Released
+        ],
+        "both, to its recipient on its bases, over two pages"
+    );
+    for (caller, _) in OUTSIDERS {
+        assert_eq!(listed(&app, caller).await, [], "{caller}");
+    }
 }
