@@ -8,22 +8,11 @@ use consentd::grpc::pb::{Choice, Decision};
 
 use crate::helpers::{TestApp, spawn_app};
 
-const BIN: &str = env!("CARGO_BIN_EXE_consentd");
-
+/// `consentd verify` on the test's database: whether it passed, and all it
+/// printed.
 async fn verify(app: &TestApp) -> (bool, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(["verify", "--database-url", app.db_url()])
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (ok, out, err) = crate::ledger::verify(app).await;
+    (ok, format!("{out}{err}"))
 }
 
 /// One batch of `consentd_import_refusals` (promotional mail, every field)

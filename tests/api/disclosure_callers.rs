@@ -109,19 +109,25 @@ async fn get(app: &TestApp, caller: &str, id: &str) -> Result<pb::Disclosure, to
         .map(|r| r.into_inner().disclosure.unwrap())
 }
 
-#[tokio::test]
-async fn only_a_caller_holding_the_recipient_and_legal_basis_may_approve_review_or_read() {
+/// A server with these callers, and C-1042 registered with a stored name.
+async fn with_a_stored_name() -> TestApp {
     let app = spawn_app_with(|args| args.callers = Some(callers_file())).await;
-    let mut disclosures = DisclosureServiceClient::new(app.channel.clone());
     (app.client.clone())
         .register_subject(as_caller("crm", registration("C-1042")))
         .await
         .unwrap();
     let name = put_request("C-1042", "name", "Li Lei", &["order_delivery"]);
-    disclosures
+    (DisclosureServiceClient::new(app.channel.clone()))
         .put_personal_data(as_caller("crm", name))
         .await
         .unwrap();
+    app
+}
+
+#[tokio::test]
+async fn only_a_caller_holding_the_recipient_and_legal_basis_may_approve_review_or_read() {
+    let app = with_a_stored_name().await;
+    let mut disclosures = DisclosureServiceClient::new(app.channel.clone());
 
     // Legal process: pending until a second person approves.
     let pending = disclosures
@@ -226,17 +232,8 @@ async fn listed(app: &TestApp, caller: &str) -> Vec<pb::DisclosureStatus> {
 
 #[tokio::test]
 async fn a_list_shows_a_caller_only_the_disclosures_it_may_read() {
-    let app = spawn_app_with(|args| args.callers = Some(callers_file())).await;
+    let app = with_a_stored_name().await;
     let mut disclosures = DisclosureServiceClient::new(app.channel.clone());
-    (app.client.clone())
-        .register_subject(as_caller("crm", registration("C-1042")))
-        .await
-        .unwrap();
-    let name = put_request("C-1042", "name", "Li Lei", &["order_delivery"]);
-    disclosures
-        .put_personal_data(as_caller("crm", name))
-        .await
-        .unwrap();
     for basis in [
         pb::LegalBasis::LegalProcess,
         pb::LegalBasis::EmergencySafety,
